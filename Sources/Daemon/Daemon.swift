@@ -1,0 +1,2 @@
+// Daemon: the lorad server.
+import Runtime

@@ -1,0 +1,1 @@
+#include "spm_shim.h"

@@ -1,0 +1,2 @@
+// Train: LoRA backward pass, optimizer, datasets, checkpoints.
+import Runtime
