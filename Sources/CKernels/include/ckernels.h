@@ -1,3 +1,89 @@
+// CKernels: quantized tensor kernels for lorad.
+//
+// Block formats, dequantization and the reference quantizers follow ggml (ggml/src/ggml-common.h,
+// ggml/src/ggml-quants.c). Type ids are ggml's `enum ggml_type` values, as stored in GGUF.
+//
+// Fused dot products pair each weight type with ggml's "vec_dot type" for the activations:
+//   q4_0, q5_0, q8_0 -> q8_0      q4_1, q5_1 -> q8_1      q2_K..q6_K -> q8_K
+//   f16 -> f16                    bf16 -> bf16            f32 -> f32
+// Integer products inside a block are exact; the float accumulation order of the fast paths is fixed per
+// (weight row, activation row) pair, so a result never depends on the batch it was computed in.
+//
+// Every fast path is selected at run time (CPUID): AVX-512 (F/BW/VL/VNNI), AVX2 (+FMA, F16C), or portable C.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// ggml type ids handled here.
+enum {
+    CK_F32 = 0, CK_F16 = 1, CK_Q4_0 = 2, CK_Q4_1 = 3, CK_Q5_0 = 6, CK_Q5_1 = 7, CK_Q8_0 = 8, CK_Q8_1 = 9,
+    CK_Q2_K = 10, CK_Q3_K = 11, CK_Q4_K = 12, CK_Q5_K = 13, CK_Q6_K = 14, CK_Q8_K = 15, CK_BF16 = 30,
+};
+
+/// Kernel implementation levels. CK_PATH_REFERENCE is the plain scalar C reference (always available).
+enum {
+    CK_PATH_REFERENCE = 0,
+    CK_PATH_AVX2 = 1,
+    CK_PATH_AVX512 = 2,
+};
+
+/// Elements per block (1 for f32/f16/bf16), or 0 for an unknown type.
+size_t ck_block_size(int type);
+/// Bytes per block, or 0 for an unknown type.
+size_t ck_type_size(int type);
+/// The activation type the fused dot of `type` consumes (see above), or -1 when `type` is not a weight type.
+int ck_vec_dot_type(int type);
+
+/// The best path this CPU supports.
+int ck_best_path(void);
+/// 1 if `path` can run on this CPU.
+int ck_path_available(int path);
+
+/// Dequantize `n` elements (n % block size == 0). Returns 0, or -1 for an unsupported type / bad n.
+/// Value for value equal to ggml's dequantize_row_* (and the gguf Python package).
+int ck_dequantize(int type, const void *src, float *dst, size_t n);
+
+/// Reference quantization of `n` elements (ggml quantize_row_*_ref semantics), every type above.
+/// Returns 0, or -1 for an unsupported type / bad n.
+int ck_quantize(int type, const float *src, void *dst, size_t n);
+
+/// Fused dot product of one weight row (`type`, n elements) and one activation row already quantized to
+/// ck_vec_dot_type(type). `path` picks the implementation (CK_PATH_REFERENCE = scalar reference); an
+/// unavailable path falls back to the best available one below it. Returns NAN for an unsupported type.
+float ck_vec_dot(int path, int type, size_t n, const void *w, const void *x);
+
+/// y[j*ldy + r] = dot(W_r, X_j) for weight rows r in [r0, r1) and activation rows j in [0, nx).
+/// W_r starts at w + r*w_stride; X_j (already in ck_vec_dot_type(type)) at x + j*x_stride; each row has
+/// `cols` elements. Every weight row is read once per block of activation rows (tiles in registers).
+/// The value for (r, j) is bitwise the same whatever nx, r0, r1 and the other rows are, and the same for
+/// CK_PATH_AVX2 and CK_PATH_AVX512. Returns 0, or -1 for an unsupported type.
+int ck_matmul(int path, int type, size_t cols,
+              const void *w, size_t w_stride, size_t r0, size_t r1,
+              const void *x, size_t x_stride, size_t nx,
+              float *y, size_t ldy);
+
+/// Quantize `rows` float rows of `cols` elements (row stride `src_stride` floats) into `type`, writing row j
+/// at dst + j*dst_stride. Fast path for q8_0 / q8_1 / q8_K / f16 / bf16 with results identical to ck_quantize.
+int ck_quantize_rows(int type, const float *src, size_t src_stride, void *dst, size_t dst_stride,
+                     size_t rows, size_t cols);
+
+// Float helpers for attention and the KV cache (AVX-512 / AVX2 / scalar, picked at run time).
+/// sum_i a[i]*b[i]
+float ck_dot_f32(const float *a, const float *b, size_t n);
+/// sum_i a[i]*half(b[i])
+float ck_dot_f32_f16(const float *a, const uint16_t *b, size_t n);
+/// y[i] += a*x[i]
+void ck_axpy_f32(float a, const float *x, float *y, size_t n);
+/// y[i] += a*half(x[i])
+void ck_axpy_f16(float a, const uint16_t *x, float *y, size_t n);
+/// IEEE binary16, round to nearest even.
+void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+
+#ifdef __cplusplus
+}
+#endif

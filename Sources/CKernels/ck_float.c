@@ -1,0 +1,196 @@
+// Float helpers for attention and the KV cache: dot products, axpy, f16 <-> f32 conversion.
+// AVX-512 and AVX2 (+FMA, F16C) paths picked at run time, scalar fallback.
+#include "ck_internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CK_T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define CK_T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c,tune=znver4")))
+
+CK_T_AVX2 static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+CK_T_AVX2 static float dot_f32_avx2(const float *a, const float *b, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+CK_T_AVX2 static float dot_f32_f16_avx2(const float *a, const uint16_t *b, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8))), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 16))), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 24))), s3);
+    }
+    for (; i + 8 <= n; i += 8) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), s0);
+    }
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * ck_h2f(b[i]);
+    return s;
+}
+
+CK_T_AVX2 static void axpy_f32_avx2(float a, const float *x, float *y, size_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(y + i + 8, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8)));
+    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+CK_T_AVX2 static void axpy_f16_avx2(float a, const uint16_t *x, float *y, size_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 vx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, vx, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++) y[i] += a * ck_h2f(x[i]);
+}
+
+CK_T_AVX2 static void f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; i++) dst[i] = ck_f2h(src[i]);
+}
+
+CK_T_AVX2 static void f16_to_f32_avx2(const uint16_t *src, float *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = ck_h2f(src[i]);
+}
+
+CK_T_AVX512 static float dot_f32_avx512(const float *a, const float *b, size_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+CK_T_AVX512 static float dot_f32_f16_avx512(const float *a, const uint16_t *b, size_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i))), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i + 16))), s1);
+    }
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i))), s0);
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 vb = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + i));
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), vb, s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+CK_T_AVX512 static void axpy_f32_avx512(float a, const float *x, float *y, size_t n) {
+    const __m512 va = _mm512_set1_ps(a);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+CK_T_AVX512 static void axpy_f16_avx512(float a, const uint16_t *x, float *y, size_t n) {
+    const __m512 va = _mm512_set1_ps(a);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 vx = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i)));
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, vx, _mm512_loadu_ps(y + i)));
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 vx = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, vx, _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+#endif
+
+float ck_dot_f32(const float *a, const float *b, size_t n) {
+#if defined(__x86_64__)
+    const int p = ck_best_path();
+    if (p >= CK_PATH_AVX512) return dot_f32_avx512(a, b, n);
+    if (p >= CK_PATH_AVX2) return dot_f32_avx2(a, b, n);
+#endif
+    float s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+float ck_dot_f32_f16(const float *a, const uint16_t *b, size_t n) {
+#if defined(__x86_64__)
+    const int p = ck_best_path();
+    if (p >= CK_PATH_AVX512) return dot_f32_f16_avx512(a, b, n);
+    if (p >= CK_PATH_AVX2) return dot_f32_f16_avx2(a, b, n);
+#endif
+    float s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * ck_h2f(b[i]);
+    return s;
+}
+
+void ck_axpy_f32(float a, const float *x, float *y, size_t n) {
+#if defined(__x86_64__)
+    const int p = ck_best_path();
+    if (p >= CK_PATH_AVX512) { axpy_f32_avx512(a, x, y, n); return; }
+    if (p >= CK_PATH_AVX2) { axpy_f32_avx2(a, x, y, n); return; }
+#endif
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+void ck_axpy_f16(float a, const uint16_t *x, float *y, size_t n) {
+#if defined(__x86_64__)
+    const int p = ck_best_path();
+    if (p >= CK_PATH_AVX512) { axpy_f16_avx512(a, x, y, n); return; }
+    if (p >= CK_PATH_AVX2) { axpy_f16_avx2(a, x, y, n); return; }
+#endif
+    for (size_t i = 0; i < n; i++) y[i] += a * ck_h2f(x[i]);
+}
+
+void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n) {
+#if defined(__x86_64__)
+    if (ck_best_path() >= CK_PATH_AVX2) { f32_to_f16_avx2(src, dst, n); return; }
+#endif
+    for (size_t i = 0; i < n; i++) dst[i] = ck_f2h(src[i]);
+}
+
+void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n) {
+#if defined(__x86_64__)
+    if (ck_best_path() >= CK_PATH_AVX2) { f16_to_f32_avx2(src, dst, n); return; }
+#endif
+    for (size_t i = 0; i < n; i++) dst[i] = ck_h2f(src[i]);
+}

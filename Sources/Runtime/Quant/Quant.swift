@@ -1,0 +1,138 @@
+// Quant: Swift entry points over the CKernels block formats (ggml/src/ggml-common.h, ggml-quants.c).
+import CKernels
+
+/// Which implementation of the quantized kernels runs.
+///
+/// `.reference` is the plain scalar C code every fast path is tested against; `.avx2` needs AVX2 + FMA + F16C;
+/// `.avx512` needs AVX-512 F/BW/VL/VNNI. The AVX2 and AVX-512 paths give bitwise identical results.
+public enum KernelPath: Int32, Sendable, CaseIterable, CustomStringConvertible {
+    case reference = 0
+    case avx2 = 1
+    case avx512 = 2
+
+    /// The fastest path this CPU supports (detected once, via CPUID).
+    public static var best: KernelPath { KernelPath(rawValue: ck_best_path()) ?? .reference }
+
+    /// Paths that can run on this CPU, slowest first.
+    public static var available: [KernelPath] { allCases.filter(\.isAvailable) }
+
+    /// Whether this CPU can run the path.
+    public var isAvailable: Bool { ck_path_available(rawValue) != 0 }
+
+    public var description: String {
+        switch self {
+        case .reference: return "reference"
+        case .avx2: return "avx2"
+        case .avx512: return "avx512"
+        }
+    }
+}
+
+/// Dequantization, reference quantization and fused dot products for the GGML tensor types.
+public enum Quant {
+    /// Whether `type` has dequantize/quantize support here: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0,
+    /// q8_1, q2_K, q3_K, q4_K, q5_K, q6_K, q8_K.
+    public static func isSupported(_ type: GGMLType) -> Bool {
+        ck_block_size(Int32(type.rawValue)) != 0
+    }
+
+    /// Whether `type` can be a weight of `matmul` (every supported type except the activation-only q8_1/q8_K).
+    public static func isWeightType(_ type: GGMLType) -> Bool {
+        ck_vec_dot_type(Int32(type.rawValue)) >= 0
+    }
+
+    /// The type activations are quantized to for a fused dot product with weights of `type`, as in ggml's
+    /// `type_traits_cpu[type].vec_dot_type`: q8_0 for q4_0/q5_0/q8_0, q8_1 for q4_1/q5_1, q8_K for the
+    /// K-quants, f16 for f16, bf16 for bf16, f32 for f32. Nil when `type` is not a weight type.
+    public static func vecDotType(_ type: GGMLType) -> GGMLType? {
+        let t = ck_vec_dot_type(Int32(type.rawValue))
+        return t >= 0 ? GGMLType(rawValue: UInt32(t)) : nil
+    }
+
+    /// Dequantize `count` elements of `type` from `src` into `dst[count]`.
+    ///
+    /// Equal, value for value, to ggml's `dequantize_row_*` and the `gguf` Python package (`gguf.quants`).
+    /// Also converts the plain types i8, i16, i32, f64 to Float.
+    /// - Precondition: `count` is a multiple of `type.blockSize`; `type` is supported or a plain integer type.
+    public static func dequantize(_ type: GGMLType, _ src: UnsafeRawPointer, count: Int,
+                                  into dst: UnsafeMutablePointer<Float>) {
+        precondition(count >= 0 && count % type.blockSize == 0, "count must be a multiple of the block size")
+        switch type {
+        case .i8:
+            let p = src.assumingMemoryBound(to: Int8.self)
+            for i in 0..<count { dst[i] = Float(p[i]) }
+        case .i16:
+            for i in 0..<count { dst[i] = Float(src.loadUnaligned(fromByteOffset: 2 * i, as: Int16.self)) }
+        case .i32:
+            for i in 0..<count { dst[i] = Float(src.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)) }
+        case .i64:
+            for i in 0..<count { dst[i] = Float(src.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)) }
+        case .f64:
+            for i in 0..<count { dst[i] = Float(src.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
+        default:
+            let rc = ck_dequantize(Int32(type.rawValue), src, dst, count)
+            precondition(rc == 0, "dequantize: unsupported type \(type)")
+        }
+    }
+
+    /// Quantize `count` floats into `dst` (`type.byteCount(elements: count)` bytes) with ggml's reference
+    /// quantizers (`quantize_row_*_ref` in ggml-quants.c, including the RMSE scale searches of the K-quants,
+    /// without an importance matrix). f16 and bf16 round to nearest even.
+    /// - Precondition: `Quant.isSupported(type)`; `count` is a multiple of `type.blockSize`.
+    public static func quantize(_ type: GGMLType, _ src: UnsafePointer<Float>, count: Int,
+                                into dst: UnsafeMutableRawPointer) {
+        precondition(count >= 0 && count % type.blockSize == 0, "count must be a multiple of the block size")
+        let rc = ck_quantize(Int32(type.rawValue), src, dst, count)
+        precondition(rc == 0, "quantize: unsupported type \(type)")
+    }
+
+    /// Quantize `rows` rows of `cols` floats (row stride `srcStride` floats) into `type`, row j at
+    /// `dst + j * dstStride`. Same bytes as `quantize` row by row, with SIMD fast paths for the activation
+    /// types (q8_0, q8_1, q8_K, f16, bf16).
+    public static func quantizeRows(_ type: GGMLType, _ src: UnsafePointer<Float>, srcStride: Int,
+                                    rows: Int, cols: Int, into dst: UnsafeMutableRawPointer, dstStride: Int) {
+        precondition(cols % type.blockSize == 0, "cols must be a multiple of the block size")
+        let rc = ck_quantize_rows(Int32(type.rawValue), src, srcStride, dst, dstStride, rows, cols)
+        precondition(rc == 0, "quantizeRows: unsupported type \(type)")
+    }
+
+    /// Fused dot product of one weight row `w` (`type`, `count` elements) with one activation row `x` that is
+    /// already quantized to `vecDotType(type)`. Integer products are exact; see ckernels.h for the float order.
+    /// - Precondition: `type` is a weight type; `count` is a multiple of its block size.
+    public static func dot(_ type: GGMLType, count: Int, _ w: UnsafeRawPointer, _ x: UnsafeRawPointer,
+                           path: KernelPath = .best) -> Float {
+        precondition(isWeightType(type) && count % type.blockSize == 0, "dot: bad type or count")
+        return ck_vec_dot(path.rawValue, Int32(type.rawValue), count, w, x)
+    }
+}
+
+/// A 2-D weight, row-major in ggml terms: `rows` = ne[1] (n_out), `cols` = ne[0] (n_in).
+/// Row `r` occupies bytes `[r * rowBytes, (r + 1) * rowBytes)` of `data`; the memory is not owned.
+public struct WeightMatrix: @unchecked Sendable {
+    public let type: GGMLType
+    public let rows: Int
+    public let cols: Int
+    public let data: UnsafeRawPointer
+    /// Bytes per row: `cols / type.blockSize * type.typeSize`.
+    public let rowBytes: Int
+
+    /// - Precondition: `cols % type.blockSize == 0`, `rows >= 0`, and `data` holds `rows * rowBytes` bytes
+    ///   (validate untrusted shapes with `GGMLType.byteCount(elements:)` first).
+    public init(type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer) {
+        precondition(rows >= 0 && cols >= 0 && cols % type.blockSize == 0, "cols must be a multiple of the block size")
+        self.type = type
+        self.rows = rows
+        self.cols = cols
+        self.data = data
+        self.rowBytes = cols / type.blockSize * type.typeSize
+    }
+
+    /// Dequantizes row `row` into `dst[cols]` (values as `Quant.dequantize`).
+    public func dequantizeRow(_ row: Int, into dst: UnsafeMutablePointer<Float>) {
+        precondition(row >= 0 && row < rows, "row out of range")
+        Quant.dequantize(type, data + row * rowBytes, count: cols, into: dst)
+    }
+
+    /// Raw bytes of row `row`.
+    public func rowPointer(_ row: Int) -> UnsafeRawPointer { data + row * rowBytes }
+}
