@@ -1,0 +1,531 @@
+// Tile kernels for quantized matmul on x86, included twice by ck_x86.c (AVX2 and AVX-512 VNNI).
+//
+// Before inclusion: CK_TARGET (attribute string), CK_SFX(name) (suffixes a name), CK_VNNI (0/1),
+// CK_RMAX_LEGACY / CK_CMAX_LEGACY / CK_RMAX_K / CK_CMAX_K (tile sizes).
+//
+// Arithmetic contract (identical in both inclusions, so results are bitwise equal across ISAs and tile shapes):
+// every (weight row, activation row) pair owns one 8-lane float accumulator. Integer lanes are exact sums of
+// products of 4 consecutive bytes (times an integer sub-block scale for K-quants); they are converted to float
+// and folded in with one FMA per block (legacy types) or two per super-block (K-quants, scale and min parts).
+// The row result is a fixed-order horizontal sum of the 8 lanes. Only how the exact integer lanes are formed
+// differs between AVX2 (maddubs + madd) and VNNI (vpdpbusd / vpdpwssd).
+
+#define CK_FN static inline __attribute__((always_inline, target(CK_TARGET)))
+#define CK_KERNEL static __attribute__((noinline, target(CK_TARGET)))
+
+// lanes i = sum_{k<4} u[4i+k] * s[4i+k]   (u unsigned bytes, s signed bytes, no saturation for |u*s| pairs <= 2^14)
+CK_FN __m256i CK_SFX(dot_us8)(__m256i u, __m256i s) {
+#if CK_VNNI
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+// acc + madd(p16, s16)
+CK_FN __m256i CK_SFX(madd_acc)(__m256i acc, __m256i p16, __m256i s16) {
+#if CK_VNNI
+    return _mm256_dpwssd_epi32(acc, p16, s16);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, s16));
+#endif
+}
+
+CK_FN float CK_SFX(hsum)(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+CK_FN float CK_SFX(h2f)(uint16_t h) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+// 16 packed bytes -> 32 bytes: low nibbles (elements 0..15) then high nibbles (16..31).
+CK_FN __m256i CK_SFX(nibbles32)(const uint8_t *qs) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+}
+
+// byte i = 0xFF when bit i of `bits` is set, else 0.
+CK_FN __m256i CK_SFX(bits32)(uint32_t bits) {
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Legacy 32-element blocks against q8_0: q4_0, q5_0, q8_0.
+//
+// q4_0 / q5_0 weights are used in their stored unsigned form q = w + off (off = 8 / 16), so the unsigned x signed
+// byte dot needs no sign trick; the offset is removed once per 8 blocks:
+//   acc  = fma(cvt(lanes(q, x)_b), dw_b * dx_b, acc)                 for every block b, in order
+//   acc  = fnma(dw[8g..8g+8), u[8g..8g+8), acc)                      after the last block of each group g of 8
+// with u_b = dx_b * (off * sum(x_b)) computed once per activation row (zero padded to a multiple of 8).
+// q8_0 weights are signed: lanes(|w|, sign(x, w)), no offset.
+// Mat-vec tiles read the blocks directly; batch tiles read rows unpacked once per row tile into a scratch buffer.
+// ------------------------------------------------------------------------------------------------------------
+
+// Unsigned weight bytes of block `b` (q4_0: 0..15, q5_0: 0..31) or the signed bytes of q8_0.
+CK_FN __m256i CK_SFX(legacy_q)(int type, const uint8_t *b) {
+    switch (type) {
+    case CK_Q4_0:
+        return CK_SFX(nibbles32)(b + 2);
+    case CK_Q5_0: {
+        uint32_t qh;
+        memcpy(&qh, b + 2, 4);
+        return _mm256_or_si256(CK_SFX(nibbles32)(b + 6), _mm256_and_si256(CK_SFX(bits32)(qh), _mm256_set1_epi8(0x10)));
+    }
+    default:  // CK_Q8_0
+        return _mm256_loadu_si256((const __m256i *)(b + 2));
+    }
+}
+
+CK_FN void CK_SFX(vec_legacy)(int type, size_t bsize, const uint8_t *w, size_t ws, const uint8_t *x,
+                               const float *dx, const float *u, size_t nb, float *y, const int R) {
+    const int offset = type != CK_Q8_0;
+    __m256 acc[CK_RMAX_LEGACY];
+    float dwbuf[CK_RMAX_LEGACY][8] __attribute__((aligned(32)));
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm256_setzero_ps();
+        for (int k = 0; k < 8; k++) dwbuf[r][k] = 0;
+    }
+    for (size_t b = 0; b < nb; b++) {
+        // Mat-vec streams weights from memory: prefetch the matching slice of a later row tile.
+        const uint8_t *pf = w + CK_PF * R * ws + b * R * bsize;
+        for (size_t o = 0; o < R * bsize; o += 64) _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
+        if (offset && (b & 7) == 0 && b + 8 > nb) {
+            for (int r = 0; r < R; r++)
+                for (int k = 0; k < 8; k++) dwbuf[r][k] = 0;
+        }
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + b * sizeof(block_q8_0) + 2));
+        const __m256 dxv = _mm256_set1_ps(dx[b]);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wb = w + r * ws + b * bsize;
+            const float d = CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8)));
+            const __m256i q = CK_SFX(legacy_q)(type, wb);
+            __m256i lanes;
+            if (offset) {
+                dwbuf[r][b & 7] = d;
+                lanes = CK_SFX(dot_us8)(q, xv);
+            } else {
+                lanes = CK_SFX(dot_us8)(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+            }
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(_mm256_set1_ps(d), dxv), acc[r]);
+        }
+        if (offset && ((b & 7) == 7 || b + 1 == nb)) {
+            const __m256 uv = _mm256_loadu_ps(u + (b & ~(size_t)7));
+            for (int r = 0; r < R; r++) acc[r] = _mm256_fnmadd_ps(_mm256_load_ps(dwbuf[r]), uv, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) y[r] = CK_SFX(hsum)(acc[r]);
+}
+
+// Unpacked row tile: for row r, block b: q at uq + (r*nb + b)*32 (q8_0: |w|, with w at sq), dw at dw[r*nb8 + b].
+CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, const float *dw, size_t nb,
+                                 size_t nb8, const uint8_t *x, size_t xs, const float *dx, const float *u,
+                                 float *y, size_t ldy, const int R, const int C) {
+    const int offset = type != CK_Q8_0;
+    __m256 acc[CK_RMAX_LEGACY][CK_CMAX_LEGACY];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (size_t b = 0; b < nb; b++) {
+        __m256i q[CK_RMAX_LEGACY], sg[CK_RMAX_LEGACY];
+        __m256 dwv[CK_RMAX_LEGACY];
+        for (int r = 0; r < R; r++) {
+            q[r] = _mm256_load_si256((const __m256i *)(uq + (r * nb + b) * 32));
+            if (!offset) sg[r] = _mm256_load_si256((const __m256i *)(sq + (r * nb + b) * 32));
+            dwv[r] = _mm256_broadcast_ss(dw + r * nb8 + b);
+        }
+        for (int c = 0; c < C; c++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c * xs + b * sizeof(block_q8_0) + 2));
+            const __m256 dxv = _mm256_broadcast_ss(dx + c * nb + b);
+            for (int r = 0; r < R; r++) {
+                const __m256i lanes = CK_SFX(dot_us8)(q[r], offset ? xv : _mm256_sign_epi8(xv, sg[r]));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dwv[r], dxv), acc[r][c]);
+            }
+        }
+        if (offset && ((b & 7) == 7 || b + 1 == nb)) {
+            const size_t g = b & ~(size_t)7;
+            for (int c = 0; c < C; c++) {
+                const __m256 uv = _mm256_loadu_ps(u + c * nb8 + g);
+                for (int r = 0; r < R; r++) acc[r][c] = _mm256_fnmadd_ps(_mm256_load_ps(dw + r * nb8 + g), uv, acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ldy + r] = CK_SFX(hsum)(acc[r][c]);
+}
+
+// Unpacks rows [0, R) of a legacy matrix into the batch layout above.
+CK_FN void CK_SFX(unpack_legacy)(int type, size_t bsize, const uint8_t *w, size_t ws, size_t nb, size_t nb8, int R,
+                                  uint8_t *uq, uint8_t *sq, float *dw) {
+    for (int r = 0; r < R; r++) {
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *wb = w + r * ws + b * bsize;
+            const __m256i q = CK_SFX(legacy_q)(type, wb);
+            if (type == CK_Q8_0) {
+                _mm256_store_si256((__m256i *)(uq + (r * nb + b) * 32), _mm256_sign_epi8(q, q));
+                _mm256_store_si256((__m256i *)(sq + (r * nb + b) * 32), q);
+            } else {
+                _mm256_store_si256((__m256i *)(uq + (r * nb + b) * 32), q);
+            }
+            dw[r * nb8 + b] = CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8)));
+        }
+        for (size_t b = nb; b < nb8; b++) dw[r * nb8 + b] = 0;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// q4_K against q8_K.
+// lanes = sum over 8 sub-blocks of sc[s] * (4-byte sums of q4*q8); mins via bsums: lane i = m_i*(bsum[2i]+bsum[2i+1]).
+// acc = fma(cvt(lanes), dx*d, acc); acc = fma(cvt(min lanes), -(dx*dmin), acc).
+// ------------------------------------------------------------------------------------------------------------
+
+CK_FN void CK_SFX(k4_scales)(const uint8_t *s12, uint8_t sc[8], __m256i *mins16) {
+    uint32_t u[4];
+    memcpy(u, s12, 12);
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    const uint32_t mlo = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[2] = mlo;
+    u[0] &= k1;
+    memcpy(sc, u, 8);  // bytes 0..7 scales, 8..15 mins
+    const __m128i m8 = _mm_set_epi32(0, 0, (int)u[3], (int)u[2]);
+    *mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m0 m0 m1 m1 ... m7 m7
+}
+
+CK_FN void CK_SFX(tile_q4_K)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y,
+                              size_t ldy, const int R, const int C) {
+    __m256 acc[CK_RMAX_K][CK_CMAX_K];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    for (size_t b = 0; b < nb; b++) {
+        const block_q4_K *wb[CK_RMAX_K];
+        uint8_t sc[CK_RMAX_K][8];
+        __m256i mins16[CK_RMAX_K];
+        __m256 dw[CK_RMAX_K], dmw[CK_RMAX_K];
+        for (int r = 0; r < R; r++) {
+            wb[r] = (const block_q4_K *)(w + r * ws) + b;
+            CK_SFX(k4_scales)(wb[r]->scales, sc[r], &mins16[r]);
+            dw[r] = _mm256_set1_ps(CK_SFX(h2f)(wb[r]->d));
+            dmw[r] = _mm256_set1_ps(CK_SFX(h2f)(wb[r]->dmin));
+        }
+        const block_q8_K *xb[CK_CMAX_K];
+        for (int c = 0; c < C; c++) xb[c] = (const block_q8_K *)(x + c * xs) + b;
+        __m256i isum[CK_RMAX_K][CK_CMAX_K];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i q[CK_RMAX_K][2], s16[CK_RMAX_K][2];
+            for (int r = 0; r < R; r++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb[r]->qs + 32 * j));
+                q[r][0] = _mm256_and_si256(raw, lo4);
+                q[r][1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4);
+                s16[r][0] = _mm256_set1_epi16(sc[r][2 * j]);
+                s16[r][1] = _mm256_set1_epi16(sc[r][2 * j + 1]);
+            }
+            for (int c = 0; c < C; c++) {
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb[c]->qs + 64 * j));
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb[c]->qs + 64 * j + 32));
+                for (int r = 0; r < R; r++) {
+                    isum[r][c] = CK_SFX(madd_acc)(isum[r][c], _mm256_maddubs_epi16(q[r][0], x0), s16[r][0]);
+                    isum[r][c] = CK_SFX(madd_acc)(isum[r][c], _mm256_maddubs_epi16(q[r][1], x1), s16[r][1]);
+                }
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const __m256 dx = _mm256_set1_ps(xb[c]->d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[c]->bsums);
+            for (int r = 0; r < R; r++) {
+                const __m256i ml = _mm256_madd_epi16(bs, mins16[r]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_mul_ps(dx, dw[r]), acc[r][c]);
+                const __m256 negm = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dx, dmw[r]));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ml), negm, acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ldy + r] = CK_SFX(hsum)(acc[r][c]);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// q6_K against q8_K. Unsigned 6-bit values q (0..63); the -32 offset comes from bsums:
+// lanes = sum over 8 chunks of madd(maddubs(q, x), scales) - 32 * madd(bsums, scales).
+// ------------------------------------------------------------------------------------------------------------
+
+static const uint8_t CK_SFX(q6_scale_shuffle)[8][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},
+    {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},
+    {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},
+    {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13},
+    {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15},
+};
+
+CK_FN void CK_SFX(tile_q6_K)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y,
+                              size_t ldy, const int R, const int C) {
+    __m256 acc[CK_RMAX_K][CK_CMAX_K];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    const __m256i lo4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    for (size_t b = 0; b < nb; b++) {
+        const block_q6_K *wb[CK_RMAX_K];
+        __m128i sc8[CK_RMAX_K];
+        __m256 dw[CK_RMAX_K];
+        for (int r = 0; r < R; r++) {
+            wb[r] = (const block_q6_K *)(w + r * ws) + b;
+            sc8[r] = _mm_loadu_si128((const __m128i *)wb[r]->scales);
+            dw[r] = _mm256_set1_ps(CK_SFX(h2f)(wb[r]->d));
+        }
+        const block_q8_K *xb[CK_CMAX_K];
+        for (int c = 0; c < C; c++) xb[c] = (const block_q8_K *)(x + c * xs) + b;
+        __m256i isum[CK_RMAX_K][CK_CMAX_K];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            for (int qt = 0; qt < 4; qt++) {
+                const int k = 4 * h + qt;  // 32-element chunk
+                __m256i q[CK_RMAX_K], s16[CK_RMAX_K];
+                for (int r = 0; r < R; r++) {
+                    const __m256i A = _mm256_loadu_si256((const __m256i *)(wb[r]->ql + 64 * h + 32 * (qt & 1)));
+                    const __m256i H = _mm256_loadu_si256((const __m256i *)(wb[r]->qh + 32 * h));
+                    __m256i lo, hi;
+                    switch (qt) {
+                    case 0: lo = _mm256_and_si256(A, lo4); hi = _mm256_and_si256(_mm256_slli_epi16(H, 4), m30); break;
+                    case 1: lo = _mm256_and_si256(A, lo4); hi = _mm256_and_si256(_mm256_slli_epi16(H, 2), m30); break;
+                    case 2: lo = _mm256_and_si256(_mm256_srli_epi16(A, 4), lo4); hi = _mm256_and_si256(H, m30); break;
+                    default: lo = _mm256_and_si256(_mm256_srli_epi16(A, 4), lo4); hi = _mm256_and_si256(_mm256_srli_epi16(H, 2), m30); break;
+                    }
+                    q[r] = _mm256_or_si256(lo, hi);
+                    const __m128i sh = _mm_loadu_si128((const __m128i *)CK_SFX(q6_scale_shuffle)[k]);
+                    s16[r] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8[r], sh));
+                }
+                for (int c = 0; c < C; c++) {
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb[c]->qs + 32 * k));
+                    for (int r = 0; r < R; r++) {
+                        isum[r][c] = CK_SFX(madd_acc)(isum[r][c], _mm256_maddubs_epi16(q[r], xv), s16[r]);
+                    }
+                }
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const __m256 dx = _mm256_set1_ps(xb[c]->d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[c]->bsums);
+            for (int r = 0; r < R; r++) {
+                const __m256i off = _mm256_madd_epi16(bs, _mm256_cvtepi8_epi16(sc8[r]));
+                const __m256i tot = _mm256_sub_epi32(isum[r][c], _mm256_slli_epi32(off, 5));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(dx, dw[r]), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ldy + r] = CK_SFX(hsum)(acc[r][c]);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Tile instantiations and drivers.
+// ------------------------------------------------------------------------------------------------------------
+
+#define CK_CAT4(a, b, c, d) a##b##c##d
+#define CK_CAT4X(a, b, c, d) CK_CAT4(a, b, c, d)
+#define CK_NAME(T, R, C) CK_SFX(CK_CAT4X(T, _, R, CK_CAT4X(x, C, , )))
+
+typedef void (*CK_SFX(tile_fn))(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y, size_t ldy);
+
+#define CK_INST_K(T, R, C)                                                                                      \
+    CK_KERNEL void CK_NAME(T, R, C)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, \
+                                         float *y, size_t ldy) {                                              \
+        CK_SFX(tile_##T)(w, ws, x, xs, nb, y, ldy, R, C);                                                     \
+    }
+
+#define CK_INST_K_ROWS(T, R) CK_INST_K(T, R, 1) CK_INST_K(T, R, 2) CK_INST_K(T, R, 3) CK_INST_K(T, R, 4)
+
+CK_INST_K_ROWS(q4_K, 1)
+CK_INST_K_ROWS(q4_K, CK_RB_K)
+CK_KERNEL void CK_SFX(q4_K_vec4)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y, size_t ldy) {
+    CK_SFX(tile_q4_K)(w, ws, x, xs, nb, y, ldy, 4, 1);
+}
+CK_INST_K_ROWS(q6_K, 1)
+CK_INST_K_ROWS(q6_K, CK_RB_K)
+CK_KERNEL void CK_SFX(q6_K_vec4)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y, size_t ldy) {
+    CK_SFX(tile_q6_K)(w, ws, x, xs, nb, y, ldy, 4, 1);
+}
+
+#define CK_TABLE(T, R) {CK_NAME(T, R, 1), CK_NAME(T, R, 2), CK_NAME(T, R, 3), CK_NAME(T, R, 4)}
+
+// Tile functions of one type: mat-vec tiles (4 x 1, 1 x 1) and batch tiles (RB x 1..4, 1 x 1..4).
+typedef struct {
+    int rb;                        // rows of a batch tile
+    CK_SFX(tile_fn) vec4;          // 4 rows x 1 activation row
+    CK_SFX(tile_fn) batch[4];      // rb rows x (1..4) activation rows
+    CK_SFX(tile_fn) single[4];     // 1 row x (1..4) activation rows
+} CK_SFX(tile_set);
+
+#define CK_SET(T, RB) {RB, CK_SFX(T##_vec4), CK_TABLE(T, RB), CK_TABLE(T, 1)}
+static const CK_SFX(tile_set) CK_SFX(set_q4_K) = CK_SET(q4_K, CK_RB_K);
+static const CK_SFX(tile_set) CK_SFX(set_q6_K) = CK_SET(q6_K, CK_RB_K);
+
+// Activation rows are processed in groups small enough to stay in L2 while every weight row tile passes.
+static void CK_SFX(drive)(const CK_SFX(tile_set) *set, size_t nb, const uint8_t *w, size_t ws,
+                          size_t r0, size_t r1, const uint8_t *x, size_t xs, size_t nx, float *y, size_t ldy) {
+    if (nx == 1) {
+        size_t r = r0;
+        for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, xs, nb, y + r, ldy);
+        for (; r < r1; r++) set->single[0](w + r * ws, ws, x, xs, nb, y + r, ldy);
+        return;
+    }
+    size_t jb = xs ? (size_t)(192 * 1024) / xs : nx;
+    jb = jb < 4 ? 4 : (jb / 4) * 4;
+    const size_t R = (size_t)set->rb;
+    for (size_t j0 = 0; j0 < nx; j0 += jb) {
+        const size_t j1 = j0 + jb < nx ? j0 + jb : nx;
+        size_t r = r0;
+        for (; r + R <= r1; r += R) {
+            size_t j = j0;
+            for (; j + 4 <= j1; j += 4) set->batch[3](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
+            if (j < j1) set->batch[j1 - j - 1](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
+        }
+        for (; r < r1; r++) {
+            size_t j = j0;
+            for (; j + 4 <= j1; j += 4) set->single[3](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
+            if (j < j1) set->single[j1 - j - 1](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
+        }
+    }
+}
+
+// Legacy kernels: per type, mat-vec tiles (4 rows, 1 row) and batch tiles (CK_RB_LEGACY rows, 1 row) x 1..4 acts.
+typedef void (*CK_SFX(vec_fn))(const uint8_t *w, size_t ws, const uint8_t *x, const float *dx, const float *u,
+                               size_t nb, float *y);
+typedef void (*CK_SFX(batch_fn))(const uint8_t *uq, const uint8_t *sq, const float *dw, size_t nb, size_t nb8,
+                                 const uint8_t *x, size_t xs, const float *dx, const float *u, float *y, size_t ldy);
+
+#define CK_LEG_VEC(T, TYPE, R)                                                                                  \
+    CK_KERNEL void CK_NAME(T, v, R)(const uint8_t *w, size_t ws, const uint8_t *x, const float *dx,              \
+                                    const float *u, size_t nb, float *y) {                                      \
+        CK_SFX(vec_legacy)(TYPE, sizeof(block_##T), w, ws, x, dx, u, nb, y, R);                                  \
+    }
+#define CK_LEG_BATCH(T, TYPE, R, C)                                                                             \
+    CK_KERNEL void CK_NAME(T, R, C)(const uint8_t *uq, const uint8_t *sq, const float *dw, size_t nb, size_t nb8, \
+                                    const uint8_t *x, size_t xs, const float *dx, const float *u, float *y,     \
+                                    size_t ldy) {                                                               \
+        CK_SFX(batch_legacy)(TYPE, uq, sq, dw, nb, nb8, x, xs, dx, u, y, ldy, R, C);                            \
+    }
+#define CK_LEG_ALL(T, TYPE)                                                                                     \
+    CK_LEG_VEC(T, TYPE, 4) CK_LEG_VEC(T, TYPE, 1)                                                               \
+    CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 1) CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 2)                               \
+    CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 3) CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 4)                               \
+    CK_LEG_BATCH(T, TYPE, 1, 1) CK_LEG_BATCH(T, TYPE, 1, 2) CK_LEG_BATCH(T, TYPE, 1, 3) CK_LEG_BATCH(T, TYPE, 1, 4)
+
+CK_LEG_ALL(q4_0, CK_Q4_0)
+CK_LEG_ALL(q5_0, CK_Q5_0)
+CK_LEG_ALL(q8_0, CK_Q8_0)
+
+typedef struct {
+    CK_SFX(vec_fn) vec4, vec1;
+    CK_SFX(batch_fn) batch[4], single[4];
+} CK_SFX(legacy_set);
+
+#define CK_LEG_SET(T)                                                                                           \
+    {CK_NAME(T, v, 4), CK_NAME(T, v, 1), CK_TABLE(T, CK_RB_LEGACY), CK_TABLE(T, 1)}
+static const CK_SFX(legacy_set) CK_SFX(leg_q4_0) = CK_LEG_SET(q4_0);
+static const CK_SFX(legacy_set) CK_SFX(leg_q5_0) = CK_LEG_SET(q5_0);
+static const CK_SFX(legacy_set) CK_SFX(leg_q8_0) = CK_LEG_SET(q8_0);
+
+__attribute__((target(CK_TARGET)))
+static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t cols, const uint8_t *w, size_t ws,
+                                size_t r0, size_t r1, const uint8_t *x, size_t xs, size_t nx, float *y, size_t ldy) {
+    const size_t bsize = ck_type_size(type), nb = cols / QK, nb8 = (nb + 7) & ~(size_t)7;
+    const int off = type == CK_Q4_0 ? 8 : type == CK_Q5_0 ? 16 : 0;
+    // Activation side: dx[j*nb + b], u[j*nb8 + b].
+    const size_t rb = CK_RB_LEGACY;
+    const size_t xfloats = nx * (nb + nb8);
+    const size_t wbytes = rb * nb * 32 * (off ? 1 : 2) + rb * nb8 * 4;
+    float stack_buf[2048] __attribute__((aligned(64)));
+    float *xbuf = stack_buf;
+    uint8_t *heap = NULL;
+    const size_t need = xfloats * 4 + (nx > 1 ? wbytes + 64 : 0);
+    if (need > sizeof(stack_buf)) {
+        heap = aligned_alloc(64, (need + 63) & ~(size_t)63);
+        if (!heap) return -1;
+        xbuf = (float *)heap;
+    }
+    float *dx = xbuf, *u = xbuf + nx * nb;
+    for (size_t j = 0; j < nx; j++) {
+        for (size_t b = 0; b < nb; b++) {
+            const block_q8_0 *xb = (const block_q8_0 *)(x + j * xs) + b;
+            const float d = CK_SFX(h2f)(xb->d);
+            dx[j * nb + b] = d;
+            if (off) {
+                int sum = 0;
+                for (int k = 0; k < QK; k++) sum += xb->qs[k];
+                u[j * nb8 + b] = d * (float)(off * sum);
+            }
+        }
+        for (size_t b = nb; b < nb8; b++) u[j * nb8 + b] = 0;
+    }
+    if (nx == 1) {
+        size_t r = r0;
+        for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, dx, u, nb, y + r);
+        for (; r < r1; r++) set->vec1(w + r * ws, ws, x, dx, u, nb, y + r);
+    } else {
+        uint8_t *wsc = (uint8_t *)(((uintptr_t)(xbuf + xfloats) + 63) & ~(uintptr_t)63);
+        uint8_t *uq = wsc, *sq = off ? NULL : wsc + rb * nb * 32;
+        float *dw = (float *)(wsc + rb * nb * 32 * (off ? 1 : 2));
+        size_t jb = (size_t)(256 * 1024) / (xs ? xs : 1);
+        jb = jb < 4 ? 4 : (jb / 4) * 4;
+        for (size_t j0 = 0; j0 < nx; j0 += jb) {
+            const size_t j1 = j0 + jb < nx ? j0 + jb : nx;
+            for (size_t r = r0; r < r1;) {
+                const int R = r + rb <= r1 ? (int)rb : 1;
+                CK_SFX(unpack_legacy)(type, bsize, w + r * ws, ws, nb, nb8, R, uq, sq, dw);
+                const CK_SFX(batch_fn) *fns = R == (int)rb ? set->batch : set->single;
+                size_t j = j0;
+                for (; j + 4 <= j1; j += 4)
+                    fns[3](uq, sq, dw, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
+                if (j < j1)
+                    fns[j1 - j - 1](uq, sq, dw, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
+                r += (size_t)R;
+            }
+        }
+    }
+    free(heap);
+    return 0;
+}
+
+static int CK_SFX(ck_matmul_impl)(int type, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
+                      const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
+    const CK_SFX(tile_set) *set;
+    switch (type) {
+    case CK_Q4_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q4_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q5_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q5_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q8_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q8_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q4_K: set = &CK_SFX(set_q4_K); break;
+    case CK_Q6_K: set = &CK_SFX(set_q6_K); break;
+    default: return -1;
+    }
+    CK_SFX(drive)(set, cols / ck_block_size(type), w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    return 0;
+}
+
+#undef CK_FN
+#undef CK_KERNEL
+#undef CK_INST_LEGACY
+#undef CK_INST_K
+#undef CK_INST_LEGACY_ROWS
+#undef CK_INST_K_ROWS
+#undef CK_TABLE
+#undef CK_NAME
+#undef CK_CAT4
+#undef CK_CAT4X
+#undef CK_SET
+#undef CK_LEG_VEC
+#undef CK_LEG_BATCH
+#undef CK_LEG_ALL
+#undef CK_LEG_SET
