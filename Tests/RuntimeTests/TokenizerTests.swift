@@ -1,0 +1,308 @@
+// Tokenizer tests against llama.cpp's reference outputs for Gemma 3 270M (tokenize.jsonl, greedy.jsonl; see
+// ../shared/reference/gemma-3-270m-q4_k_m/README.md), plus hand-derived cases on tiny vocabularies built with
+// GGUFWriter.
+
+import Foundation
+import Runtime
+import Testing
+
+@Suite("Tokenizer: llama.cpp reference (Gemma 3 270M)")
+struct TokenizerReferenceTests {
+    typealias Case = TokenizerTestSupport.TokenizeCase
+
+    @Test("tokenize.jsonl holds the 62 reference cases")
+    func referenceFileIsPresent() throws {
+        let cases = try TokenizerTestSupport.readJSONLines("tokenize.jsonl", as: Case.self)
+        #expect(cases.count == 62)
+        #expect(TokenizerTestSupport.tokenizeCases.count == 62)
+    }
+
+    @Test("encode with parseSpecial matches llama_tokenize(parse_special: true)", arguments: TokenizerTestSupport.tokenizeCases)
+    func encodeParseSpecial(_ c: Case) throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        #expect(tok.encode(c.text, addBOS: false, parseSpecial: true) == c.ids)
+        #expect(tok.encode(c.text, addBOS: true, parseSpecial: true) == [2] + c.ids)
+    }
+
+    @Test("encode without parseSpecial matches llama_tokenize(parse_special: false)", arguments: TokenizerTestSupport.tokenizeCases)
+    func encodePlain(_ c: Case) throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        #expect(tok.encode(c.text, addBOS: false, parseSpecial: false) == (c.ids_parse_special_false ?? c.ids))
+    }
+
+    @Test("decode matches llama_detokenize(unparse_special: true)", arguments: TokenizerTestSupport.tokenizeCases)
+    func decode(_ c: Case) throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        #expect(tok.decode(c.ids) == c.detokenized)
+        if let ids = c.ids_parse_special_false, let text = c.detokenized_parse_special_false {
+            #expect(tok.decode(ids) == text)
+        }
+    }
+
+    @Test("streaming token by token equals the full decode", arguments: TokenizerTestSupport.tokenizeCases)
+    func streaming(_ c: Case) throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        for renderSpecial in [true, false] {
+            var stream = StreamingDetokenizer(tokenizer: tok, renderSpecial: renderSpecial)
+            var text = ""
+            for id in c.ids {
+                let piece = stream.push(id)
+                #expect(!piece.unicodeScalars.contains("\u{FFFD}"), "emitted a replacement character")
+                text += piece
+            }
+            text += stream.finish()
+            #expect(text == tok.decode(c.ids, renderSpecial: renderSpecial))
+            if renderSpecial { #expect(text == c.detokenized) }
+        }
+    }
+
+    @Test("greedy.jsonl prompt_ids: BOS + encode with parseSpecial")
+    func greedyPromptIDs() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        let records = try TokenizerTestSupport.readJSONLines("greedy.jsonl", as: TokenizerTestSupport.GreedyRecord.self)
+        #expect(records.count == 12)
+        for r in records {
+            #expect(tok.encode(r.prompt, addBOS: tok.addBOS, parseSpecial: true) == r.prompt_ids, "\(r.name)")
+        }
+    }
+
+    @Test("metadata facts from the reference README")
+    func specialTokens() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        #expect(tok.vocabSize == 262_144)
+        #expect(tok.bosID == 2)
+        #expect(tok.eosID == 1)
+        #expect(tok.addBOS)
+        #expect(!tok.addSpacePrefix)
+        #expect(tok.tokenText(105) == "<start_of_turn>")
+        #expect(tok.tokenText(106) == "<end_of_turn>")
+        #expect(tok.tokenText(255_999) == "<start_of_image>")
+        #expect(tok.tokenText(-1) == "" && tok.tokenText(262_144) == "")
+        // README: llama-tokenize "Hello, world!" gives [2, 9259, 236764, 1902, 236888].
+        #expect(tok.encode("Hello, world!", addBOS: true, parseSpecial: true) == [2, 9259, 236764, 1902, 236888])
+    }
+
+    @Test("end of generation: EOS, <end_of_turn> and </s> as in llama.cpp")
+    func endOfGeneration() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        #expect(tok.isEndOfGeneration(1))  // <eos>
+        #expect(tok.isEndOfGeneration(106))  // <end_of_turn>
+        #expect(tok.isEndOfGeneration(212))  // </s>: llama.cpp's EOG text list
+        #expect(tok.eotID == 106)
+        for id: Int32 in [0, 2, 3, 105, 107, 9259, 255_999, -1, 262_144] { #expect(!tok.isEndOfGeneration(id)) }
+        #expect(tok.endOfGenerationIDs == [1, 106, 212])
+    }
+
+    @Test("</s> is a control token: parsed only with parseSpecial, hidden without renderSpecial")
+    func closingSTag() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        #expect(tok.tokenText(212) == "</s>")
+        #expect(tok.encode("a</s>b", addBOS: false, parseSpecial: true).contains(212))
+        // Plain text: by hand from the vocabulary, SentencePiece-style merging of "<", "/", "s", ">" can only form
+        // "</" (954): neither "/s", "s>" nor "</s" exist. So: "</" "s" ">".
+        #expect(tok.encode("</s>", addBOS: false, parseSpecial: false) == [954, 236_751, 236_813])
+        #expect(tok.decode([212]) == "</s>")
+        #expect(tok.decode([212], renderSpecial: false) == "")
+    }
+
+    @Test("decode: byte tokens, special rendering, out-of-range ids")
+    func decodeDetails() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        // README: <0x00>...<0xFF> are ids 238...493.
+        #expect(tok.tokenBytes(238 + 0x41) == [0x41])
+        #expect(tok.tokenBytes(238 + 0xF0) == [0xF0])
+        #expect(tok.decode([238 + 0xF0, 238 + 0x9F, 238 + 0x8D, 238 + 0x95]) == "🍕")
+        #expect(tok.decode([238 + 0xFF]) == "\u{FFFD}")
+        #expect(tok.decode([2, 9259]) == "<bos>Hello")
+        #expect(tok.decode([2, 9259], renderSpecial: false) == "Hello")
+        #expect(tok.decode([-5, 9259, 1 << 30]) == "Hello")
+        #expect(tok.tokenBytes(-1) == [] && tok.tokenBytes(262_144) == [])
+        #expect(tok.tokenBytes(138) == Array("  ".utf8))  // user-defined space run renders its real spaces
+    }
+
+    @Test("<start_of_image> is user-defined: matched with or without parseSpecial")
+    func userDefinedAlwaysMatched() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        for parse in [true, false] {
+            #expect(tok.encode("x<start_of_image>y", addBOS: false, parseSpecial: parse).contains(255_999))
+            #expect(!tok.encode("x<start_of_turn>y", addBOS: false, parseSpecial: false).contains(105))
+        }
+    }
+
+    @Test("segments: content never parses special, the joined text tokenizes as a whole")
+    func segments() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        let markup = "<start_of_turn>user\n"
+        let content = "Hello"
+        #expect(
+            tok.encode([.text(markup, parseSpecial: true), .text(content, parseSpecial: false)], addBOS: false)
+                == tok.encode(markup + content, addBOS: false, parseSpecial: true))
+        // A control text split across a markup/content boundary is not matched.
+        let split = tok.encode([.text("<end_of", parseSpecial: true), .text("_turn>", parseSpecial: false)], addBOS: false)
+        #expect(!split.contains(106))
+        #expect(tok.decode(split) == "<end_of_turn>")
+        #expect(tok.encode([.token(105), .text("x", parseSpecial: false)], addBOS: true).prefix(2) == [2, 105])
+    }
+}
+
+@Suite("Tokenizer: streaming UTF-8")
+struct TokenizerStreamingTests {
+    @Test("a character split across byte tokens is held until complete")
+    func holdsSplitCharacter() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        var s = StreamingDetokenizer(tokenizer: tok)
+        // 🍕 = F0 9F 8D 95; byte token ids are 238 + byte (README).
+        #expect(s.push(238 + 0xF0) == "")
+        #expect(s.push(238 + 0x9F) == "")
+        #expect(s.push(238 + 0x8D) == "")
+        #expect(s.push(238 + 0x95) == "🍕")
+        #expect(s.finish() == "")
+    }
+
+    @Test("text before an incomplete character is released at once")
+    func releasesCompletePrefix() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        var s = StreamingDetokenizer(tokenizer: tok)
+        #expect(s.push(9259) == "Hello")  // "Hello" (tokenize.jsonl prose_simple)
+        #expect(s.push(238 + 0xE2) == "")  // € = E2 82 AC
+        #expect(s.push(238 + 0x82) == "")
+        #expect(s.push(238 + 0xAC) == "€")
+    }
+
+    @Test("invalid sequences are flushed as U+FFFD instead of being held")
+    func flushesInvalid() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        var s = StreamingDetokenizer(tokenizer: tok)
+        #expect(s.push(238 + 0xFF) == "\u{FFFD}")  // 0xFF never starts a sequence
+        #expect(s.push(238 + 0xF0) == "")
+        #expect(s.push(9259) == "\u{FFFD}Hello")  // the lead byte is cut off by ASCII
+        #expect(s.push(238 + 0xE0) == "")
+        #expect(s.push(238 + 0x80) == "\u{FFFD}\u{FFFD}")  // E0 80 is never valid (overlong)
+        #expect(s.push(238 + 0xE2) == "")
+        #expect(s.push(238 + 0x82) == "")
+        #expect(s.finish() == "\u{FFFD}")  // incomplete at the end
+        #expect(s.finish() == "")
+    }
+
+    @Test("streaming equals decode on random byte-token sequences")
+    func randomBytes() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        var rng = SplitMix64(seed: 0x5EED)
+        for _ in 0..<300 {
+            let n = Int(rng.next() % 12)
+            let ids: [Int32] = (0..<n).map { _ in
+                // Mostly lead/continuation bytes, some ASCII and a normal token.
+                switch rng.next() % 4 {
+                case 0: return 238 + Int32(0x80 + rng.next() % 64)
+                case 1: return 238 + Int32(0xC0 + rng.next() % 64)
+                case 2: return 238 + Int32(rng.next() % 128)
+                default: return 9259
+                }
+            }
+            var s = StreamingDetokenizer(tokenizer: tok, renderSpecial: true)
+            var text = ""
+            for id in ids { text += s.push(id) }
+            text += s.finish()
+            // Independent reference: Foundation-free decoding of the concatenated token bytes.
+            let bytes = ids.flatMap { tok.tokenBytes($0) }
+            #expect(text == String(decoding: bytes, as: UTF8.self), "\(ids)")
+        }
+    }
+}
+
+/// Small deterministic generator for test inputs.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite("Tokenizer: GGUF vocabularies")
+struct TokenizerVocabularyTests {
+    /// A GGUF holding only tokenizer metadata.
+    static func vocabGGUF(
+        model: String = "llama", tokens: [String], scores: [Float]? = nil, types: [Int32]? = nil,
+        extra: [(String, GGUFValue)] = []
+    ) throws -> GGUFFile {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("tokenizer.ggml.model", .string(model))
+        w.set("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }))
+        if let scores { w.set("tokenizer.ggml.scores", .array(scores.map { .float32($0) })) }
+        if let types { w.set("tokenizer.ggml.token_type", .array(types.map { .int32($0) })) }
+        for (k, v) in extra { w.set(k, v) }
+        return try GGUFFile(bytes: w.serialized())
+    }
+
+    @Test("a BPE (gpt2) vocabulary is rejected with a clear error")
+    func rejectsBPE() throws {
+        let gguf = try Self.vocabGGUF(model: "gpt2", tokens: ["a", "b", "ab"])
+        #expect(throws: TokenizerError.unsupportedTokenizerModel("gpt2")) { try Tokenizer(gguf: gguf) }
+        let message = TokenizerError.unsupportedTokenizerModel("gpt2").description
+        #expect(message.contains("gpt2") && message.contains("not supported"))
+    }
+
+    @Test("missing tokenizer metadata is a typed error")
+    func missingMetadata() throws {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        let gguf = try GGUFFile(bytes: w.serialized())
+        #expect(throws: TokenizerError.missingMetadata(key: "tokenizer.ggml.model")) { try Tokenizer(gguf: gguf) }
+        let noTokens = try Self.vocabGGUF(tokens: [])
+        #expect(throws: TokenizerError.invalidVocabularySize(0)) { try Tokenizer(gguf: noTokens) }
+        let shortScores = try Self.vocabGGUF(tokens: ["<unk>", "<s>", "</s>"], scores: [0, 0])
+        #expect(throws: TokenizerError.arrayLengthMismatch(key: "tokenizer.ggml.scores", count: 2, expected: 3)) {
+            try Tokenizer(gguf: shortScores)
+        }
+    }
+
+    /// Tokens: 0 <unk> (UNKNOWN), 1 <s>, 2 </s> (CONTROL), 3 ▁, 4 a, 5 b, 6 ▁a, 7 ab, 8 ▁ab, 9 <sep> (CONTROL),
+    /// 10 <|im_end|> (NORMAL in the file; llama.cpp re-types it as control and end of generation).
+    static func tinyLlama(extra: [(String, GGUFValue)] = []) throws -> Tokenizer {
+        let tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab", "▁ab", "<sep>", "<|im_end|>"]
+        let scores: [Float] = [0, 0, 0, -1, -2, -3, -4, -5, -6, 0, 0]
+        let types: [Int32] = [2, 3, 3, 1, 1, 1, 1, 1, 1, 3, 1]
+        return try Tokenizer(gguf: vocabGGUF(tokens: tokens, scores: scores, types: types, extra: extra))
+    }
+
+    @Test("llama defaults: BOS 1, EOS 2, add_bos, add_space_prefix (hand-derived ids)")
+    func llamaDefaults() throws {
+        let tok = try Self.tinyLlama()
+        #expect(tok.bosID == 1 && tok.eosID == 2 && tok.addBOS && tok.addSpacePrefix)
+        // "ab" -> "▁ab" (space prefix); merges by score: "▁a" (-4) beats "ab" (-5), then "▁a"+"b" = "▁ab".
+        #expect(tok.encode("ab", addBOS: true, parseSpecial: true) == [1, 8])
+        // The prefix is added at the start and after a special token only: "▁ab" <sep> "▁ab".
+        #expect(tok.encode("ab<sep>ab", addBOS: false, parseSpecial: true) == [8, 9, 8])
+        // Decoding removes the one leading space the prefix introduced.
+        #expect(tok.decode([8, 9, 8]) == "ab<sep> ab")
+        #expect(tok.decode([8, 9, 8], renderSpecial: false) == "ab ab")
+        var s = StreamingDetokenizer(tokenizer: tok, renderSpecial: true)
+        #expect(s.push(8) + s.push(9) + s.push(8) + s.finish() == "ab<sep> ab")
+        #expect(tok.isEndOfGeneration(2) && tok.isEndOfGeneration(10) && !tok.isEndOfGeneration(9))
+        #expect(tok.eotID == 10)
+        // <|im_end|> is now control: parsed as a token only with parseSpecial.
+        #expect(tok.encode("a<|im_end|>", addBOS: false, parseSpecial: true).last == 10)
+        #expect(!tok.encode("a<|im_end|>", addBOS: false, parseSpecial: false).contains(10))
+    }
+
+    @Test("metadata overrides: add_space_prefix false, explicit special ids and eot")
+    func metadataOverrides() throws {
+        let tok = try Self.tinyLlama(extra: [
+            ("tokenizer.ggml.add_space_prefix", .bool(false)), ("tokenizer.ggml.add_bos_token", .bool(false)),
+            ("tokenizer.ggml.bos_token_id", .uint32(9)), ("tokenizer.ggml.eos_token_id", .uint32(1)),
+            ("tokenizer.ggml.eot_token_id", .uint32(9)), ("tokenizer.ggml.padding_token_id", .int32(-1)),
+        ])
+        #expect(tok.bosID == 9 && tok.eosID == 1 && tok.eotID == 9 && !tok.addBOS && !tok.addSpacePrefix)
+        // No prefix: "ab" -> "ab" (7).
+        #expect(tok.encode("ab", addBOS: false, parseSpecial: true) == [7])
+        #expect(tok.decode([8]) == " ab")
+        // EOG: eos 1, eot 9, and by text </s> (2) and <|im_end|> (10), both on llama.cpp's list.
+        #expect(tok.endOfGenerationIDs == [1, 2, 9, 10])
+    }
+}
