@@ -10,9 +10,11 @@ with the GGUF format by the ggml authors. For every tensor type lorad reads, thi
 For activation quantization (Quant.quantize) it writes
 
     quantize_input.f32  float32 inputs (4 super-blocks of 256)
-    quantize_<type>.bin expected bytes: gguf.quants.quantize for f16, bf16, q8_0;
+    quantize_<type>.bin expected bytes: gguf.quants.quantize for f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1;
                         for q8_1 and q8_K (not implemented by gguf) the numpy transcription below of
                         ggml-quants.c quantize_row_q8_1_ref / quantize_row_q8_K_ref.
+    quantize_q8_0.f32   gguf.quants.dequantize of quantize_q8_0.bin (round trip)
+    quantize_q8_K.f32   ggml dequantize_row_q8_K (d * qs) of quantize_q8_K.bin, transcribed below
 
 Data is fully determined by SEED (numpy PCG64). Usage:
 
@@ -214,6 +216,14 @@ def quantize_q8_K_ref(x: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+def dequantize_q8_K_ref(raw: np.ndarray) -> np.ndarray:
+    """ggml dequantize_row_q8_K: y = d * qs, in float32."""
+    b = raw.reshape(-1, 292)
+    d = b[:, :4].copy().view("<f4").astype(np.float32)
+    qs = b[:, 4:260].copy().view(np.int8).astype(np.float32)
+    return (d * qs).astype("<f4").reshape(-1)
+
+
 def quantize_input(rng: np.random.Generator) -> np.ndarray:
     """Activation-like inputs, 4 super-blocks of 256: gaussian at varied scales, one zero block of 32, exact ties."""
     x = (rng.standard_normal(1024) * 10.0 ** rng.uniform(-2, 1.5, size=1024 // 32).repeat(32)).astype(np.float32)
@@ -243,8 +253,13 @@ def build(rng: np.random.Generator) -> dict[str, bytes]:
     files["quantize_f16.bin"] = quantize(x, T.F16).view(np.uint8).tobytes()
     files["quantize_bf16.bin"] = quantize(x, T.BF16).view(np.uint8).tobytes()
     files["quantize_q8_0.bin"] = quantize(x, T.Q8_0).reshape(-1).tobytes()
+    for stem, qtype in [("q4_0", T.Q4_0), ("q4_1", T.Q4_1), ("q5_0", T.Q5_0), ("q5_1", T.Q5_1)]:
+        files[f"quantize_{stem}.bin"] = quantize(x, qtype).reshape(-1).tobytes()
     files["quantize_q8_1.bin"] = quantize_q8_1_ref(x).tobytes()
     files["quantize_q8_K.bin"] = quantize_q8_K_ref(x).tobytes()
+    # Round trips: dequantized values of the quantized input.
+    files["quantize_q8_0.f32"] = np.asarray(dequantize(quantize(x, T.Q8_0), T.Q8_0), dtype="<f4").reshape(-1).tobytes()
+    files["quantize_q8_K.f32"] = dequantize_q8_K_ref(np.frombuffer(files["quantize_q8_K.bin"], dtype=np.uint8)).tobytes()
     # Cross-check the q8_1 transcription against gguf's q8_0 (same d and qs, different block layout).
     q80 = np.frombuffer(files["quantize_q8_0.bin"], dtype=np.uint8).reshape(-1, 34)
     q81 = np.frombuffer(files["quantize_q8_1.bin"], dtype=np.uint8).reshape(-1, 36)

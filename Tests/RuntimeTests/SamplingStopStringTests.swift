@@ -75,7 +75,7 @@ struct SamplingStopStringTests {
     }
 
     @Test func randomChunkingsAgreeWithWholeStringSearch() {
-        var rng = TestInputRNG(77)
+        var rng = SamplingInputRNG(77)
         let alphabet = Array("ab STOP<>é".unicodeScalars)
         let stops = ["STOP", "a<b", "bb b", "é>"]
         let stopScalars = stops.map { Array($0.unicodeScalars) }

@@ -9,7 +9,7 @@ import Testing
 // MARK: - helpers
 
 /// Small local generator for test inputs (64-bit LCG, Knuth MMIX constants, high bits out).
-struct TestInputRNG {
+struct SamplingInputRNG {
     var state: UInt64
     init(_ seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 &+ 1 }
     mutating func next() -> UInt64 {
@@ -27,7 +27,7 @@ struct TestInputRNG {
 }
 
 /// Double-precision softmax over the given ids (reference).
-func refSoftmax(_ logits: [Double]) -> [Double] {
+fileprivate func refSoftmax(_ logits: [Double]) -> [Double] {
     let m = logits.max() ?? 0
     let e = logits.map { Foundation.exp($0 - m) }
     let s = e.reduce(0, +)
@@ -35,7 +35,7 @@ func refSoftmax(_ logits: [Double]) -> [Double] {
 }
 
 /// Double-precision log_softmax (reference).
-func refLogSoftmax(_ logits: [Float]) -> [Double] {
+fileprivate func refLogSoftmax(_ logits: [Float]) -> [Double] {
     let d = logits.map(Double.init)
     let m = d.max() ?? 0
     let lse = m + Foundation.log(d.map { Foundation.exp($0 - m) }.reduce(0, +))
@@ -43,22 +43,22 @@ func refLogSoftmax(_ logits: [Float]) -> [Double] {
 }
 
 /// Ids ordered by logit descending, id ascending (reference ranking).
-func refRanking(_ logits: [Float]) -> [Int32] {
+fileprivate func refRanking(_ logits: [Float]) -> [Int32] {
     logits.indices.sorted { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }.map { Int32($0) }
 }
 
-func sampleOnce(_ sampler: inout Sampler, _ logits: [Float], history: [Int32] = []) -> SampledToken {
+fileprivate func sampleOnce(_ sampler: inout Sampler, _ logits: [Float], history: [Int32] = []) -> SampledToken {
     var copy = logits
     return copy.withUnsafeMutableBufferPointer { sampler.sample($0, history: history) }
 }
 
-func distributionOf(_ params: SamplingParams, _ logits: [Float], history: [Int32] = []) -> [TokenProbability] {
+fileprivate func distributionOf(_ params: SamplingParams, _ logits: [Float], history: [Int32] = []) -> [TokenProbability] {
     var sampler = Sampler(params: params)
     var copy = logits
     return copy.withUnsafeMutableBufferPointer { sampler.distribution($0, history: history) }
 }
 
-func params(temperature: Float = 1, topK: Int = 0, topP: Float = 1, minP: Float = 0, seed: UInt64? = 1)
+fileprivate func params(temperature: Float = 1, topK: Int = 0, topP: Float = 1, minP: Float = 0, seed: UInt64? = 1)
     -> SamplingParams
 {
     var p = SamplingParams()
@@ -79,7 +79,7 @@ struct SamplingTests {
         #expect(sampleOnce(&s, [1, 3, 0, 3, 2]).id == 1)
         #expect(sampleOnce(&s, [-5, -5, -5]).id == 0)
         #expect(sampleOnce(&s, [0, 0, 7]).id == 2)
-        var rng = TestInputRNG(7)
+        var rng = SamplingInputRNG(7)
         for trial in 0..<50 {
             // Quantized values make ties frequent.
             let logits = (0..<(10 + trial * 37)).map { _ in Float(Int(rng.next() % 9)) - 4 }
@@ -90,7 +90,7 @@ struct SamplingTests {
 
     @Test(arguments: [Float(0.05), 0.7, 1, 3, 100])
     func topKOneIsGreedy(temperature: Float) {
-        var rng = TestInputRNG(11)
+        var rng = SamplingInputRNG(11)
         for seed in UInt64(0)..<20 {
             var s = Sampler(params: params(temperature: temperature, topK: 1, seed: seed))
             let logits = rng.logits(500 + Int(seed) * 10)
@@ -99,7 +99,7 @@ struct SamplingTests {
     }
 
     @Test func sameSeedSameSequenceDifferentSeedsDiffer() {
-        var rng = TestInputRNG(3)
+        var rng = SamplingInputRNG(3)
         let steps = (0..<200).map { _ in rng.logits(1000, scale: 1) }
         func run(_ seed: UInt64, topP: Float = 1, topK: Int = 0) -> [Int32] {
             var s = Sampler(params: params(temperature: 0.9, topK: topK, topP: topP, seed: seed))
@@ -169,7 +169,7 @@ struct SamplingTests {
     }
 
     @Test func topKKeepsExactlyTheKBest() {
-        var rng = TestInputRNG(5)
+        var rng = SamplingInputRNG(5)
         for k in [1, 2, 7, 40, 199, 200, 500] {
             // Values on a coarse grid: ties at the k-th boundary are common and must go to the lower id.
             let logits = (0..<200).map { _ in Float(Int(rng.next() % 41)) * 0.25 - 5 }
@@ -179,7 +179,7 @@ struct SamplingTests {
     }
 
     @Test func topKOnFullSizeVocabulary() {
-        var rng = TestInputRNG(6)
+        var rng = SamplingInputRNG(6)
         let logits = rng.logits(262_144, scale: 3)
         let expected = Array(refRanking(logits).prefix(40))
         expectDistribution(distributionOf(params(temperature: 0.8, topK: 40), logits), ids: expected, logits: logits,
@@ -205,24 +205,24 @@ struct SamplingTests {
     }
 
     @Test func topPSmallVocabulary() {
-        var rng = TestInputRNG(8)
+        var rng = SamplingInputRNG(8)
         checkTopP(rng.logits(100), cuts: [1, 2, 3, 10, 40, 99])
         checkTopP(rng.logits(100), cuts: [1, 5, 20], temperature: 0.5)
     }
 
     @Test func topPAfterTopK() {
-        var rng = TestInputRNG(9)
+        var rng = SamplingInputRNG(9)
         checkTopP(rng.logits(300), cuts: [1, 4, 15], topK: 20)
     }
 
     @Test func topPFullSizeVocabulary() {
-        var rng = TestInputRNG(10)
+        var rng = SamplingInputRNG(10)
         // Sharp head (scale 4): the gap-doubling search must still find the exact cut.
         checkTopP(rng.logits(262_144, scale: 4), cuts: [1, 3, 12, 60])
     }
 
     @Test func minPKeepsTokensAboveFractionOfTop() {
-        var rng = TestInputRNG(12)
+        var rng = SamplingInputRNG(12)
         for (minP, n) in [(Float(0.05), 300), (0.5, 300), (0.01, 262_144)] {
             var logits = rng.logits(n, scale: 2)
             let m = Double(logits.max()!)
@@ -236,7 +236,7 @@ struct SamplingTests {
 
     @Test func filtersChainInDocumentedOrder() {
         // top_k = 30 → top_p on the renormalized 30 → min_p relative to the max → temperature on what is left.
-        var rng = TestInputRNG(13)
+        var rng = SamplingInputRNG(13)
         let logits = rng.logits(1000, scale: 1.5)
         let ranking = Array(refRanking(logits).prefix(30))
         let probs = refSoftmax(ranking.map { Double(logits[Int($0)]) })
@@ -302,7 +302,7 @@ struct SamplingTests {
 
     @Test(arguments: [Float(0), 1, 0.5])
     func logprobsAreRawLogSoftmax(temperature: Float) {
-        var rng = TestInputRNG(21)
+        var rng = SamplingInputRNG(21)
         var logits = rng.logits(5000, scale: 3)
         logits[17] = -.infinity  // a masked token
         logits[100] = logits[99]  // a tie
@@ -329,7 +329,7 @@ struct SamplingTests {
     }
 
     @Test func fullVocabularyDrawIsReproducibleAndNeverPicksMaskedTokens() {
-        var rng = TestInputRNG(31)
+        var rng = SamplingInputRNG(31)
         var logits = rng.logits(262_144, scale: 1)
         for i in stride(from: 0, to: logits.count, by: 2) { logits[i] = -.infinity }
         var a = Sampler(params: params(seed: 99))
