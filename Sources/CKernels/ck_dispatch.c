@@ -84,6 +84,10 @@ float ck_vec_dot(int path, int type, size_t n, const void *w, const void *x) {
 
 int ck_quantize_rows(int type, const float *src, size_t src_stride, void *dst, size_t dst_stride,
                      size_t rows, size_t cols) {
+#if defined(__x86_64__)
+    if (ck_best_path() >= CK_PATH_AVX2 &&
+        ck_quantize_rows_avx2(type, src, src_stride, dst, dst_stride, rows, cols) == 0) return 0;
+#endif
     uint8_t *d = dst;
     for (size_t j = 0; j < rows; j++) {
         if (ck_quantize_ref(type, src + j * src_stride, d + j * dst_stride, cols) != 0) return -1;

@@ -1,0 +1,116 @@
+// KernelBench: throughput figures of the quantized kernels on random data of the default model's shapes
+// (Gemma 3 270M: tied Q8_0 output head 262144 x 640, Q5_0 / Q4_K / Q6_K projections of 640 <-> 2048).
+// A benchmark, not a test: it prints figures and asserts nothing.
+import CKernels
+import Foundation
+
+public enum KernelBench {
+    /// One measured configuration.
+    public struct Result: Sendable {
+        public let name: String
+        public let type: GGMLType
+        public let rows: Int
+        public let cols: Int
+        public let n: Int
+        public let threads: Int
+        /// Best wall time of one call, seconds.
+        public let seconds: Double
+        /// Process CPU time of that call (all threads, spinning included), seconds.
+        public let cpuSeconds: Double
+        /// Weight bytes streamed per second (GB/s, 1e9).
+        public var gigabytesPerSecond: Double { Double(type.byteCount(elements: rows * cols) ?? 0) / seconds / 1e9 }
+        /// Integer multiply-adds x 2 per second (1e9), counting every weight x activation product.
+        public var gigaOpsPerSecond: Double { 2 * Double(rows) * Double(cols) * Double(n) / seconds / 1e9 }
+    }
+
+    /// Runs every configuration at each thread count and returns a printable report.
+    /// - Parameter quick: fewer repetitions (for smoke runs).
+    public static func run(threads: [Int] = [1, 2], quick: Bool = false) -> String {
+        var lines: [String] = []
+        lines.append("kernel path: \(KernelPath.best)")
+        for t in threads {
+            let results = measure(threads: t, quick: quick)
+            lines.append("threads: \(t)")
+            for r in results {
+                let name = r.name.padding(toLength: 34, withPad: " ", startingAt: 0)
+                let figure = r.n == 1 ? String(format: "%6.2f GB/s", r.gigabytesPerSecond)
+                                      : String(format: "%6.1f GOPS", r.gigaOpsPerSecond)
+                lines.append("  \(name)" + String(format: "%8.3f ms  ", r.seconds * 1e3) + figure
+                             + String(format: "   (cpu %.3f ms)", r.cpuSeconds * 1e3))
+            }
+            // Default model, non-embedding weights per token at n = 512 (parameter counts by type).
+            var perToken = 0.0
+            let mix: [(GGMLType, Double)] = [(.q5_0, 63.4e6), (.q4_K, 23.6e6), (.q6_K, 11.8e6), (.q8_0, 1.5e6)]
+            for (type, params) in mix {
+                if let r = results.first(where: { $0.type == type && $0.n > 1 }) {
+                    perToken += 2 * params / (r.gigaOpsPerSecond * 1e9)
+                }
+            }
+            lines.append(String(format: "  gemma-3-270m projections at n=512: %.2f ms/token (%.0f tokens/s, matmul only)",
+                                perToken * 1e3, 1 / perToken))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// Measures all configurations with a pool of `threads`.
+    public static func measure(threads: Int, quick: Bool = false) -> [Result] {
+        let pool = ComputePool(threads: threads)
+        let configs: [(String, GGMLType, Int, Int, Int)] = [
+            ("q8_0 262144x640 mat-vec (head)", .q8_0, 262_144, 640, 1),
+            ("q5_0 2048x640 mat-vec", .q5_0, 2048, 640, 1),
+            ("q5_0 640x2048 mat-vec", .q5_0, 640, 2048, 1),
+            ("q4_K 640x2048 mat-vec", .q4_K, 640, 2048, 1),
+            ("q6_K 640x2048 mat-vec", .q6_K, 640, 2048, 1),
+            ("q8_0 2048x640 n=512", .q8_0, 2048, 640, 512),
+            ("q5_0 2048x640 n=512", .q5_0, 2048, 640, 512),
+            ("q4_K 640x2048 n=512", .q4_K, 640, 2048, 512),
+            ("q6_K 640x2048 n=512", .q6_K, 640, 2048, 512),
+        ]
+        return configs.map { name, type, rows, cols, n in
+            let reps = quick ? 2 : (n == 1 ? (rows > 100_000 ? 10 : 200) : 5)
+            let (wall, cpu) = time(type, rows: rows, cols: cols, n: n, pool: pool, reps: reps)
+            return Result(name: name, type: type, rows: rows, cols: cols, n: n, threads: threads,
+                          seconds: wall, cpuSeconds: cpu)
+        }
+    }
+
+    static func time(_ type: GGMLType, rows: Int, cols: Int, n: Int, pool: ComputePool, reps: Int) -> (Double, Double) {
+        let rowBytes = type.byteCount(elements: cols)!
+        let weights = UnsafeMutableRawPointer.allocate(byteCount: rows * rowBytes, alignment: 64)
+        defer { weights.deallocate() }
+        // 256 distinct quantized rows, repeated over the matrix (every byte is touched).
+        var state: UInt64 = 0x1234_5678
+        func next() -> Float {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(Int64(bitPattern: state >> 11) % 2_000_001 - 1_000_000) / 1e6
+        }
+        let distinct = min(rows, 256)
+        var row = [Float](repeating: 0, count: cols)
+        for r in 0..<distinct {
+            for i in 0..<cols { row[i] = next() * 0.05 }
+            Quant.quantize(type, row, count: cols, into: weights + r * rowBytes)
+        }
+        for r in distinct..<rows {
+            (weights + r * rowBytes).copyMemory(from: weights + (r % distinct) * rowBytes, byteCount: rowBytes)
+        }
+        let x = (0..<(n * cols)).map { _ in next() }
+        var y = [Float](repeating: 0, count: n * rows)
+        let w = WeightMatrix(type: type, rows: rows, cols: cols, data: weights)
+        var best = Double.infinity, bestCPU = Double.infinity
+        for _ in 0..<(reps + 1) {  // the first call warms caches and workers
+            let c0 = processCPUSeconds()
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            matmul(w, x, n: n, &y, pool: pool)
+            let t = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            let c = processCPUSeconds() - c0
+            if t < best { best = t; bestCPU = c }
+        }
+        return (best, bestCPU)
+    }
+}
+
+private func processCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
