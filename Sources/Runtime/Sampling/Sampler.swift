@@ -8,8 +8,9 @@
 //   6. temperature → 7. draw one token with probability ∝ exp((logit − max) / temperature)
 // Temperature ≤ 0 is greedy: the argmax of the penalized logits, lowest id on ties (the filters cannot remove it).
 //
-// Cost on n_vocab = 262144: a few linear passes (max, exp-sum, one selection pass), no full sort. top_k uses a
-// size-k heap; top_p over the whole vocabulary sorts only the tokens within a logit gap of the maximum.
+// Cost on n_vocab = 262144: a few vectorized linear passes (max, exp, sums), never a full sort. top_k and the top-N
+// logprobs use a size-k heap; top_p over the whole vocabulary finds, with masked-sum passes, a logit gap below the
+// maximum that holds mass p, and sorts only the tokens inside it. The draw walks block sums, then one block.
 //
 // Non-finite logits are sanitized first: NaN becomes -inf and +inf becomes the largest finite Float; if every
 // logit is -inf the step is uniform over the vocabulary.
@@ -18,7 +19,7 @@
 ///
 /// Same params (same seed), same logits and history on each step ⇒ same tokens, on every platform: the random stream
 /// is ``Xoshiro256StarStar`` and every decision uses only correctly rounded IEEE operations (see SamplingMath.swift).
-public struct Sampler {
+public struct Sampler: Sendable {
     public let params: SamplingParams
     /// The seed in use (`params.seed`, or the one drawn from the system generator when that is nil).
     public let seed: UInt64
@@ -217,7 +218,7 @@ public struct Sampler {
             for id in ids where ranksBefore(logits[Int(id)], id, logits[Int(best)], best) { best = id }
             return best
         }
-        return Int32(truncatingIfNeeded: firstArgmax(UnsafeBufferPointer(logits)))
+        return Int32(truncatingIfNeeded: firstIndex(of: set.maxLogit, in: UnsafeBufferPointer(logits)))
     }
 
     private func lastPositive(_ ids: [Int32], _ ws: [Float]) -> Int32? {

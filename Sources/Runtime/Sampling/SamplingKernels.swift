@@ -44,10 +44,9 @@ func expShifted(_ l: UnsafeBufferPointer<Float>, max m: Float, invT: Float, into
     for i in 0..<n { wp[i] = expNonPositive((lp[i] - m) * invT) }
 }
 
-/// Index of the first entry equal to the maximum (the argmax with the lowest index on ties); 0 for an empty row.
-func firstArgmax(_ l: UnsafeBufferPointer<Float>) -> Int {
-    let m = maxAndNonFinite(l).max
-    for i in 0..<l.count where l[i] == m { return i }
+/// Index of the first entry equal to `value` (given the row maximum: the argmax, lowest index on ties); 0 if none.
+func firstIndex(of value: Float, in l: UnsafeBufferPointer<Float>) -> Int {
+    for i in 0..<l.count where l[i] == value { return i }
     return 0
 }
 
