@@ -1,2 +1,4 @@
+// lorad: the daemon executable; everything lives in the Daemon library.
 import Daemon
-print("lorad")
+
+await LoradCommand.main()

@@ -1,0 +1,311 @@
+// APIHandler: one request in, one response out. Runs on Swift concurrency tasks (never blocks an event loop):
+// tokenization happens here, generation on the engine's compute thread, tokens flow back through AsyncStreams.
+// A client that disconnects cancels its sequences: the channel's close future and every failed write both
+// reach Engine.cancel, which frees the sequence at the next step.
+
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Shared, thread-safe view of the daemon for request handlers.
+public final class ServerState: @unchecked Sendable {
+    /// The loaded model with its engine.
+    public struct Ready: Sendable {
+        public let engine: Engine
+        public let validator: RequestValidator
+        public var backend: any InferenceBackend { engine.backend }
+    }
+
+    public enum Phase: Sendable {
+        case loading
+        case ready(Ready)
+        case failed(String)
+    }
+
+    private let lock = NSLock()
+    private var phaseValue: Phase = .loading
+    private var drainingValue = false
+    private var maxBodyBytesValue: Int
+    public let metrics: DaemonMetrics
+    public let modelPath: String
+    public let started = Date()
+
+    public init(modelPath: String, maxBodyBytes: Int, metrics: DaemonMetrics) {
+        self.modelPath = modelPath
+        self.maxBodyBytesValue = maxBodyBytes
+        self.metrics = metrics
+    }
+
+    public var phase: Phase {
+        get { lock.withLock { phaseValue } }
+        set { lock.withLock { phaseValue = newValue } }
+    }
+    public var isDraining: Bool {
+        get { lock.withLock { drainingValue } }
+        set { lock.withLock { drainingValue = newValue } }
+    }
+    public var maxBodyBytes: Int {
+        get { lock.withLock { maxBodyBytesValue } }
+        set { lock.withLock { maxBodyBytesValue = newValue } }
+    }
+
+    /// The model id: the file stem (known before the model is loaded).
+    public var modelID: String {
+        if case .ready(let r) = phase { return r.backend.modelID }
+        let file = (modelPath as NSString).lastPathComponent
+        return file.hasSuffix(".gguf") ? String(file.dropLast(5)) : file
+    }
+}
+
+final class APIHandler: @unchecked Sendable {
+    let state: ServerState
+    let logger: Logger
+
+    init(state: ServerState, logger: Logger) {
+        self.state = state
+        self.logger = logger
+    }
+
+    /// Serves one request. Returns `false` when the connection must close afterwards.
+    func handle(head: HTTPRequestHead, body: [UInt8], writer: ResponseWriter, channel: any Channel) async -> Bool {
+        var label = "other"
+        var status = 500
+        var keep = true
+        do {
+            try Route.checkNotBrowser(headerNames: head.headers.map(\.name))
+            let route = try Route.resolve(method: head.method.rawValue, uri: head.uri)
+            label = route.template
+            status = try await dispatch(route, body: body, writer: writer, channel: channel)
+        } catch let e as APIError {
+            status = e.status
+            do { try await writer.send(error: e) } catch { keep = false }
+        } catch {
+            // A write failed: the client is gone.
+            status = 499
+            keep = false
+        }
+        state.metrics.recordRequest(route: label, status: status)
+        logger.debug(
+            "request", metadata: ["method": "\(head.method.rawValue)", "uri": "\(head.uri)", "status": "\(status)"])
+        return keep
+    }
+
+    private func ready() throws -> ServerState.Ready {
+        switch state.phase {
+        case .ready(let r):
+            if state.isDraining {
+                throw APIError.unavailable("The server is shutting down.", retryAfter: 5, code: "shutting_down")
+            }
+            return r
+        case .loading:
+            throw APIError.unavailable("The model is still loading.", retryAfter: 2, code: "model_loading")
+        case .failed(let m):
+            throw APIError.unavailable("The model failed to load: \(m)", retryAfter: 60, code: "model_failed")
+        }
+    }
+
+    private func dispatch(_ route: Route, body: [UInt8], writer: ResponseWriter, channel: any Channel) async throws
+        -> Int
+    {
+        switch route {
+        case .health:
+            switch state.phase {
+            case .ready:
+                try await writer.send(json: .object([("status", .string("ok"))]))
+                return 200
+            case .loading:
+                try await writer.send(json: .object([("status", .string("loading"))]), status: 503)
+                return 503
+            case .failed(let m):
+                try await writer.send(json: .object([("status", .string("error")), ("message", .string(m))]), status: 503)
+                return 503
+            }
+        case .status:
+            try await writer.send(json: statusBody())
+            return 200
+        case .metrics:
+            try await writer.send(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: state.metrics.render())
+            return 200
+        case .models:
+            try await writer.send(json: .object([("object", .string("list")), ("data", .array([modelObject()]))]))
+            return 200
+        case .model(let id):
+            guard id == state.modelID else { throw APIError.modelNotFound(id, available: state.modelID) }
+            try await writer.send(json: modelObject())
+            return 200
+        case .completions:
+            let r = try ready()
+            let body = try RequestValidator.decode(CompletionRequestBody.self, from: body)
+            return try await generate(try r.validator.prepare(body), ready: r, writer: writer, channel: channel)
+        case .chatCompletions:
+            let r = try ready()
+            let body = try RequestValidator.decode(ChatRequestBody.self, from: body)
+            return try await generate(try r.validator.prepare(body), ready: r, writer: writer, channel: channel)
+        }
+    }
+
+    private func modelObject() -> JSONValue {
+        .object([
+            ("id", .string(state.modelID)), ("object", .string("model")),
+            ("created", .int(Int(state.started.timeIntervalSince1970))), ("owned_by", .string("lorad")),
+            ("root", .string(state.modelPath)), ("parent", .null),
+        ])
+    }
+
+    private func statusBody() -> JSONValue {
+        var fields: [(String, JSONValue)] = []
+        let phase = state.phase
+        switch phase {
+        case .loading: fields.append(("status", .string("loading")))
+        case .ready: fields.append(("status", .string(state.isDraining ? "draining" : "ok")))
+        case .failed: fields.append(("status", .string("error")))
+        }
+        fields.append(("model", .string(state.modelID)))
+        fields.append(("model_path", .string(state.modelPath)))
+        fields.append(("uptime_seconds", .double(Date().timeIntervalSince(state.started))))
+        fields.append(("pid", .int(Int(ProcessInfo.processInfo.processIdentifier))))
+        if case .ready(let r) = phase {
+            let s = r.engine.snapshot
+            let l = r.engine.currentLimits
+            fields += [
+                ("running_sequences", .int(s.running)), ("waiting_requests", .int(s.waiting)),
+                ("max_sequences", .int(l.maxSequences)), ("max_queue", .int(l.maxQueue)),
+                ("context_size", .int(l.contextSize)), ("kv_cache_bytes_used", .int(s.kvBytesUsed)),
+                ("kv_cache_bytes_limit", .int(s.kvBytesLimit)), ("steps", .int(s.steps)),
+            ]
+        }
+        return .object(fields)
+    }
+
+    // MARK: - Generation
+
+    static func map(_ e: EngineError, param: String) -> APIError {
+        switch e {
+        case .queueFull(let l):
+            return .unavailable(
+                "The server is at capacity (\(l) requests waiting); retry later.", retryAfter: 1, code: "server_busy")
+        case .shuttingDown:
+            return .unavailable("The server is shutting down.", retryAfter: 5, code: "shutting_down")
+        case .exceedsKVBudget(let n, let l):
+            return .invalidRequest(
+                "The request needs \(n) bytes of kv_cache but the server's whole budget is \(l) bytes; reduce "
+                    + "the prompt or \(param).", param: param, code: "kv_cache_budget_exceeded")
+        case .exceedsContext(let p, let m, let c):
+            return .contextLengthExceeded(context: c, promptTokens: p, maxTokens: m, param: param)
+        case .invalidRequest(let m):
+            return .invalidRequest(m)
+        }
+    }
+
+    private func generate(_ prepared: PreparedRequest, ready r: ServerState.Ready, writer: ResponseWriter, channel: any Channel)
+        async throws -> Int
+    {
+        let engine = r.engine
+        var handles: [GenerationHandle] = []
+        do {
+            for g in prepared.generations { handles.append(try engine.submit(g)) }
+        } catch let e as EngineError {
+            for h in handles { engine.cancel(h.id) }
+            throw Self.map(e, param: "max_tokens")
+        }
+        let ids = handles.map(\.id)
+        // Client gone (EOF, reset) -> free the sequences at the next step, even while nothing is being written.
+        channel.closeFuture.whenComplete { _ in for id in ids { engine.cancel(id) } }
+        defer { for id in ids { engine.cancel(id) } }  // no-op for finished sequences
+
+        let backend = r.backend
+        let renderer = ResponseRenderer(
+            kind: prepared.kind, model: backend.modelID, logprobs: prepared.logprobs,
+            tokensAsIDs: prepared.tokensAsIDs, tokenBytes: { backend.tokenBytes($0) })
+        if !prepared.stream {
+            var results: [ChoiceResult] = []
+            for h in handles {
+                var c = ChoiceResult()
+                for await event in h.events { c.add(event) }
+                results.append(c)
+            }
+            if let failed = results.compactMap(\.summary).first(where: { $0.reason == .error }) {
+                throw APIError.internalError(failed.errorMessage ?? "generation failed")
+            }
+            if results.contains(where: { $0.summary == nil || $0.summary?.reason == .cancelled }) {
+                if !channel.isActive { throw CancellationError() }
+                throw APIError.unavailable("The request was cancelled (shutdown).", retryAfter: 5, code: "cancelled")
+            }
+            try await writer.send(json: renderer.response(results))
+            return 200
+        }
+        try await streamEvents(handles, prepared: prepared, renderer: renderer, writer: writer)
+        return 200
+    }
+
+    private func streamEvents(
+        _ handles: [GenerationHandle], prepared: PreparedRequest, renderer: ResponseRenderer, writer: ResponseWriter
+    ) async throws {
+        try await writer.startStream(status: 200, contentType: "text/event-stream")
+        let usageField = prepared.includeUsage
+        if prepared.kind == .chat {
+            for i in handles.indices {
+                try await writer.write(
+                    SSE.event(
+                        renderer.chunk(
+                            index: i, text: "", tokens: [], offsetStart: 0, finishReason: nil, role: true,
+                            includeUsageField: usageField)))
+            }
+        }
+        // Merge the per-choice streams into one ordered sequence of writes.
+        let (merged, mergedContinuation) = AsyncStream<(Int, GenerationEvent)>.makeStream()
+        let feeders = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for (i, h) in handles.enumerated() {
+                    group.addTask { for await e in h.events { mergedContinuation.yield((i, e)) } }
+                }
+            }
+            mergedContinuation.finish()
+        }
+        defer { feeders.cancel() }
+        var offsets = [Int](repeating: 0, count: handles.count)
+        var prompt = 0
+        var completion = 0
+        var failure: String?
+        for await (i, event) in merged {
+            switch event {
+            case .token(let t):
+                if t.text.isEmpty && prepared.logprobs == nil { continue }
+                try await writer.write(
+                    SSE.event(
+                        renderer.chunk(
+                            index: i, text: t.text, tokens: [t], offsetStart: offsets[i], finishReason: nil,
+                            includeUsageField: usageField)))
+                offsets[i] += t.text.unicodeScalars.count
+            case .finished(let s):
+                prompt += s.promptTokens
+                completion += s.completionTokens
+                if s.reason == .error { failure = s.errorMessage ?? "generation failed" }
+                if !s.trailingText.isEmpty {
+                    try await writer.write(
+                        SSE.event(
+                            renderer.chunk(
+                                index: i, text: s.trailingText, tokens: [], offsetStart: offsets[i],
+                                finishReason: nil, includeUsageField: usageField)))
+                    offsets[i] += s.trailingText.unicodeScalars.count
+                }
+                if let reason = ResponseRenderer.finishReason(s.reason), s.reason != .error {
+                    try await writer.write(
+                        SSE.event(
+                            renderer.chunk(
+                                index: i, text: "", tokens: [], offsetStart: offsets[i], finishReason: reason,
+                                includeUsageField: usageField)))
+                }
+            }
+        }
+        if let failure {
+            try await writer.write(SSE.event(APIError.internalError(failure).body))
+        }
+        if prepared.includeUsage {
+            try await writer.write(SSE.event(renderer.usageChunk(prompt: prompt, completion: completion)))
+        }
+        try await writer.write(SSE.done)
+        try await writer.end()
+    }
+}

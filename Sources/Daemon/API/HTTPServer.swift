@@ -1,0 +1,234 @@
+// HTTPServer: HTTP/1.1 over a Unix socket with SwiftNIO (NIOHTTP1 server pipeline + NIOAsyncChannel).
+//
+// Per connection: read one request head, then its body with the size limit enforced while reading (413 and
+// close as soon as the limit is passed, or at once when Content-Length announces more), hand it to APIHandler,
+// repeat while keep-alive. Connections are tracked so a drain can close idle ones and, after the timeout, all.
+// The listener either binds a path (stale-file check first; NIO unlinks the file when it closes) or adopts a
+// socket-activated fd (left alone on close: the socket unit owns it).
+
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// One accepted connection: the raw channel (for close notifications) and its async wrapper.
+struct AcceptedConnection: Sendable {
+    let channel: any Channel
+    let async: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+}
+
+/// Writes one HTTP response (whole or streamed) on a connection.
+struct ResponseWriter {
+    let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+    let version: HTTPVersion
+    let keepAlive: Bool
+    let allocator: ByteBufferAllocator
+
+    private func head(_ status: Int, _ headers: [(String, String)]) -> HTTPResponseHead {
+        var h = HTTPHeaders(headers)
+        h.add(name: "Server", value: "lorad")
+        if !keepAlive {
+            h.replaceOrAdd(name: "Connection", value: "close")
+        } else if version.minor == 0 {
+            h.replaceOrAdd(name: "Connection", value: "keep-alive")
+        }
+        return HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), headers: h)
+    }
+
+    /// A complete response with Content-Length.
+    func send(status: Int, contentType: String, body: [UInt8], headers: [(String, String)] = []) async throws {
+        var all = headers
+        all.append(("Content-Type", contentType))
+        all.append(("Content-Length", String(body.count)))
+        try await outbound.write(.head(head(status, all)))
+        if !body.isEmpty { try await outbound.write(.body(.byteBuffer(allocator.buffer(bytes: body)))) }
+        try await outbound.write(.end(nil))
+    }
+
+    func send(json: JSONValue, status: Int = 200, headers: [(String, String)] = []) async throws {
+        try await send(
+            status: status, contentType: "application/json", body: Array(json.serialized.utf8), headers: headers)
+    }
+
+    func send(error: APIError) async throws {
+        try await send(json: error.body, status: error.status, headers: error.headers)
+    }
+
+    /// Starts a chunked response (no Content-Length; NIO applies chunked transfer-encoding).
+    func startStream(status: Int, contentType: String) async throws {
+        try await outbound.write(
+            .head(head(status, [("Content-Type", contentType), ("Cache-Control", "no-cache")])))
+    }
+
+    func write(_ text: String) async throws {
+        try await outbound.write(.body(.byteBuffer(allocator.buffer(string: text))))
+    }
+
+    func end() async throws {
+        try await outbound.write(.end(nil))
+    }
+}
+
+/// Live connections; lets a drain close idle keep-alive connections and, past the timeout, every connection.
+final class ConnectionRegistry: @unchecked Sendable {
+    private let lock = NSLock()
+    private var entries: [ObjectIdentifier: (channel: any Channel, busy: Bool)] = [:]
+    private var draining = false
+
+    func add(_ c: any Channel) -> Bool {
+        lock.withLock {
+            if draining { return false }
+            entries[ObjectIdentifier(c)] = (c, false)
+            return true
+        }
+    }
+    func remove(_ c: any Channel) { lock.withLock { _ = entries.removeValue(forKey: ObjectIdentifier(c)) } }
+    /// Marks a connection busy (a request is being served) or idle. Returns false if it must close (draining).
+    func setBusy(_ c: any Channel, _ busy: Bool) -> Bool {
+        lock.withLock {
+            entries[ObjectIdentifier(c)]?.busy = busy
+            return !(draining && !busy)
+        }
+    }
+    var count: Int { lock.withLock { entries.count } }
+    /// Starts draining: idle connections are closed now, busy ones after their response.
+    func beginDrain() {
+        let idle: [any Channel] = lock.withLock {
+            draining = true
+            return entries.values.filter { !$0.busy }.map(\.channel)
+        }
+        for c in idle { c.close(promise: nil) }
+    }
+    func closeAll() {
+        let all = lock.withLock { entries.values.map(\.channel) }
+        for c in all { c.close(promise: nil) }
+    }
+}
+
+/// The listening side of lorad.
+final class HTTPServer: @unchecked Sendable {
+    typealias ServerChannel = NIOAsyncChannel<AcceptedConnection, Never>
+
+    let handler: APIHandler
+    let logger: Logger
+    let group: MultiThreadedEventLoopGroup
+    let connections = ConnectionRegistry()
+
+    init(handler: APIHandler, logger: Logger, eventLoopThreads: Int = 1) {
+        self.handler = handler
+        self.logger = logger
+        group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
+    }
+
+    private var bootstrap: ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+    }
+
+    @Sendable private static func initChild(_ ch: any Channel) -> EventLoopFuture<AcceptedConnection> {
+        ch.eventLoop.makeCompletedFuture {
+            try ch.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            let a = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: ch)
+            return AcceptedConnection(channel: ch, async: a)
+        }
+    }
+
+    /// Binds `path` after removing a stale socket file; refuses a live one. Sets mode 0660.
+    func bind(path: String) async throws -> ServerChannel {
+        if try UnixSocketPath.prepareForBinding(path) {
+            logger.notice("removed stale socket file", metadata: ["socket": "\(path)"])
+        }
+        let server = try await bootstrap.bind(
+            unixDomainSocketPath: path, cleanupExistingSocketFile: false, childChannelInitializer: Self.initChild)
+        _ = chmod(path, 0o660)
+        return server
+    }
+
+    /// Adopts an already bound and listening socket (systemd socket activation).
+    func adopt(fd: Int32) async throws -> ServerChannel {
+        try await bootstrap.bind(fd, childChannelInitializer: Self.initChild)
+    }
+
+    /// Accepts connections until the server channel is closed, then waits for open connections to finish.
+    func serve(_ server: ServerChannel) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            try await server.executeThenClose { inbound in
+                for try await conn in inbound {
+                    group.addTask { await self.serveConnection(conn) }
+                }
+            }
+        }
+    }
+
+    func shutdownEventLoops() async {
+        try? await group.shutdownGracefully()
+    }
+
+    // MARK: - One connection
+
+    private func serveConnection(_ conn: AcceptedConnection) async {
+        guard connections.add(conn.channel) else {
+            try? await conn.channel.close()
+            return
+        }
+        defer { connections.remove(conn.channel) }
+        do {
+            try await conn.async.executeThenClose { inbound, outbound in
+                var parts = inbound.makeAsyncIterator()
+                while let part = try await parts.next() {
+                    guard case .head(let head) = part else { continue }
+                    guard connections.setBusy(conn.channel, true) else { return }
+                    let limit = handler.state.maxBodyBytes
+                    var body: [UInt8] = []
+                    var tooLarge = false
+                    if let cl = head.headers.first(name: "content-length"), let n = Int(cl), n > limit {
+                        tooLarge = true
+                    } else {
+                        reading: while let p = try await parts.next() {
+                            switch p {
+                            case .body(let buf):
+                                if body.count + buf.readableBytes > limit {
+                                    tooLarge = true
+                                    break reading
+                                }
+                                body.append(contentsOf: buf.readableBytesView)
+                            case .end:
+                                break reading
+                            case .head:
+                                return  // protocol violation: drop the connection
+                            }
+                        }
+                    }
+                    let allocator = conn.channel.allocator
+                    if tooLarge {
+                        // Stop reading: answer and close without consuming the rest of the body.
+                        let w = ResponseWriter(outbound: outbound, version: head.version, keepAlive: false, allocator: allocator)
+                        let err = APIError.bodyTooLarge(limit: limit)
+                        try? await w.send(error: err)
+                        handler.state.metrics.recordRequest(route: Self.routeLabel(head), status: 413)
+                        return
+                    }
+                    let keepAlive = head.isKeepAlive && !handler.state.isDraining
+                    let writer = ResponseWriter(outbound: outbound, version: head.version, keepAlive: keepAlive, allocator: allocator)
+                    let keep = await handler.handle(head: head, body: body, writer: writer, channel: conn.channel)
+                    guard keepAlive && keep else { return }
+                    guard connections.setBusy(conn.channel, false) else { return }
+                }
+            }
+        } catch {
+            logger.debug("connection ended with error", metadata: ["error": "\(error)"])
+        }
+    }
+
+    static func routeLabel(_ head: HTTPRequestHead) -> String {
+        (try? Route.resolve(method: head.method.rawValue, uri: head.uri).template) ?? "other"
+    }
+}

@@ -1,0 +1,189 @@
+// WireTypes: request bodies as clients send them (OpenAI field names, snake_case). Decoding only checks JSON
+// types; ranges and cross-field rules are checked in RequestValidation. Unknown fields are ignored, as OpenAI
+// clients send extras (`user`, `metadata`, ...).
+
+/// `prompt`: a string, a list of strings, a list of token ids, or a list of token-id lists.
+public enum PromptInput: Decodable, Sendable, Equatable {
+    case text(String)
+    case texts([String])
+    case tokens([Int])
+    case tokenLists([[Int]])
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let s = try? c.decode(String.self) {
+            self = .text(s)
+        } else if let list = try? c.decode([String].self) {
+            self = .texts(list)
+        } else if let ids = try? c.decode([Int].self) {
+            self = .tokens(ids)
+        } else if let lists = try? c.decode([[Int]].self) {
+            self = .tokenLists(lists)
+        } else {
+            throw DecodingError.typeMismatch(
+                PromptInput.self,
+                .init(
+                    codingPath: decoder.codingPath,
+                    debugDescription: "expected a string, a list of strings, a list of token ids, or a list of "
+                        + "token-id lists"))
+        }
+    }
+}
+
+/// `stop`: one string or a list of strings.
+public enum StopInput: Decodable, Sendable, Equatable {
+    case one(String)
+    case many([String])
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let s = try? c.decode(String.self) {
+            self = .one(s)
+        } else if let list = try? c.decode([String].self) {
+            self = .many(list)
+        } else {
+            throw DecodingError.typeMismatch(
+                StopInput.self,
+                .init(codingPath: decoder.codingPath, debugDescription: "expected a string or a list of strings"))
+        }
+    }
+
+    public var strings: [String] {
+        switch self {
+        case .one(let s): return [s]
+        case .many(let l): return l
+        }
+    }
+}
+
+/// `stream_options`.
+public struct StreamOptions: Decodable, Sendable, Equatable {
+    public var includeUsage: Bool?
+    enum CodingKeys: String, CodingKey { case includeUsage = "include_usage" }
+}
+
+/// Sampling and stopping fields shared by both endpoints.
+public struct SamplingFields: Decodable, Sendable, Equatable {
+    public var temperature: Double?
+    public var topP: Double?
+    public var topK: Int?
+    public var minP: Double?
+    public var repetitionPenalty: Double?
+    public var presencePenalty: Double?
+    public var frequencyPenalty: Double?
+    public var seed: Int64?
+    public var stop: StopInput?
+    public var stopTokenIDs: [Int]?
+    public var ignoreEOS: Bool?
+    public var n: Int?
+    public var bestOf: Int?
+    public var stream: Bool?
+    public var streamOptions: StreamOptions?
+    public var returnTokensAsTokenIDs: Bool?
+
+    enum CodingKeys: String, CodingKey {
+        case temperature, seed, stop, n, stream
+        case topP = "top_p"
+        case topK = "top_k"
+        case minP = "min_p"
+        case repetitionPenalty = "repetition_penalty"
+        case presencePenalty = "presence_penalty"
+        case frequencyPenalty = "frequency_penalty"
+        case stopTokenIDs = "stop_token_ids"
+        case ignoreEOS = "ignore_eos"
+        case bestOf = "best_of"
+        case streamOptions = "stream_options"
+        case returnTokensAsTokenIDs = "return_tokens_as_token_ids"
+    }
+}
+
+/// `POST /v1/completions` body.
+public struct CompletionRequestBody: Decodable, Sendable, Equatable {
+    public var model: String?
+    public var prompt: PromptInput
+    public var maxTokens: Int?
+    /// Legacy completions logprobs: number of alternatives (0...20); present means "report logprobs".
+    public var logprobs: Int?
+    public var echo: Bool?
+    public var suffix: String?
+    public var sampling: SamplingFields
+
+    enum CodingKeys: String, CodingKey {
+        case model, prompt, logprobs, echo, suffix
+        case maxTokens = "max_tokens"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        model = try c.decodeIfPresent(String.self, forKey: .model)
+        prompt = try c.decode(PromptInput.self, forKey: .prompt)
+        maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens)
+        logprobs = try c.decodeIfPresent(Int.self, forKey: .logprobs)
+        echo = try c.decodeIfPresent(Bool.self, forKey: .echo)
+        suffix = try c.decodeIfPresent(String.self, forKey: .suffix)
+        sampling = try SamplingFields(from: decoder)
+    }
+}
+
+/// One chat message; `content` may be a string, null, or a list of `{"type": "text", "text": ...}` parts.
+public struct ChatMessageBody: Decodable, Sendable, Equatable {
+    public var role: String
+    public var content: String
+
+    enum CodingKeys: String, CodingKey { case role, content }
+    struct Part: Decodable {
+        var type: String
+        var text: String?
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        role = try c.decode(String.self, forKey: .role)
+        if try !c.contains(.content) || c.decodeNil(forKey: .content) {
+            content = ""
+        } else if let s = try? c.decode(String.self, forKey: .content) {
+            content = s
+        } else {
+            let parts = try c.decode([Part].self, forKey: .content)
+            var text = ""
+            for p in parts {
+                guard p.type == "text", let t = p.text else {
+                    throw DecodingError.dataCorruptedError(
+                        forKey: .content, in: c,
+                        debugDescription: "only text content parts are supported (got type '\(p.type)')")
+                }
+                text += t
+            }
+            content = text
+        }
+    }
+}
+
+/// `POST /v1/chat/completions` body.
+public struct ChatRequestBody: Decodable, Sendable, Equatable {
+    public var model: String?
+    public var messages: [ChatMessageBody]
+    public var maxTokens: Int?
+    public var maxCompletionTokens: Int?
+    public var logprobs: Bool?
+    public var topLogprobs: Int?
+    public var sampling: SamplingFields
+
+    enum CodingKeys: String, CodingKey {
+        case model, messages, logprobs
+        case maxTokens = "max_tokens"
+        case maxCompletionTokens = "max_completion_tokens"
+        case topLogprobs = "top_logprobs"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        model = try c.decodeIfPresent(String.self, forKey: .model)
+        messages = try c.decode([ChatMessageBody].self, forKey: .messages)
+        maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens)
+        maxCompletionTokens = try c.decodeIfPresent(Int.self, forKey: .maxCompletionTokens)
+        logprobs = try c.decodeIfPresent(Bool.self, forKey: .logprobs)
+        topLogprobs = try c.decodeIfPresent(Int.self, forKey: .topLogprobs)
+        sampling = try SamplingFields(from: decoder)
+    }
+}

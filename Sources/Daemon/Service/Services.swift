@@ -1,0 +1,170 @@
+// Services: the daemon's long-running parts under swift-service-lifecycle. ServiceGroup starts them in order
+// (engine, then API) and on SIGTERM/SIGINT shuts them down in reverse: the API stops accepting, drains
+// in-flight requests within the drain timeout (then cancels what is left), and only then the engine stops.
+
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// Loads the model, runs the engine's compute thread, keeps systemd's STATUS= and watchdog up to date.
+final class EngineService: Service, @unchecked Sendable {
+    let config: DaemonConfig
+    let state: ServerState
+    let logger: Logger
+    private let lock = NSLock()
+    private var engine: Engine?
+
+    init(config: DaemonConfig, state: ServerState, logger: Logger) {
+        self.config = config
+        self.state = state
+        self.logger = logger
+    }
+
+    var currentEngine: Engine? { lock.withLock { engine } }
+
+    func run() async throws {
+        let watchdog = SystemdNotifier.watchdogInterval
+        let pinger = Watchdog(interval: watchdog)
+        SystemdNotifier.status("loading model \(config.model)")
+        logger.info("loading model", metadata: ["model": "\(config.model)", "threads": "\(config.threads)"])
+        let loadStart = Date()
+        // Load off the cooperative pool; ping the watchdog meanwhile (mmap + tokenizer setup take a moment).
+        let loadTask = Task.detached { [config] in
+            try RuntimeBackend(path: config.model, options: .init(threads: config.threads))
+        }
+        let pingTask = Task {
+            while !Task.isCancelled {
+                pinger.ping()
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        let backend: RuntimeBackend
+        do {
+            backend = try await loadTask.value
+            pingTask.cancel()
+        } catch {
+            pingTask.cancel()
+            let message = "\(error)"
+            state.phase = .failed(message)
+            logger.critical("model failed to load", metadata: ["model": "\(config.model)", "error": "\(message)"])
+            SystemdNotifier.status("model failed to load: \(message)")
+            throw error
+        }
+        let limits = config.engineLimits(trainedContext: backend.trainedContextLength)
+        let engine = Engine(
+            backend: backend, limits: limits, metrics: state.metrics, heartbeat: { pinger.ping() },
+            idleWakeInterval: watchdog.map { min(1, Self.seconds($0) / 4) } ?? 1)
+        engine.start()
+        lock.withLock { self.engine = engine }
+        state.phase = .ready(
+            ServerState.Ready(engine: engine, validator: RequestValidator(backend: backend, contextSize: limits.contextSize)))
+        logger.info(
+            "model ready",
+            metadata: [
+                "model": "\(backend.modelID)", "load_seconds": "\(String(format: "%.2f", Date().timeIntervalSince(loadStart)))",
+                "context_size": "\(limits.contextSize)", "kv_bytes_per_token": "\(backend.kvBytesPerToken)",
+                "max_sequences": "\(limits.maxSequences)",
+            ])
+        SystemdNotifier.ready(status: Self.statusLine(engine.snapshot))
+
+        // Until shutdown: refresh STATUS= when the load changes.
+        await cancelWhenGracefulShutdown {
+            var last = ""
+            while !Task.isCancelled {
+                let line = Self.statusLine(engine.snapshot)
+                if line != last {
+                    SystemdNotifier.status(line)
+                    last = line
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        // The API service (started after us) has already drained; stop the compute thread.
+        engine.shutdown()
+        logger.info("engine stopped")
+    }
+
+    static func statusLine(_ s: EngineSnapshot) -> String {
+        "serving \(s.running) sequence\(s.running == 1 ? "" : "s"), \(s.waiting) waiting"
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    }
+}
+
+/// Rate-limited WATCHDOG=1 pings (at most every interval/4), a no-op when systemd set no watchdog.
+final class Watchdog: @unchecked Sendable {
+    private let minGap: Double?
+    private let lock = NSLock()
+    private var last = Date.distantPast
+
+    init(interval: Duration?) {
+        minGap = interval.map { EngineService.seconds($0) / 4 }
+    }
+
+    func ping() {
+        guard let gap = minGap else { return }
+        let now = Date()
+        let due: Bool = lock.withLock {
+            if now.timeIntervalSince(last) >= gap {
+                last = now
+                return true
+            }
+            return false
+        }
+        if due { SystemdNotifier.watchdog() }
+    }
+}
+
+/// Serves HTTP on the listening socket; on graceful shutdown stops accepting and drains.
+final class APIService: Service, @unchecked Sendable {
+    let server: HTTPServer
+    let channel: HTTPServer.ServerChannel
+    let state: ServerState
+    let engineService: EngineService
+    let drainTimeout: Double
+    let logger: Logger
+
+    init(
+        server: HTTPServer, channel: HTTPServer.ServerChannel, state: ServerState, engineService: EngineService,
+        drainTimeout: Double, logger: Logger
+    ) {
+        self.server = server
+        self.channel = channel
+        self.state = state
+        self.engineService = engineService
+        self.drainTimeout = drainTimeout
+        self.logger = logger
+    }
+
+    func run() async throws {
+        let serverChannel = channel.channel
+        try await withGracefulShutdownHandler {
+            try await server.serve(channel)
+        } onGracefulShutdown: { [self] in
+            SystemdNotifier.stopping()
+            logger.notice("draining", metadata: ["timeout_seconds": "\(drainTimeout)"])
+            state.isDraining = true
+            engineService.currentEngine?.stopAccepting()
+            serverChannel.close(promise: nil)
+            server.connections.beginDrain()
+            let engine = engineService.currentEngine
+            let timeout = drainTimeout
+            Task.detached { [server, logger] in
+                let deadline = Date().addingTimeInterval(timeout)
+                while Date() < deadline {
+                    if server.connections.count == 0 { return }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+                logger.warning("drain timeout reached; cancelling remaining requests")
+                engine?.cancelAll()
+                try? await Task.sleep(for: .seconds(2))
+                server.connections.closeAll()
+            }
+        }
+        await server.shutdownEventLoops()
+        logger.info("listener closed")
+    }
+}
