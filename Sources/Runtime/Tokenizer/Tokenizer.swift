@@ -99,40 +99,53 @@ public final class Tokenizer: @unchecked Sendable {
 
         // Decoding table (llama.cpp token_to_piece with special = true): control, unknown and user-defined tokens
         // render their text; normal tokens their text with U+2581 as space; byte tokens their byte; others nothing.
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(n * 8)
         var offsets = [Int32](repeating: 0, count: n + 1)
         var byteTokens = [Int32](repeating: -1, count: 256)
-        var matcher = SpecialTokenMatcher()
-        for i in 0..<n {
-            let a = vocab.attributes[i]
-            var text = vocab.tokens[i]
-            if a.contains(.control) || a.contains(.unknown) || a.contains(.userDefined) {
-                bytes.append(contentsOf: text.utf8)
-                matcher.insert(Array(text.utf8), id: Int32(i), needsParseSpecial: !a.isDisjoint(with: .special))
-            } else if a.contains(.normal) {
-                text.withUTF8 { u in
-                    var j = 0
-                    while j < u.count {
-                        if j + 2 < u.count, u[j] == 0xE2, u[j + 1] == 0x96, u[j + 2] == 0x81 {
-                            bytes.append(0x20)
-                            j += 3
-                        } else {
-                            bytes.append(u[j])
-                            j += 1
+        var specialEntries: [(bytes: [UInt8], id: Int32, needsParseSpecial: Bool)] = []
+        var totalBytes = 0
+        for i in 0..<n { totalBytes += vocab.tokens[i].utf8.count }
+        guard totalBytes <= Int(Int32.max) else { throw TokenizerError.invalidVocabularySize(n) }
+        var bytes = [UInt8](repeating: 0, count: totalBytes)  // an upper bound: no rule makes a token longer
+        var used = 0
+        try bytes.withUnsafeMutableBufferPointer { out in
+            for i in 0..<n {
+                let a = vocab.attributes[i]
+                var text = vocab.tokens[i]
+                if a.contains(.control) || a.contains(.unknown) || a.contains(.userDefined) {
+                    text.withUTF8 { u in
+                        for b in u {
+                            out[used] = b
+                            used += 1
+                        }
+                        specialEntries.append((Array(u), Int32(i), !a.isDisjoint(with: .special)))
+                    }
+                } else if a.contains(.normal) {
+                    text.withUTF8 { u in
+                        var j = 0
+                        while j < u.count {
+                            if u[j] == 0xE2, j + 2 < u.count, u[j + 1] == 0x96, u[j + 2] == 0x81 {
+                                out[used] = 0x20
+                                j += 3
+                            } else {
+                                out[used] = u[j]
+                                j += 1
+                            }
+                            used += 1
                         }
                     }
+                } else if a.contains(.byte) {
+                    guard let b = TokenizerVocabulary.byteValue(text) else {
+                        throw TokenizerError.invalidByteToken(id: i, text: text)
+                    }
+                    out[used] = b
+                    used += 1
+                    if byteTokens[Int(b)] < 0 { byteTokens[Int(b)] = Int32(i) }
                 }
-            } else if a.contains(.byte) {
-                guard let b = TokenizerVocabulary.byteValue(text) else {
-                    throw TokenizerError.invalidByteToken(id: i, text: text)
-                }
-                bytes.append(b)
-                if byteTokens[Int(b)] < 0 { byteTokens[Int(b)] = Int32(i) }
+                offsets[i + 1] = Int32(used)
             }
-            guard bytes.count <= Int(Int32.max) else { throw TokenizerError.invalidVocabularySize(n) }
-            offsets[i + 1] = Int32(bytes.count)
         }
+        bytes.removeSubrange(used...)
+        let matcher = SpecialTokenMatcher(specialEntries)
 
         vocabulary = vocab
         pieceBytes = bytes

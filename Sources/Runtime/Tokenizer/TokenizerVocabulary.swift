@@ -159,14 +159,18 @@ struct TokenizerVocabulary {
             Self.fimRepTexts, Self.fimSepTexts, Self.eogTexts, Self.alwaysRenderedTexts,
         ]
         let wanted = Set(tables.joined())
-        let wantedLengths = Set(wanted.map { $0.utf8.count })
-        let wantedFirstBytes = Set(wanted.compactMap { $0.utf8.first })
+        // Cheap byte-level prefilter (length and first 4 bytes) before comparing Strings, whose hashing normalizes.
+        func key(_ u: UnsafeBufferPointer<UInt8>) -> UInt64 {
+            var k = UInt64(u.count) << 32
+            for j in 0..<min(4, u.count) { k |= UInt64(u[j]) << (8 * UInt64(j)) }
+            return k
+        }
+        var wantedKeys = Set<UInt64>()
+        for var w in wanted { w.withUTF8 { wantedKeys.insert(key($0)) } }
         var found: [String: Int32] = [:]
         for i in 0..<n {
-            let t = tokens[i]
-            guard let first = t.utf8.first, wantedFirstBytes.contains(first), wantedLengths.contains(t.utf8.count),
-                wanted.contains(t), found[t] == nil
-            else { continue }
+            var t = tokens[i]
+            guard t.withUTF8({ wantedKeys.contains(key($0)) }), wanted.contains(t), found[t] == nil else { continue }
             found[t] = Int32(i)
         }
 
