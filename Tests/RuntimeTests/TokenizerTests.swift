@@ -187,7 +187,7 @@ struct TokenizerStreamingTests {
     @Test("streaming equals decode on random byte-token sequences")
     func randomBytes() throws {
         let tok = try TokenizerTestSupport.tokenizer()
-        var rng = SplitMix64(seed: 0x5EED)
+        var rng = TokenizerTestRNG(seed: 0x5EED)
         for _ in 0..<300 {
             let n = Int(rng.next() % 12)
             let ids: [Int32] = (0..<n).map { _ in
@@ -210,8 +210,8 @@ struct TokenizerStreamingTests {
     }
 }
 
-/// Small deterministic generator for test inputs.
-struct SplitMix64 {
+/// SplitMix64 (Steele et al. 2014): small deterministic generator for test inputs.
+private struct TokenizerTestRNG {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
@@ -304,5 +304,66 @@ struct TokenizerVocabularyTests {
         #expect(tok.decode([8]) == " ab")
         // EOG: eos 1, eot 9, and by text </s> (2) and <|im_end|> (10), both on llama.cpp's list.
         #expect(tok.endOfGenerationIDs == [1, 2, 9, 10])
+    }
+
+    /// A serialized SentencePiece ModelProto written out field by field (protobuf wire format, field numbers from
+    /// sentencepiece_model.proto), independent of lorad's generator.
+    static func handWrittenModel(pieces: [(String, Float, UInt8)], addDummyPrefix: Bool) -> [UInt8] {
+        func varint(_ v: UInt64) -> [UInt8] {
+            var v = v, out: [UInt8] = []
+            while v >= 0x80 { out.append(UInt8(v & 0x7F) | 0x80); v >>= 7 }
+            return out + [UInt8(v)]
+        }
+        func len(_ field: UInt64, _ payload: [UInt8]) -> [UInt8] { varint(field << 3 | 2) + varint(UInt64(payload.count)) + payload }
+        func int(_ field: UInt64, _ v: UInt64) -> [UInt8] { varint(field << 3) + varint(v) }
+        var model: [UInt8] = []
+        for (text, score, type) in pieces {
+            let bits = score.bitPattern
+            let fixed: [UInt8] = [UInt8(bits & 0xFF), UInt8(bits >> 8 & 0xFF), UInt8(bits >> 16 & 0xFF), UInt8(bits >> 24)]
+            model += len(1, len(1, Array(text.utf8)) + [0x15] + fixed + int(3, UInt64(type)))
+        }
+        model += len(2, int(3, 2) + int(4, UInt64(pieces.count)))  // trainer_spec: BPE, vocab_size
+        model += len(3, len(1, Array("identity".utf8)) + int(3, addDummyPrefix ? 1 : 0) + int(4, 0) + int(5, 1))
+        return model
+    }
+
+    @Test("a companion tokenizer.model is used when given, and rejected when unusable")
+    func companionModel() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lorad-tok-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab", "▁ab", "<sep>", "<|im_end|>"]
+        let scores: [Float] = [0, 0, 0, -1, -2, -3, -4, -5, -6, 0, 0]
+        let types: [Int32] = [2, 3, 3, 1, 1, 1, 1, 1, 1, 3, 1]
+        let gguf = try Self.vocabGGUF(tokens: tokens, scores: scores, types: types)
+        let ggufPath = dir.appendingPathComponent("tiny.gguf").path
+        #expect(Tokenizer.companionModelPath(forGGUFAt: ggufPath) == nil)
+
+        // The model's own normalizer adds the dummy prefix "▁" to each text fragment.
+        let pieces = (0..<tokens.count).map { (tokens[$0], scores[$0], UInt8(types[$0])) }
+        let modelPath = dir.appendingPathComponent("tokenizer.model").path
+        FileManager.default.createFile(atPath: modelPath, contents: Data(Self.handWrittenModel(pieces: pieces, addDummyPrefix: true)))
+        #expect(Tokenizer.companionModelPath(forGGUFAt: ggufPath) == modelPath)
+        let tok = try Tokenizer(gguf: gguf, sentencePieceModelPath: modelPath)
+        #expect(tok.encode("ab", addBOS: true, parseSpecial: true) == [1, 8])
+        #expect(tok.encode("ab<sep>ab", addBOS: false, parseSpecial: true) == [8, 9, 8])
+
+        let short = dir.appendingPathComponent("short.model").path
+        FileManager.default.createFile(atPath: short, contents: Data(Self.handWrittenModel(pieces: Array(pieces.prefix(4)), addDummyPrefix: true)))
+        #expect(throws: TokenizerError.companionModelUnusable(path: short, reason: "it has 4 pieces, the GGUF vocabulary has 11")) {
+            try Tokenizer(gguf: gguf, sentencePieceModelPath: short)
+        }
+        let garbage = dir.appendingPathComponent("garbage.model").path
+        FileManager.default.createFile(atPath: garbage, contents: Data([0xFF, 0xFF, 0xFF, 0x01]))
+        #expect(throws: (any Error).self) { try Tokenizer(gguf: gguf, sentencePieceModelPath: garbage) }
+        do {
+            _ = try Tokenizer(gguf: gguf, sentencePieceModelPath: garbage)
+        } catch let TokenizerError.companionModelUnusable(path, _) {
+            #expect(path == garbage)
+        }
+        let missing = dir.appendingPathComponent("missing.model").path
+        #expect(throws: TokenizerError.companionModelUnusable(path: missing, reason: "cannot read the file")) {
+            try Tokenizer(gguf: gguf, sentencePieceModelPath: missing)
+        }
     }
 }

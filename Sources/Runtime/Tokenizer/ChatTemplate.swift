@@ -59,7 +59,14 @@ public enum ChatTemplateError: Error, CustomStringConvertible, Equatable {
 public struct ChatTemplate: Sendable, Equatable {
     /// The supported turn formats.
     public enum Format: String, Sendable, CaseIterable {
-        case gemma, llama2, llama3, chatml
+        /// Gemma 1/2/3: `<start_of_turn>{user|model}\n…<end_of_turn>\n`, no system role.
+        case gemma
+        /// Llama 2 chat: `[INST] <<SYS>>…<</SYS>> … [/INST] … </s><s>[INST] …`.
+        case llama2
+        /// Llama 3 instruct: `<|start_header_id|>{role}<|end_header_id|>\n\n…<|eot_id|>`.
+        case llama3
+        /// ChatML (Qwen and others): `<|im_start|>{role}\n…<|im_end|>\n`.
+        case chatml
     }
 
     /// The format this template renders.

@@ -8,7 +8,7 @@
 // replacement (Swift's `String(decoding:as:)`) behaves the same on the parts as on the whole.
 
 /// Incremental detokenizer over one generated sequence.
-public struct StreamingDetokenizer {
+public struct StreamingDetokenizer: Sendable {
     private let tokenizer: Tokenizer
     private let renderSpecial: Bool
     private var pending: [UInt8] = []
