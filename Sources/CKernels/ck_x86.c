@@ -13,9 +13,9 @@
 #define CK_PF 4  // mat-vec prefetch distance, in row tiles
 #endif
 #define CK_RMAX_LEGACY 4
-#define CK_CMAX_LEGACY 4
+#define CK_CMAX_LEGACY 8
 #define CK_RMAX_K 4
-#define CK_CMAX_K 4
+#define CK_CMAX_K 8
 
 #define CK_TARGET "avx2,fma,f16c"
 #define CK_SFX(name) CK_PASTE(name, _avx2)
@@ -23,23 +23,35 @@
 #ifndef CK_RB_LEGACY_AVX2
 #define CK_RB_LEGACY_AVX2 2
 #endif
+#ifndef CK_CB_LEGACY_AVX2
+#define CK_CB_LEGACY_AVX2 4
+#endif
 #ifndef CK_RB_K_AVX2
-#define CK_RB_K_AVX2 2
+#define CK_RB_K_AVX2 1
+#endif
+#ifndef CK_CB_K_AVX2
+#define CK_CB_K_AVX2 4
 #endif
 #define CK_RB_LEGACY CK_RB_LEGACY_AVX2
+#define CK_CB_LEGACY CK_CB_LEGACY_AVX2
 #define CK_RB_K CK_RB_K_AVX2
+#define CK_CB_K CK_CB_K_AVX2
 #include "ck_x86_body.h"
 #undef CK_TARGET
 #undef CK_SFX
 #undef CK_VNNI
 #undef CK_RB_LEGACY
+#undef CK_CB_LEGACY
 #undef CK_RB_K
+#undef CK_CB_K
 
 #define CK_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c,tune=znver4"
 #define CK_SFX(name) CK_PASTE(name, _avx512)
 #define CK_VNNI 1
 #define CK_RB_LEGACY 4
+#define CK_CB_LEGACY 4
 #define CK_RB_K 2
+#define CK_CB_K 4
 #include "ck_x86_body.h"
 
 int ck_matmul_avx2(int type, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,

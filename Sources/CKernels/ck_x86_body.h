@@ -123,7 +123,8 @@ CK_FN void CK_SFX(vec_legacy)(int type, size_t bsize, const uint8_t *w, size_t w
     for (int r = 0; r < R; r++) y[r] = CK_SFX(hsum)(acc[r]);
 }
 
-// Unpacked row tile: for row r, block b: q at uq + (r*nb + b)*32 (q8_0: |w|, with w at sq), dw at dw[r*nb8 + b].
+// Unpacked row tile: for row r, block b: q at uq + (r*nb + b)*32 (q8_0: |w|, with w at sq), dw at dw[r*nb8 + b]
+// and replicated 8 times at dw8 = dw + R*nb8, (r*nb + b)*8 (a vector operand the compiler cannot scalarize).
 CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, const float *dw, size_t nb,
                                  size_t nb8, const uint8_t *x, size_t xs, const float *dx, const float *u,
                                  float *y, size_t ldy, const int R, const int C) {
@@ -131,20 +132,20 @@ CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, 
     __m256 acc[CK_RMAX_LEGACY][CK_CMAX_LEGACY];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    const float *dw8 = dw + (size_t)R * nb8;
     for (size_t b = 0; b < nb; b++) {
         __m256i q[CK_RMAX_LEGACY], sg[CK_RMAX_LEGACY];
-        __m256 dwv[CK_RMAX_LEGACY];
         for (int r = 0; r < R; r++) {
             q[r] = _mm256_load_si256((const __m256i *)(uq + (r * nb + b) * 32));
             if (!offset) sg[r] = _mm256_load_si256((const __m256i *)(sq + (r * nb + b) * 32));
-            dwv[r] = _mm256_broadcast_ss(dw + r * nb8 + b);
         }
         for (int c = 0; c < C; c++) {
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c * xs + b * sizeof(block_q8_0) + 2));
             const __m256 dxv = _mm256_broadcast_ss(dx + c * nb + b);
             for (int r = 0; r < R; r++) {
                 const __m256i lanes = CK_SFX(dot_us8)(q[r], offset ? xv : _mm256_sign_epi8(xv, sg[r]));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dwv[r], dxv), acc[r][c]);
+                const __m256 dwv = _mm256_load_ps(dw8 + (r * nb + b) * 8);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dwv, dxv), acc[r][c]);
             }
         }
         if (offset && ((b & 7) == 7 || b + 1 == nb)) {
@@ -172,7 +173,9 @@ CK_FN void CK_SFX(unpack_legacy)(int type, size_t bsize, const uint8_t *w, size_
             } else {
                 _mm256_store_si256((__m256i *)(uq + (r * nb + b) * 32), q);
             }
-            dw[r * nb8 + b] = CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8)));
+            const float d = CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8)));
+            dw[r * nb8 + b] = d;
+            _mm256_store_ps(dw + (size_t)R * nb8 + (r * nb + b) * 8, _mm256_set1_ps(d));
         }
         for (size_t b = nb; b < nb8; b++) dw[r * nb8 + b] = 0;
     }
@@ -330,6 +333,108 @@ CK_FN void CK_SFX(tile_q6_K)(const uint8_t *w, size_t ws, const uint8_t *x, size
 }
 
 // ------------------------------------------------------------------------------------------------------------
+// K-quant batch tiles over rows unpacked once per row tile. Per row and super-block (CK_USB bytes):
+//   q[256]       unsigned values in activation order (32-element chunk k = elements 32k..32k+31)
+//   s16[8][16]   int16 scale vector of each chunk (q4_K: sc[k] x16; q6_K: sc[2k] x8, sc[2k+1] x8)
+//   aux[16]      int16: q4_K mins duplicated per pair (m0 m0 m1 m1 ...); q6_K the 16 scales
+//   d[8], dmin[8] floats, replicated
+// The arithmetic is the mat-vec tiles' (tile_q4_K / tile_q6_K), so results are bitwise the same.
+// ------------------------------------------------------------------------------------------------------------
+#define CK_USB 640
+
+CK_FN void CK_SFX(unpack_k)(int type, const uint8_t *w, size_t ws, size_t nsb, int R, uint8_t *out) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    for (int r = 0; r < R; r++) {
+        for (size_t b = 0; b < nsb; b++) {
+            uint8_t *u = out + (r * nsb + b) * CK_USB;
+            __m256i *q = (__m256i *)u, *s16 = (__m256i *)(u + 256), *aux = (__m256i *)(u + 512);
+            float *d = (float *)(u + 544), *dmin = (float *)(u + 576);
+            if (type == CK_Q4_K) {
+                const block_q4_K *wb = (const block_q4_K *)(w + r * ws) + b;
+                uint8_t sc[8];
+                CK_SFX(k4_scales)(wb->scales, sc, aux);
+                for (int j = 0; j < 4; j++) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb->qs + 32 * j));
+                    _mm256_store_si256(q + 2 * j, _mm256_and_si256(raw, lo4));
+                    _mm256_store_si256(q + 2 * j + 1, _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4));
+                    _mm256_store_si256(s16 + 2 * j, _mm256_set1_epi16(sc[2 * j]));
+                    _mm256_store_si256(s16 + 2 * j + 1, _mm256_set1_epi16(sc[2 * j + 1]));
+                }
+                _mm256_store_ps(d, _mm256_set1_ps(CK_SFX(h2f)(wb->d)));
+                _mm256_store_ps(dmin, _mm256_set1_ps(CK_SFX(h2f)(wb->dmin)));
+            } else {  // CK_Q6_K
+                const block_q6_K *wb = (const block_q6_K *)(w + r * ws) + b;
+                const __m128i sc8 = _mm_loadu_si128((const __m128i *)wb->scales);
+                for (int h = 0; h < 2; h++) {
+                    const __m256i A0 = _mm256_loadu_si256((const __m256i *)(wb->ql + 64 * h));
+                    const __m256i A1 = _mm256_loadu_si256((const __m256i *)(wb->ql + 64 * h + 32));
+                    const __m256i H = _mm256_loadu_si256((const __m256i *)(wb->qh + 32 * h));
+                    _mm256_store_si256(q + 4 * h + 0, _mm256_or_si256(_mm256_and_si256(A0, lo4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)));
+                    _mm256_store_si256(q + 4 * h + 1, _mm256_or_si256(_mm256_and_si256(A1, lo4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)));
+                    _mm256_store_si256(q + 4 * h + 2, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A0, 4), lo4), _mm256_and_si256(H, m30)));
+                    _mm256_store_si256(q + 4 * h + 3, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A1, 4), lo4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30)));
+                }
+                for (int k = 0; k < 8; k++) {
+                    const __m128i sh = _mm_loadu_si128((const __m128i *)CK_SFX(q6_scale_shuffle)[k]);
+                    _mm256_store_si256(s16 + k, _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, sh)));
+                }
+                _mm256_store_si256(aux, _mm256_cvtepi8_epi16(sc8));
+                _mm256_store_ps(d, _mm256_set1_ps(CK_SFX(h2f)(wb->d)));
+                _mm256_store_ps(dmin, _mm256_setzero_ps());
+            }
+        }
+    }
+}
+
+CK_FN void CK_SFX(batch_k)(int type, const uint8_t *uw, size_t nsb, const uint8_t *x, size_t xs, float *y,
+                            size_t ldy, const int R, const int C) {
+    __m256 acc[CK_RMAX_K][CK_CMAX_K];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (size_t b = 0; b < nsb; b++) {
+        const block_q8_K *xb[CK_CMAX_K];
+        for (int c = 0; c < C; c++) xb[c] = (const block_q8_K *)(x + c * xs) + b;
+        const uint8_t *u[CK_RMAX_K];
+        for (int r = 0; r < R; r++) u[r] = uw + (r * nsb + b) * CK_USB;
+        __m256i isum[CK_RMAX_K][CK_CMAX_K];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+        for (int k = 0; k < 8; k++) {
+            __m256i q[CK_RMAX_K];
+            for (int r = 0; r < R; r++) q[r] = _mm256_load_si256((const __m256i *)(u[r] + 32 * k));
+            for (int c = 0; c < C; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb[c]->qs + 32 * k));
+                for (int r = 0; r < R; r++) {
+                    const __m256i s16 = _mm256_load_si256((const __m256i *)(u[r] + 256 + 32 * k));
+                    isum[r][c] = CK_SFX(madd_acc)(isum[r][c], _mm256_maddubs_epi16(q[r], xv), s16);
+                }
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const __m256 dx = _mm256_set1_ps(xb[c]->d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[c]->bsums);
+            for (int r = 0; r < R; r++) {
+                const __m256i aux = _mm256_load_si256((const __m256i *)(u[r] + 512));
+                const __m256 dw = _mm256_load_ps((const float *)(u[r] + 544));
+                if (type == CK_Q4_K) {
+                    const __m256i ml = _mm256_madd_epi16(bs, aux);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_mul_ps(dx, dw), acc[r][c]);
+                    const __m256 dmw = _mm256_load_ps((const float *)(u[r] + 576));
+                    const __m256 negm = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dx, dmw));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ml), negm, acc[r][c]);
+                } else {
+                    const __m256i off = _mm256_madd_epi16(bs, aux);
+                    const __m256i tot = _mm256_sub_epi32(isum[r][c], _mm256_slli_epi32(off, 5));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(dx, dw), acc[r][c]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ldy + r] = CK_SFX(hsum)(acc[r][c]);
+}
+
+// ------------------------------------------------------------------------------------------------------------
 // Tile instantiations and drivers.
 // ------------------------------------------------------------------------------------------------------------
 
@@ -347,57 +452,76 @@ typedef void (*CK_SFX(tile_fn))(const uint8_t *w, size_t ws, const uint8_t *x, s
 
 #define CK_INST_K_ROWS(T, R) CK_INST_K(T, R, 1) CK_INST_K(T, R, 2) CK_INST_K(T, R, 3) CK_INST_K(T, R, 4)
 
-CK_INST_K_ROWS(q4_K, 1)
-CK_INST_K_ROWS(q4_K, CK_RB_K)
+CK_INST_K(q4_K, 1, 1)
 CK_KERNEL void CK_SFX(q4_K_vec4)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y, size_t ldy) {
     CK_SFX(tile_q4_K)(w, ws, x, xs, nb, y, ldy, 4, 1);
 }
-CK_INST_K_ROWS(q6_K, 1)
-CK_INST_K_ROWS(q6_K, CK_RB_K)
+CK_INST_K(q6_K, 1, 1)
 CK_KERNEL void CK_SFX(q6_K_vec4)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y, size_t ldy) {
     CK_SFX(tile_q6_K)(w, ws, x, xs, nb, y, ldy, 4, 1);
 }
 
-#define CK_TABLE(T, R) {CK_NAME(T, R, 1), CK_NAME(T, R, 2), CK_NAME(T, R, 3), CK_NAME(T, R, 4)}
+#define CK_TABLE(T, R) {CK_NAME(T, R, 1), CK_NAME(T, R, 2), CK_NAME(T, R, 3), CK_NAME(T, R, 4), \
+                        CK_NAME(T, R, 5), CK_NAME(T, R, 6), CK_NAME(T, R, 7), CK_NAME(T, R, 8)}
 
-// Tile functions of one type: mat-vec tiles (4 x 1, 1 x 1) and batch tiles (RB x 1..4, 1 x 1..4).
+// K-quant kernels: mat-vec tiles (4 rows, 1 row) over the blocks, batch tiles (CK_RB_K rows, 1 row) x 1..4 acts
+// over unpacked rows.
+typedef void (*CK_SFX(kbatch_fn))(const uint8_t *uw, size_t nsb, const uint8_t *x, size_t xs, float *y, size_t ldy);
+
+#define CK_KB(T, TYPE, R, C)                                                                                    \
+    CK_KERNEL void CK_NAME(T, u##R, C)(const uint8_t *uw, size_t nsb, const uint8_t *x, size_t xs, float *y,    \
+                                       size_t ldy) {                                                           \
+        CK_SFX(batch_k)(TYPE, uw, nsb, x, xs, y, ldy, R, C);                                                   \
+    }
+#define CK_KB_ROWS(T, TYPE, R) CK_KB(T, TYPE, R, 1) CK_KB(T, TYPE, R, 2) CK_KB(T, TYPE, R, 3) CK_KB(T, TYPE, R, 4) \
+    CK_KB(T, TYPE, R, 5) CK_KB(T, TYPE, R, 6) CK_KB(T, TYPE, R, 7) CK_KB(T, TYPE, R, 8)
+CK_KB_ROWS(q4_K, CK_Q4_K, 1)
+CK_KB_ROWS(q6_K, CK_Q6_K, 1)
+#if CK_RB_K > 1
+CK_KB_ROWS(q4_K, CK_Q4_K, CK_RB_K)
+CK_KB_ROWS(q6_K, CK_Q6_K, CK_RB_K)
+#endif
+
 typedef struct {
-    int rb;                        // rows of a batch tile
-    CK_SFX(tile_fn) vec4;          // 4 rows x 1 activation row
-    CK_SFX(tile_fn) batch[4];      // rb rows x (1..4) activation rows
-    CK_SFX(tile_fn) single[4];     // 1 row x (1..4) activation rows
-} CK_SFX(tile_set);
+    CK_SFX(tile_fn) vec4, vec1;
+    CK_SFX(kbatch_fn) batch[8], single[8];
+} CK_SFX(k_set);
 
-#define CK_SET(T, RB) {RB, CK_SFX(T##_vec4), CK_TABLE(T, RB), CK_TABLE(T, 1)}
-static const CK_SFX(tile_set) CK_SFX(set_q4_K) = CK_SET(q4_K, CK_RB_K);
-static const CK_SFX(tile_set) CK_SFX(set_q6_K) = CK_SET(q6_K, CK_RB_K);
+#define CK_KTABLE(T, R) {CK_NAME(T, u##R, 1), CK_NAME(T, u##R, 2), CK_NAME(T, u##R, 3), CK_NAME(T, u##R, 4), \
+                         CK_NAME(T, u##R, 5), CK_NAME(T, u##R, 6), CK_NAME(T, u##R, 7), CK_NAME(T, u##R, 8)}
+#define CK_KTABLE_X(T, R) CK_KTABLE(T, R)
+static const CK_SFX(k_set) CK_SFX(kset_q4_K) = {CK_SFX(q4_K_vec4), CK_NAME(q4_K, 1, 1), CK_KTABLE_X(q4_K, CK_RB_K), CK_KTABLE(q4_K, 1)};
+static const CK_SFX(k_set) CK_SFX(kset_q6_K) = {CK_SFX(q6_K_vec4), CK_NAME(q6_K, 1, 1), CK_KTABLE_X(q6_K, CK_RB_K), CK_KTABLE(q6_K, 1)};
 
-// Activation rows are processed in groups small enough to stay in L2 while every weight row tile passes.
-static void CK_SFX(drive)(const CK_SFX(tile_set) *set, size_t nb, const uint8_t *w, size_t ws,
-                          size_t r0, size_t r1, const uint8_t *x, size_t xs, size_t nx, float *y, size_t ldy) {
+__attribute__((target(CK_TARGET)))
+static int CK_SFX(drive_k)(int type, const CK_SFX(k_set) *set, size_t cols, const uint8_t *w, size_t ws, size_t r0,
+                           size_t r1, const uint8_t *x, size_t xs, size_t nx, float *y, size_t ldy) {
+    const size_t nsb = cols / QK_K;
     if (nx == 1) {
         size_t r = r0;
-        for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, xs, nb, y + r, ldy);
-        for (; r < r1; r++) set->single[0](w + r * ws, ws, x, xs, nb, y + r, ldy);
-        return;
+        for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, xs, nsb, y + r, ldy);
+        for (; r < r1; r++) set->vec1(w + r * ws, ws, x, xs, nsb, y + r, ldy);
+        return 0;
     }
-    size_t jb = xs ? (size_t)(192 * 1024) / xs : nx;
+    const size_t rb = CK_RB_K;
+    uint8_t *uw = aligned_alloc(64, rb * nsb * CK_USB + 64);
+    if (!uw) return -1;
+    size_t jb = (size_t)(256 * 1024) / (xs ? xs : 1);
     jb = jb < 4 ? 4 : (jb / 4) * 4;
-    const size_t R = (size_t)set->rb;
     for (size_t j0 = 0; j0 < nx; j0 += jb) {
         const size_t j1 = j0 + jb < nx ? j0 + jb : nx;
-        size_t r = r0;
-        for (; r + R <= r1; r += R) {
+        for (size_t r = r0; r < r1;) {
+            const int R = r + rb <= r1 ? (int)rb : 1;
+            CK_SFX(unpack_k)(type, w + r * ws, ws, nsb, R, uw);
+            const CK_SFX(kbatch_fn) *fns = R == (int)rb ? set->batch : set->single;
             size_t j = j0;
-            for (; j + 4 <= j1; j += 4) set->batch[3](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
-            if (j < j1) set->batch[j1 - j - 1](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
-        }
-        for (; r < r1; r++) {
-            size_t j = j0;
-            for (; j + 4 <= j1; j += 4) set->single[3](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
-            if (j < j1) set->single[j1 - j - 1](w + r * ws, ws, x + j * xs, xs, nb, y + j * ldy + r, ldy);
+            for (; j + CK_CB_K <= j1; j += CK_CB_K) fns[CK_CB_K - 1](uw, nsb, x + j * xs, xs, y + j * ldy + r, ldy);
+            if (j < j1) fns[j1 - j - 1](uw, nsb, x + j * xs, xs, y + j * ldy + r, ldy);
+            r += (size_t)R;
         }
     }
+    free(uw);
+    return 0;
 }
 
 // Legacy kernels: per type, mat-vec tiles (4 rows, 1 row) and batch tiles (CK_RB_LEGACY rows, 1 row) x 1..4 acts.
@@ -417,11 +541,14 @@ typedef void (*CK_SFX(batch_fn))(const uint8_t *uq, const uint8_t *sq, const flo
                                     size_t ldy) {                                                               \
         CK_SFX(batch_legacy)(TYPE, uq, sq, dw, nb, nb8, x, xs, dx, u, y, ldy, R, C);                            \
     }
-#define CK_LEG_ALL(T, TYPE)                                                                                     \
-    CK_LEG_VEC(T, TYPE, 4) CK_LEG_VEC(T, TYPE, 1)                                                               \
-    CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 1) CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 2)                               \
-    CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 3) CK_LEG_BATCH(T, TYPE, CK_RB_LEGACY, 4)                               \
-    CK_LEG_BATCH(T, TYPE, 1, 1) CK_LEG_BATCH(T, TYPE, 1, 2) CK_LEG_BATCH(T, TYPE, 1, 3) CK_LEG_BATCH(T, TYPE, 1, 4)
+#define CK_LEG_ROWS(T, TYPE, R)                                                                                 \
+    CK_LEG_BATCH(T, TYPE, R, 1) CK_LEG_BATCH(T, TYPE, R, 2) CK_LEG_BATCH(T, TYPE, R, 3) CK_LEG_BATCH(T, TYPE, R, 4) \
+    CK_LEG_BATCH(T, TYPE, R, 5) CK_LEG_BATCH(T, TYPE, R, 6) CK_LEG_BATCH(T, TYPE, R, 7) CK_LEG_BATCH(T, TYPE, R, 8)
+#if CK_RB_LEGACY > 1
+#define CK_LEG_ALL(T, TYPE) CK_LEG_VEC(T, TYPE, 4) CK_LEG_VEC(T, TYPE, 1) CK_LEG_ROWS(T, TYPE, 1) CK_LEG_ROWS(T, TYPE, CK_RB_LEGACY)
+#else
+#define CK_LEG_ALL(T, TYPE) CK_LEG_VEC(T, TYPE, 4) CK_LEG_VEC(T, TYPE, 1) CK_LEG_ROWS(T, TYPE, 1)
+#endif
 
 CK_LEG_ALL(q4_0, CK_Q4_0)
 CK_LEG_ALL(q5_0, CK_Q5_0)
@@ -429,7 +556,7 @@ CK_LEG_ALL(q8_0, CK_Q8_0)
 
 typedef struct {
     CK_SFX(vec_fn) vec4, vec1;
-    CK_SFX(batch_fn) batch[4], single[4];
+    CK_SFX(batch_fn) batch[8], single[8];
 } CK_SFX(legacy_set);
 
 #define CK_LEG_SET(T)                                                                                           \
@@ -446,7 +573,7 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
     // Activation side: dx[j*nb + b], u[j*nb8 + b].
     const size_t rb = CK_RB_LEGACY;
     const size_t xfloats = nx * (nb + nb8);
-    const size_t wbytes = rb * nb * 32 * (off ? 1 : 2) + rb * nb8 * 4;
+    const size_t wbytes = rb * nb * 32 * (off ? 1 : 2) + rb * nb8 * 4 + rb * nb * 32;
     float stack_buf[2048] __attribute__((aligned(64)));
     float *xbuf = stack_buf;
     uint8_t *heap = NULL;
@@ -487,8 +614,8 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
                 CK_SFX(unpack_legacy)(type, bsize, w + r * ws, ws, nb, nb8, R, uq, sq, dw);
                 const CK_SFX(batch_fn) *fns = R == (int)rb ? set->batch : set->single;
                 size_t j = j0;
-                for (; j + 4 <= j1; j += 4)
-                    fns[3](uq, sq, dw, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
+                for (; j + CK_CB_LEGACY <= j1; j += CK_CB_LEGACY)
+                    fns[CK_CB_LEGACY - 1](uq, sq, dw, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
                 if (j < j1)
                     fns[j1 - j - 1](uq, sq, dw, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
                 r += (size_t)R;
@@ -501,17 +628,14 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
 
 static int CK_SFX(ck_matmul_impl)(int type, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
                       const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
-    const CK_SFX(tile_set) *set;
     switch (type) {
     case CK_Q4_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q4_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q5_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q5_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q8_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q8_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
-    case CK_Q4_K: set = &CK_SFX(set_q4_K); break;
-    case CK_Q6_K: set = &CK_SFX(set_q6_K); break;
+    case CK_Q4_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q4_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q6_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q6_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     default: return -1;
     }
-    CK_SFX(drive)(set, cols / ck_block_size(type), w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
-    return 0;
 }
 
 #undef CK_FN
@@ -525,7 +649,12 @@ static int CK_SFX(ck_matmul_impl)(int type, size_t cols, const void *w, size_t w
 #undef CK_CAT4
 #undef CK_CAT4X
 #undef CK_SET
+#undef CK_KB
+#undef CK_KB_ROWS
+#undef CK_KTABLE
+#undef CK_KTABLE_X
 #undef CK_LEG_VEC
 #undef CK_LEG_BATCH
 #undef CK_LEG_ALL
+#undef CK_LEG_ROWS
 #undef CK_LEG_SET
