@@ -12,6 +12,9 @@
 
 #define CK_FN static inline __attribute__((always_inline, target(CK_TARGET)))
 #define CK_KERNEL static __attribute__((noinline, target(CK_TARGET)))
+#define CK_CAT4(a, b, c, d) a##b##c##d
+#define CK_CAT4X(a, b, c, d) CK_CAT4(a, b, c, d)
+#define CK_NAME(T, R, C) CK_SFX(CK_CAT4X(T, _, R, CK_CAT4X(x, C, , )))
 
 // lanes i = sum_{k<4} u[4i+k] * s[4i+k]   (u unsigned bytes, s signed bytes, no saturation for |u*s| pairs <= 2^14)
 CK_FN __m256i CK_SFX(dot_us8)(__m256i u, __m256i s) {
@@ -57,102 +60,117 @@ CK_FN __m256i CK_SFX(bits32)(uint32_t bits) {
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// Legacy 32-element blocks against q8_0: q4_0, q5_0, q8_0.
+// Legacy 32-element blocks: q4_0, q5_0, q8_0 against q8_0; q4_1, q5_1 against q8_1.
 //
-// q4_0 / q5_0 weights are used in their stored unsigned form q = w + off (off = 8 / 16), so the unsigned x signed
-// byte dot needs no sign trick; the offset is removed once per 8 blocks:
-//   acc  = fma(cvt(lanes(q, x)_b), dw_b * dx_b, acc)                 for every block b, in order
-//   acc  = fnma(dw[8g..8g+8), u[8g..8g+8), acc)                      after the last block of each group g of 8
-// with u_b = dx_b * (off * sum(x_b)) computed once per activation row (zero padded to a multiple of 8).
-// q8_0 weights are signed: lanes(|w|, sign(x, w)), no offset.
+// q4_0 / q5_0 / q4_1 / q5_1 weights are used in their stored unsigned form q (q4_0: w + 8, q5_0: w + 16), so the
+// unsigned x signed byte dot needs no sign trick. A per-block correction c_w[b] * c_x[b] is folded in once per
+// group of 8 blocks:
+//   acc = fma(cvt(lanes(q, x)_b), dw_b * dx_b, acc)                  for every block b, in order
+//   acc = fma(c_w[8g..8g+8), c_x[8g..8g+8), acc)                     after the last block of each group g of 8
+// q4_0 / q5_0: c_w = dw, c_x = -(dx * (off * sum(x_b)))      (removes the offset)
+// q4_1 / q5_1: c_w = m,  c_x = s of the q8_1 block            (ggml: + m * s)
+// Both are zero padded to a multiple of 8 blocks. q8_0 weights are signed: lanes(|w|, sign(x, w)), no correction.
 // Mat-vec tiles read the blocks directly; batch tiles read rows unpacked once per row tile into a scratch buffer.
 // ------------------------------------------------------------------------------------------------------------
 
-// Unsigned weight bytes of block `b` (q4_0: 0..15, q5_0: 0..31) or the signed bytes of q8_0.
+// Activation block size and offset of its quants.
+#define CK_XB(type) ((type) == CK_Q4_1 || (type) == CK_Q5_1 ? sizeof(block_q8_1) : sizeof(block_q8_0))
+#define CK_XQ(type) ((type) == CK_Q4_1 || (type) == CK_Q5_1 ? 4 : 2)
+
+// Unsigned weight bytes of block `b` (q4_0/q4_1: 0..15, q5_0/q5_1: 0..31) or the signed bytes of q8_0.
 CK_FN __m256i CK_SFX(legacy_q)(int type, const uint8_t *b) {
     switch (type) {
     case CK_Q4_0:
         return CK_SFX(nibbles32)(b + 2);
-    case CK_Q5_0: {
+    case CK_Q4_1:
+        return CK_SFX(nibbles32)(b + 4);
+    case CK_Q5_0:
+    case CK_Q5_1: {
+        const int o = type == CK_Q5_0 ? 2 : 4;
         uint32_t qh;
-        memcpy(&qh, b + 2, 4);
-        return _mm256_or_si256(CK_SFX(nibbles32)(b + 6), _mm256_and_si256(CK_SFX(bits32)(qh), _mm256_set1_epi8(0x10)));
+        memcpy(&qh, b + o, 4);
+        return _mm256_or_si256(CK_SFX(nibbles32)(b + o + 4), _mm256_and_si256(CK_SFX(bits32)(qh), _mm256_set1_epi8(0x10)));
     }
     default:  // CK_Q8_0
         return _mm256_loadu_si256((const __m256i *)(b + 2));
     }
 }
 
+// The weight-side correction factor of a block: dw (q4_0, q5_0) or m (q4_1, q5_1).
+CK_FN float CK_SFX(legacy_cw)(int type, const uint8_t *b, float dw) {
+    return (type == CK_Q4_1 || type == CK_Q5_1) ? CK_SFX(h2f)((uint16_t)(b[2] | (b[3] << 8))) : dw;
+}
+
 CK_FN void CK_SFX(vec_legacy)(int type, size_t bsize, const uint8_t *w, size_t ws, const uint8_t *x,
                                const float *dx, const float *u, size_t nb, float *y, const int R) {
-    const int offset = type != CK_Q8_0;
+    const int corr = type != CK_Q8_0;
     __m256 acc[CK_RMAX_LEGACY];
-    float dwbuf[CK_RMAX_LEGACY][8] __attribute__((aligned(32)));
+    float cwbuf[CK_RMAX_LEGACY][8] __attribute__((aligned(32)));
     for (int r = 0; r < R; r++) {
         acc[r] = _mm256_setzero_ps();
-        for (int k = 0; k < 8; k++) dwbuf[r][k] = 0;
+        for (int k = 0; k < 8; k++) cwbuf[r][k] = 0;
     }
     for (size_t b = 0; b < nb; b++) {
         // Mat-vec streams weights from memory: prefetch the matching slice of a later row tile.
         const uint8_t *pf = w + CK_PF * R * ws + b * R * bsize;
         for (size_t o = 0; o < R * bsize; o += 64) _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
-        if (offset && (b & 7) == 0 && b + 8 > nb) {
+        if (corr && (b & 7) == 0 && b + 8 > nb) {
             for (int r = 0; r < R; r++)
-                for (int k = 0; k < 8; k++) dwbuf[r][k] = 0;
+                for (int k = 0; k < 8; k++) cwbuf[r][k] = 0;
         }
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + b * sizeof(block_q8_0) + 2));
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + b * CK_XB(type) + CK_XQ(type)));
         const __m256 dxv = _mm256_set1_ps(dx[b]);
         for (int r = 0; r < R; r++) {
             const uint8_t *wb = w + r * ws + b * bsize;
             const float d = CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8)));
             const __m256i q = CK_SFX(legacy_q)(type, wb);
             __m256i lanes;
-            if (offset) {
-                dwbuf[r][b & 7] = d;
+            if (corr) {
+                cwbuf[r][b & 7] = CK_SFX(legacy_cw)(type, wb, d);
                 lanes = CK_SFX(dot_us8)(q, xv);
             } else {
                 lanes = CK_SFX(dot_us8)(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
             }
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(_mm256_set1_ps(d), dxv), acc[r]);
         }
-        if (offset && ((b & 7) == 7 || b + 1 == nb)) {
+        if (corr && ((b & 7) == 7 || b + 1 == nb)) {
             const __m256 uv = _mm256_loadu_ps(u + (b & ~(size_t)7));
-            for (int r = 0; r < R; r++) acc[r] = _mm256_fnmadd_ps(_mm256_load_ps(dwbuf[r]), uv, acc[r]);
+            for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(_mm256_load_ps(cwbuf[r]), uv, acc[r]);
         }
     }
     for (int r = 0; r < R; r++) y[r] = CK_SFX(hsum)(acc[r]);
 }
 
-// Unpacked row tile: for row r, block b: q at uq + (r*nb + b)*32 (q8_0: |w|, with w at sq), dw at dw[r*nb8 + b]
-// and replicated 8 times at dw8 = dw + R*nb8, (r*nb + b)*8 (a vector operand the compiler cannot scalarize).
-CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, const float *dw, size_t nb,
+// Unpacked row tile: for row r, block b: q at uq + (r*nb + b)*32 (q8_0: |w|, with w at sq); c_w at cw[r*nb8 + b];
+// dw replicated 8 times at dw8 = cw + R*nb8, (r*nb + b)*8 (a vector operand the compiler cannot scalarize).
+CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, const float *cw, size_t nb,
                                  size_t nb8, const uint8_t *x, size_t xs, const float *dx, const float *u,
                                  float *y, size_t ldy, const int R, const int C) {
-    const int offset = type != CK_Q8_0;
+    const int corr = type != CK_Q8_0;
     __m256 acc[CK_RMAX_LEGACY][CK_CMAX_LEGACY];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
-    const float *dw8 = dw + (size_t)R * nb8;
+    const float *dw8 = cw + (size_t)R * nb8;
     for (size_t b = 0; b < nb; b++) {
         __m256i q[CK_RMAX_LEGACY], sg[CK_RMAX_LEGACY];
         for (int r = 0; r < R; r++) {
             q[r] = _mm256_load_si256((const __m256i *)(uq + (r * nb + b) * 32));
-            if (!offset) sg[r] = _mm256_load_si256((const __m256i *)(sq + (r * nb + b) * 32));
+            if (!corr) sg[r] = _mm256_load_si256((const __m256i *)(sq + (r * nb + b) * 32));
         }
         for (int c = 0; c < C; c++) {
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c * xs + b * sizeof(block_q8_0) + 2));
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c * xs + b * CK_XB(type) + CK_XQ(type)));
             const __m256 dxv = _mm256_broadcast_ss(dx + c * nb + b);
             for (int r = 0; r < R; r++) {
-                const __m256i lanes = CK_SFX(dot_us8)(q[r], offset ? xv : _mm256_sign_epi8(xv, sg[r]));
+                const __m256i lanes = CK_SFX(dot_us8)(q[r], corr ? xv : _mm256_sign_epi8(xv, sg[r]));
                 const __m256 dwv = _mm256_load_ps(dw8 + (r * nb + b) * 8);
                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dwv, dxv), acc[r][c]);
             }
         }
-        if (offset && ((b & 7) == 7 || b + 1 == nb)) {
+        if (corr && ((b & 7) == 7 || b + 1 == nb)) {
             const size_t g = b & ~(size_t)7;
             for (int c = 0; c < C; c++) {
                 const __m256 uv = _mm256_loadu_ps(u + c * nb8 + g);
-                for (int r = 0; r < R; r++) acc[r][c] = _mm256_fnmadd_ps(_mm256_load_ps(dw + r * nb8 + g), uv, acc[r][c]);
+                for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(_mm256_load_ps(cw + r * nb8 + g), uv, acc[r][c]);
             }
         }
     }
@@ -162,7 +180,7 @@ CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, 
 
 // Unpacks rows [0, R) of a legacy matrix into the batch layout above.
 CK_FN void CK_SFX(unpack_legacy)(int type, size_t bsize, const uint8_t *w, size_t ws, size_t nb, size_t nb8, int R,
-                                  uint8_t *uq, uint8_t *sq, float *dw) {
+                                  uint8_t *uq, uint8_t *sq, float *cw) {
     for (int r = 0; r < R; r++) {
         for (size_t b = 0; b < nb; b++) {
             const uint8_t *wb = w + r * ws + b * bsize;
@@ -174,10 +192,10 @@ CK_FN void CK_SFX(unpack_legacy)(int type, size_t bsize, const uint8_t *w, size_
                 _mm256_store_si256((__m256i *)(uq + (r * nb + b) * 32), q);
             }
             const float d = CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8)));
-            dw[r * nb8 + b] = d;
-            _mm256_store_ps(dw + (size_t)R * nb8 + (r * nb + b) * 8, _mm256_set1_ps(d));
+            cw[r * nb8 + b] = CK_SFX(legacy_cw)(type, wb, d);
+            _mm256_store_ps(cw + (size_t)R * nb8 + (r * nb + b) * 8, _mm256_set1_ps(d));
         }
-        for (size_t b = nb; b < nb8; b++) dw[r * nb8 + b] = 0;
+        for (size_t b = nb; b < nb8; b++) cw[r * nb8 + b] = 0;
     }
 }
 
@@ -362,6 +380,54 @@ CK_FN void CK_SFX(unpack_k)(int type, const uint8_t *w, size_t ws, size_t nsb, i
                 }
                 _mm256_store_ps(d, _mm256_set1_ps(CK_SFX(h2f)(wb->d)));
                 _mm256_store_ps(dmin, _mm256_set1_ps(CK_SFX(h2f)(wb->dmin)));
+            } else if (type == CK_Q5_K) {
+                const block_q5_K *wb = (const block_q5_K *)(w + r * ws) + b;
+                uint8_t sc[8];
+                CK_SFX(k4_scales)(wb->scales, sc, aux);
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)wb->qh);
+                const __m256i one = _mm256_set1_epi8(1);
+                for (int j = 0; j < 4; j++) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb->qs + 32 * j));
+                    const __m128i sh0 = _mm_cvtsi32_si128(2 * j), sh1 = _mm_cvtsi32_si128(2 * j + 1);
+                    const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, sh0), one), 4);
+                    const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, sh1), one), 4);
+                    _mm256_store_si256(q + 2 * j, _mm256_or_si256(_mm256_and_si256(raw, lo4), h0));
+                    _mm256_store_si256(q + 2 * j + 1, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4), h1));
+                    _mm256_store_si256(s16 + 2 * j, _mm256_set1_epi16(sc[2 * j]));
+                    _mm256_store_si256(s16 + 2 * j + 1, _mm256_set1_epi16(sc[2 * j + 1]));
+                }
+                _mm256_store_ps(d, _mm256_set1_ps(CK_SFX(h2f)(wb->d)));
+                _mm256_store_ps(dmin, _mm256_set1_ps(CK_SFX(h2f)(wb->dmin)));
+            } else if (type == CK_Q2_K) {
+                const block_q2_K *wb = (const block_q2_K *)(w + r * ws) + b;
+                const __m256i three = _mm256_set1_epi8(3);
+                for (int k = 0; k < 8; k++) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb->qs + 32 * (k / 4)));
+                    const __m256i v = _mm256_srl_epi16(raw, _mm_cvtsi32_si128(2 * (k % 4)));
+                    _mm256_store_si256(q + k, _mm256_and_si256(v, three));
+                    _mm256_store_si256(s16 + k, _mm256_set_m128i(_mm_set1_epi16(wb->scales[2 * k + 1] & 0xF),
+                                                                 _mm_set1_epi16(wb->scales[2 * k] & 0xF)));
+                }
+                const __m128i sc8 = _mm_loadu_si128((const __m128i *)wb->scales);
+                _mm256_store_si256(aux, _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F))));
+                _mm256_store_ps(d, _mm256_set1_ps(CK_SFX(h2f)(wb->d)));
+                _mm256_store_ps(dmin, _mm256_set1_ps(CK_SFX(h2f)(wb->dmin)));
+            } else if (type == CK_Q3_K) {
+                const block_q3_K *wb = (const block_q3_K *)(w + r * ws) + b;
+                int8_t sc[16];
+                ck_q3k_scales(wb->scales, sc);
+                const __m256i hm = _mm256_loadu_si256((const __m256i *)wb->hmask);
+                const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+                for (int k = 0; k < 8; k++) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(wb->qs + 32 * (k / 4)));
+                    const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(raw, _mm_cvtsi32_si128(2 * (k % 4))), three);
+                    const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(k)), one);
+                    _mm256_store_si256(q + k, _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2)));  // q + 4, in 0..7
+                    _mm256_store_si256(s16 + k, _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k])));
+                }
+                _mm256_store_si256(aux, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)));
+                _mm256_store_ps(d, _mm256_set1_ps(CK_SFX(h2f)(wb->d)));
+                _mm256_store_ps(dmin, _mm256_setzero_ps());
             } else {  // CK_Q6_K
                 const block_q6_K *wb = (const block_q6_K *)(w + r * ws) + b;
                 const __m128i sc8 = _mm_loadu_si128((const __m128i *)wb->scales);
@@ -416,7 +482,7 @@ CK_FN void CK_SFX(batch_k)(int type, const uint8_t *uw, size_t nsb, const uint8_
             for (int r = 0; r < R; r++) {
                 const __m256i aux = _mm256_load_si256((const __m256i *)(u[r] + 512));
                 const __m256 dw = _mm256_load_ps((const float *)(u[r] + 544));
-                if (type == CK_Q4_K) {
+                if (type == CK_Q4_K || type == CK_Q5_K || type == CK_Q2_K) {
                     const __m256i ml = _mm256_madd_epi16(bs, aux);
                     acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_mul_ps(dx, dw), acc[r][c]);
                     const __m256 dmw = _mm256_load_ps((const float *)(u[r] + 576));
@@ -424,7 +490,7 @@ CK_FN void CK_SFX(batch_k)(int type, const uint8_t *uw, size_t nsb, const uint8_
                     acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ml), negm, acc[r][c]);
                 } else {
                     const __m256i off = _mm256_madd_epi16(bs, aux);
-                    const __m256i tot = _mm256_sub_epi32(isum[r][c], _mm256_slli_epi32(off, 5));
+                    const __m256i tot = _mm256_sub_epi32(isum[r][c], _mm256_slli_epi32(off, type == CK_Q3_K ? 2 : 5));
                     acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(dx, dw), acc[r][c]);
                 }
             }
@@ -435,12 +501,99 @@ CK_FN void CK_SFX(batch_k)(int type, const uint8_t *uw, size_t nsb, const uint8_
 }
 
 // ------------------------------------------------------------------------------------------------------------
+// f32 / f16 / bf16 weights against activations of the same type: per pair one 8-lane FMA accumulator over the
+// first cols - cols % 8 elements, horizontal sum, then the remaining products added one by one in order.
+// ------------------------------------------------------------------------------------------------------------
+
+CK_FN __m256 CK_SFX(load8)(int type, const uint8_t *p, size_t i) {
+    switch (type) {
+    case CK_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
+    case CK_BF16: return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * i))), 16));
+    default: return _mm256_loadu_ps((const float *)(p + 4 * i));
+    }
+}
+
+CK_FN float CK_SFX(load1)(int type, const uint8_t *p, size_t i) {
+    uint16_t h;
+    switch (type) {
+    case CK_F16: memcpy(&h, p + 2 * i, 2); return CK_SFX(h2f)(h);
+    case CK_BF16: memcpy(&h, p + 2 * i, 2); return ck_bf2f(h);
+    default: { float f; memcpy(&f, p + 4 * i, 4); return f; }
+    }
+}
+
+CK_FN void CK_SFX(tile_float)(int type, const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t n,
+                               float *y, size_t ldy, const int R, const int C) {
+    __m256 acc[CK_RMAX_K][CK_CMAX_K];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    const size_t n8 = n & ~(size_t)7;
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256 wv[CK_RMAX_K];
+        for (int r = 0; r < R; r++) wv[r] = CK_SFX(load8)(type, w + r * ws, i);
+        for (int c = 0; c < C; c++) {
+            const __m256 xv = CK_SFX(load8)(type, x + c * xs, i);
+            for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        for (int c = 0; c < C; c++) {
+            float sum = CK_SFX(hsum)(acc[r][c]);
+            for (size_t i = n8; i < n; i++) sum += CK_SFX(load1)(type, w + r * ws, i) * CK_SFX(load1)(type, x + c * xs, i);
+            y[c * ldy + r] = sum;
+        }
+    }
+}
+
+#define CK_FT(T, TYPE, R, C)                                                                                    \
+    CK_KERNEL void CK_NAME(T, R, C)(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t n, float *y, \
+                                    size_t ldy) {                                                               \
+        CK_SFX(tile_float)(TYPE, w, ws, x, xs, n, y, ldy, R, C);                                                \
+    }
+#define CK_FT_ALL(T, TYPE) CK_FT(T, TYPE, 4, 1) CK_FT(T, TYPE, 1, 1) CK_FT(T, TYPE, 2, 4) CK_FT(T, TYPE, 1, 4) \
+    CK_FT(T, TYPE, 2, 1) CK_FT(T, TYPE, 2, 2) CK_FT(T, TYPE, 2, 3) CK_FT(T, TYPE, 1, 2) CK_FT(T, TYPE, 1, 3)
+CK_FT_ALL(f32, CK_F32)
+CK_FT_ALL(f16, CK_F16)
+CK_FT_ALL(bf16, CK_BF16)
+
+typedef void (*CK_SFX(float_fn))(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t n, float *y, size_t ldy);
+typedef struct {
+    CK_SFX(float_fn) vec4, vec1, batch[4], single[4];
+} CK_SFX(float_set);
+#define CK_FSET(T) {CK_NAME(T, 4, 1), CK_NAME(T, 1, 1), {CK_NAME(T, 2, 1), CK_NAME(T, 2, 2), CK_NAME(T, 2, 3), CK_NAME(T, 2, 4)}, \
+                    {CK_NAME(T, 1, 1), CK_NAME(T, 1, 2), CK_NAME(T, 1, 3), CK_NAME(T, 1, 4)}}
+static const CK_SFX(float_set) CK_SFX(fset_f32) = CK_FSET(f32);
+static const CK_SFX(float_set) CK_SFX(fset_f16) = CK_FSET(f16);
+static const CK_SFX(float_set) CK_SFX(fset_bf16) = CK_FSET(bf16);
+
+static int CK_SFX(drive_float)(const CK_SFX(float_set) *set, size_t n, const uint8_t *w, size_t ws, size_t r0,
+                               size_t r1, const uint8_t *x, size_t xs, size_t nx, float *y, size_t ldy) {
+    if (nx == 1) {
+        size_t r = r0;
+        for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, xs, n, y + r, ldy);
+        for (; r < r1; r++) set->vec1(w + r * ws, ws, x, xs, n, y + r, ldy);
+        return 0;
+    }
+    size_t jb = (size_t)(256 * 1024) / (xs ? xs : 1);
+    jb = jb < 4 ? 4 : (jb / 4) * 4;
+    for (size_t j0 = 0; j0 < nx; j0 += jb) {
+        const size_t j1 = j0 + jb < nx ? j0 + jb : nx;
+        for (size_t r = r0; r < r1;) {
+            const int R = r + 2 <= r1 ? 2 : 1;
+            const CK_SFX(float_fn) *fns = R == 2 ? set->batch : set->single;
+            size_t j = j0;
+            for (; j + 4 <= j1; j += 4) fns[3](w + r * ws, ws, x + j * xs, xs, n, y + j * ldy + r, ldy);
+            if (j < j1) fns[j1 - j - 1](w + r * ws, ws, x + j * xs, xs, n, y + j * ldy + r, ldy);
+            r += (size_t)R;
+        }
+    }
+    return 0;
+}
+
+// ------------------------------------------------------------------------------------------------------------
 // Tile instantiations and drivers.
 // ------------------------------------------------------------------------------------------------------------
 
-#define CK_CAT4(a, b, c, d) a##b##c##d
-#define CK_CAT4X(a, b, c, d) CK_CAT4(a, b, c, d)
-#define CK_NAME(T, R, C) CK_SFX(CK_CAT4X(T, _, R, CK_CAT4X(x, C, , )))
 
 typedef void (*CK_SFX(tile_fn))(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, size_t nb, float *y, size_t ldy);
 
@@ -477,9 +630,15 @@ typedef void (*CK_SFX(kbatch_fn))(const uint8_t *uw, size_t nsb, const uint8_t *
     CK_KB(T, TYPE, R, 5) CK_KB(T, TYPE, R, 6) CK_KB(T, TYPE, R, 7) CK_KB(T, TYPE, R, 8)
 CK_KB_ROWS(q4_K, CK_Q4_K, 1)
 CK_KB_ROWS(q6_K, CK_Q6_K, 1)
+CK_KB_ROWS(q2_K, CK_Q2_K, 1)
+CK_KB_ROWS(q3_K, CK_Q3_K, 1)
+CK_KB_ROWS(q5_K, CK_Q5_K, 1)
 #if CK_RB_K > 1
 CK_KB_ROWS(q4_K, CK_Q4_K, CK_RB_K)
 CK_KB_ROWS(q6_K, CK_Q6_K, CK_RB_K)
+CK_KB_ROWS(q2_K, CK_Q2_K, CK_RB_K)
+CK_KB_ROWS(q3_K, CK_Q3_K, CK_RB_K)
+CK_KB_ROWS(q5_K, CK_Q5_K, CK_RB_K)
 #endif
 
 typedef struct {
@@ -492,12 +651,16 @@ typedef struct {
 #define CK_KTABLE_X(T, R) CK_KTABLE(T, R)
 static const CK_SFX(k_set) CK_SFX(kset_q4_K) = {CK_SFX(q4_K_vec4), CK_NAME(q4_K, 1, 1), CK_KTABLE_X(q4_K, CK_RB_K), CK_KTABLE(q4_K, 1)};
 static const CK_SFX(k_set) CK_SFX(kset_q6_K) = {CK_SFX(q6_K_vec4), CK_NAME(q6_K, 1, 1), CK_KTABLE_X(q6_K, CK_RB_K), CK_KTABLE(q6_K, 1)};
+// No direct mat-vec tiles: these types always go through unpacked rows.
+static const CK_SFX(k_set) CK_SFX(kset_q2_K) = {0, 0, CK_KTABLE_X(q2_K, CK_RB_K), CK_KTABLE(q2_K, 1)};
+static const CK_SFX(k_set) CK_SFX(kset_q3_K) = {0, 0, CK_KTABLE_X(q3_K, CK_RB_K), CK_KTABLE(q3_K, 1)};
+static const CK_SFX(k_set) CK_SFX(kset_q5_K) = {0, 0, CK_KTABLE_X(q5_K, CK_RB_K), CK_KTABLE(q5_K, 1)};
 
 __attribute__((target(CK_TARGET)))
 static int CK_SFX(drive_k)(int type, const CK_SFX(k_set) *set, size_t cols, const uint8_t *w, size_t ws, size_t r0,
                            size_t r1, const uint8_t *x, size_t xs, size_t nx, float *y, size_t ldy) {
     const size_t nsb = cols / QK_K;
-    if (nx == 1) {
+    if (nx == 1 && set->vec4) {
         size_t r = r0;
         for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, xs, nsb, y + r, ldy);
         for (; r < r1; r++) set->vec1(w + r * ws, ws, x, xs, nsb, y + r, ldy);
@@ -553,6 +716,8 @@ typedef void (*CK_SFX(batch_fn))(const uint8_t *uq, const uint8_t *sq, const flo
 CK_LEG_ALL(q4_0, CK_Q4_0)
 CK_LEG_ALL(q5_0, CK_Q5_0)
 CK_LEG_ALL(q8_0, CK_Q8_0)
+CK_LEG_ALL(q4_1, CK_Q4_1)
+CK_LEG_ALL(q5_1, CK_Q5_1)
 
 typedef struct {
     CK_SFX(vec_fn) vec4, vec1;
@@ -564,6 +729,8 @@ typedef struct {
 static const CK_SFX(legacy_set) CK_SFX(leg_q4_0) = CK_LEG_SET(q4_0);
 static const CK_SFX(legacy_set) CK_SFX(leg_q5_0) = CK_LEG_SET(q5_0);
 static const CK_SFX(legacy_set) CK_SFX(leg_q8_0) = CK_LEG_SET(q8_0);
+static const CK_SFX(legacy_set) CK_SFX(leg_q4_1) = CK_LEG_SET(q4_1);
+static const CK_SFX(legacy_set) CK_SFX(leg_q5_1) = CK_LEG_SET(q5_1);
 
 __attribute__((target(CK_TARGET)))
 static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t cols, const uint8_t *w, size_t ws,
@@ -573,7 +740,8 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
     // Activation side: dx[j*nb + b], u[j*nb8 + b].
     const size_t rb = CK_RB_LEGACY;
     const size_t xfloats = nx * (nb + nb8);
-    const size_t wbytes = rb * nb * 32 * (off ? 1 : 2) + rb * nb8 * 4 + rb * nb * 32;
+    const int sgn = type == CK_Q8_0;
+    const size_t wbytes = rb * nb * 32 * (sgn ? 2 : 1) + rb * nb8 * 4 + rb * nb * 32;
     float stack_buf[2048] __attribute__((aligned(64)));
     float *xbuf = stack_buf;
     uint8_t *heap = NULL;
@@ -584,15 +752,22 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
         xbuf = (float *)heap;
     }
     float *dx = xbuf, *u = xbuf + nx * nb;
+    const int q8_1 = type == CK_Q4_1 || type == CK_Q5_1;
     for (size_t j = 0; j < nx; j++) {
         for (size_t b = 0; b < nb; b++) {
-            const block_q8_0 *xb = (const block_q8_0 *)(x + j * xs) + b;
-            const float d = CK_SFX(h2f)(xb->d);
-            dx[j * nb + b] = d;
-            if (off) {
-                int sum = 0;
-                for (int k = 0; k < QK; k++) sum += xb->qs[k];
-                u[j * nb8 + b] = d * (float)(off * sum);
+            if (q8_1) {
+                const block_q8_1 *xb = (const block_q8_1 *)(x + j * xs) + b;
+                dx[j * nb + b] = CK_SFX(h2f)(xb->d);
+                u[j * nb8 + b] = CK_SFX(h2f)(xb->s);
+            } else {
+                const block_q8_0 *xb = (const block_q8_0 *)(x + j * xs) + b;
+                const float d = CK_SFX(h2f)(xb->d);
+                dx[j * nb + b] = d;
+                if (off) {
+                    int sum = 0;
+                    for (int k = 0; k < QK; k++) sum += xb->qs[k];
+                    u[j * nb8 + b] = -(d * (float)(off * sum));
+                }
             }
         }
         for (size_t b = nb; b < nb8; b++) u[j * nb8 + b] = 0;
@@ -603,8 +778,8 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
         for (; r < r1; r++) set->vec1(w + r * ws, ws, x, dx, u, nb, y + r);
     } else {
         uint8_t *wsc = (uint8_t *)(((uintptr_t)(xbuf + xfloats) + 63) & ~(uintptr_t)63);
-        uint8_t *uq = wsc, *sq = off ? NULL : wsc + rb * nb * 32;
-        float *dw = (float *)(wsc + rb * nb * 32 * (off ? 1 : 2));
+        uint8_t *uq = wsc, *sq = sgn ? wsc + rb * nb * 32 : NULL;
+        float *dw = (float *)(wsc + rb * nb * 32 * (sgn ? 2 : 1));
         size_t jb = (size_t)(256 * 1024) / (xs ? xs : 1);
         jb = jb < 4 ? 4 : (jb / 4) * 4;
         for (size_t j0 = 0; j0 < nx; j0 += jb) {
@@ -632,12 +807,25 @@ static int CK_SFX(ck_matmul_impl)(int type, size_t cols, const void *w, size_t w
     case CK_Q4_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q4_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q5_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q5_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q8_0: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q8_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q4_1: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q4_1), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q5_1: return CK_SFX(drive_legacy)(type, &CK_SFX(leg_q5_1), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q4_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q4_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q6_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q6_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q2_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q2_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q3_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q3_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q5_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q5_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_F32: return CK_SFX(drive_float)(&CK_SFX(fset_f32), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_F16: return CK_SFX(drive_float)(&CK_SFX(fset_f16), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_BF16: return CK_SFX(drive_float)(&CK_SFX(fset_bf16), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     default: return -1;
     }
 }
 
+#undef CK_XB
+#undef CK_XQ
+#undef CK_FT
+#undef CK_FT_ALL
+#undef CK_FSET
 #undef CK_FN
 #undef CK_KERNEL
 #undef CK_INST_LEGACY

@@ -14,7 +14,7 @@ private struct OneTensorFile {
     var raw = RawGGUF()
     var nameOffset = 0, nDimsOffset = 0, dimsOffset = 0, typeOffset = 0, offsetField = 0, dataStart = 0
 
-    init(name: String = "w", dims: [UInt64] = [4], type: UInt32 = GGMLID.f32, offset: UInt64 = 0, dataBytes: Int = 16) {
+    init(name: String = "w", dims: [UInt64] = [4], type: UInt32 = GGMLTypeID.f32, offset: UInt64 = 0, dataBytes: Int = 16) {
         raw.header(tensors: 1, kvs: 0)
         nameOffset = raw.count
         raw.str(name)
@@ -89,7 +89,7 @@ struct GGUFCorruptionTests {
     @Test func kvCountBeyondFile() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1 << 40)
-        r.key("a", type: Tag.u8); r.u8(1)
+        r.key("a", type: GGUFTag.u8); r.u8(1)
         guard case .countExceedsFile("metadata_kv_count", 16, 1 << 40, let limit) = ggufError(r.bytes) else {
             Issue.record("expected countExceedsFile for metadata_kv_count"); return
         }
@@ -116,7 +116,7 @@ struct GGUFCorruptionTests {
     @Test func stringValueLengthTwoToThe63() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("general.name", type: Tag.string)
+        r.key("general.name", type: GGUFTag.string)
         let at = r.count
         r.u64(1 << 63)
         r.bytes += Array("short".utf8)
@@ -126,7 +126,7 @@ struct GGUFCorruptionTests {
     @Test func stringLengthOneBeyondFile() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("general.name", type: Tag.string)
+        r.key("general.name", type: GGUFTag.string)
         let at = r.count
         r.u64(6)
         r.bytes += Array("short".utf8)
@@ -136,8 +136,8 @@ struct GGUFCorruptionTests {
     @Test func arrayCountHuge() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("a", type: Tag.array)
-        r.u32(Tag.u32)
+        r.key("a", type: GGUFTag.array)
+        r.u32(GGUFTag.u32)
         let countAt = r.count
         r.u64(1 << 61)
         r.zeros(64)
@@ -147,12 +147,29 @@ struct GGUFCorruptionTests {
         #expect(limit == 64 / 4)  // 64 bytes hold at most 16 u32
     }
 
+    @Test func metadataElementBudget() {
+        // Two u8 arrays whose bytes are all present, but whose elements together pass GGUFFile.maxMetadataElements
+        // (each would become a GGUFValue many times larger than its one byte).
+        let limit = GGUFFile.maxMetadataElements
+        var r = RawGGUF()
+        r.header(tensors: 0, kvs: 2)
+        r.key("a", type: GGUFTag.array); r.u32(GGUFTag.u8); r.u64(UInt64(limit - 10)); r.zeros(limit - 10)
+        r.key("b", type: GGUFTag.array); r.u32(GGUFTag.u8)
+        let countAt = r.count
+        r.u64(11); r.zeros(11)
+        #expect(ggufError(r.bytes) == .tooManyMetadataElements(field: "metadata[\"b\"].count", offset: countAt, count: 11, limit: limit))
+        // Exactly at the limit is accepted.
+        r.bytes.removeLast(1)
+        r.bytes[countAt] = 10
+        #expect(ggufError(r.bytes) == nil)
+    }
+
     @Test func stringArrayCountJustBeyondFile() {
         // 10 empty strings take 80 bytes; the file has 80 bytes after the count but claims 11 strings.
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("tokenizer.ggml.tokens", type: Tag.array)
-        r.u32(Tag.string)
+        r.key("tokenizer.ggml.tokens", type: GGUFTag.array)
+        r.u32(GGUFTag.string)
         let countAt = r.count
         r.u64(11)
         for _ in 0..<10 { r.str("") }
@@ -164,9 +181,9 @@ struct GGUFCorruptionTests {
     @Test func duplicateKey() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 2)
-        r.key("general.name", type: Tag.string); r.str("a")
+        r.key("general.name", type: GGUFTag.string); r.str("a")
         let second = r.count
-        r.key("general.name", type: Tag.string); r.str("b")
+        r.key("general.name", type: GGUFTag.string); r.str("b")
         #expect(ggufError(r.bytes) == .duplicateKey(key: "general.name", offset: second))
     }
 
@@ -181,7 +198,7 @@ struct GGUFCorruptionTests {
     @Test func unknownArrayElementType() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("k", type: Tag.array)
+        r.key("k", type: GGUFTag.array)
         let at = r.count
         r.u32(0xFFFF_FFFF)
         r.u64(1)
@@ -192,23 +209,23 @@ struct GGUFCorruptionTests {
     @Test func wrongArrayElementTypeForTokens() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        let at = r.key("tokenizer.ggml.tokens", type: Tag.array)
-        r.u32(Tag.u32); r.u64(2); r.u32(7); r.u32(8)
+        let at = r.key("tokenizer.ggml.tokens", type: GGUFTag.array)
+        r.u32(GGUFTag.u32); r.u64(2); r.u32(7); r.u32(8)
         #expect(ggufError(r.bytes) == .wrongValueType(key: "tokenizer.ggml.tokens", offset: at, expected: "array[string]", found: "array[uint32]"))
     }
 
     @Test func wrongArrayElementTypeForScores() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        let at = r.key("tokenizer.ggml.scores", type: Tag.array)
-        r.u32(Tag.f64); r.u64(1); r.f64(0.5)
+        let at = r.key("tokenizer.ggml.scores", type: GGUFTag.array)
+        r.u32(GGUFTag.f64); r.u64(1); r.f64(0.5)
         #expect(ggufError(r.bytes) == .wrongValueType(key: "tokenizer.ggml.scores", offset: at, expected: "array[float32]", found: "array[float64]"))
     }
 
     @Test func alignmentNotUInt32() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        let at = r.key("general.alignment", type: Tag.u64)
+        let at = r.key("general.alignment", type: GGUFTag.u64)
         r.u64(32)
         #expect(ggufError(r.bytes) == .wrongValueType(key: "general.alignment", offset: at, expected: "uint32", found: "uint64"))
     }
@@ -216,15 +233,15 @@ struct GGUFCorruptionTests {
     @Test func architectureNotString() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        let at = r.key("general.architecture", type: Tag.array)
-        r.u32(Tag.string); r.u64(1); r.str("llama")
+        let at = r.key("general.architecture", type: GGUFTag.array)
+        r.u32(GGUFTag.string); r.u64(1); r.str("llama")
         #expect(ggufError(r.bytes) == .wrongValueType(key: "general.architecture", offset: at, expected: "string", found: "array[string]"))
     }
 
     @Test func alignmentZero() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("general.alignment", type: Tag.u32)
+        r.key("general.alignment", type: GGUFTag.u32)
         let at = r.count
         r.u32(0)
         #expect(ggufError(r.bytes) == .invalidAlignment(value: 0, offset: at))
@@ -233,7 +250,7 @@ struct GGUFCorruptionTests {
     @Test func alignmentNotPowerOfTwo() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("general.alignment", type: Tag.u32)
+        r.key("general.alignment", type: GGUFTag.u32)
         let at = r.count
         r.u32(48)
         #expect(ggufError(r.bytes) == .invalidAlignment(value: 48, offset: at))
@@ -243,15 +260,15 @@ struct GGUFCorruptionTests {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
         r.raw([0x61, 0xC3, 0x28])  // 0xC3 starts a 2-byte sequence; 0x28 is not a continuation byte
-        r.u32(Tag.u8); r.u8(0)
+        r.u32(GGUFTag.u8); r.u8(0)
         #expect(ggufError(r.bytes) == .invalidUTF8(field: "metadata[0].key", offset: 24))
     }
 
     @Test func invalidUTF8InStringArray() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("tokenizer.ggml.tokens", type: Tag.array)
-        r.u32(Tag.string); r.u64(3)
+        r.key("tokenizer.ggml.tokens", type: GGUFTag.array)
+        r.u32(GGUFTag.string); r.u64(3)
         r.str("ok")
         let at = r.count
         r.raw([0xED, 0xA0, 0x80])  // an encoded UTF-16 surrogate (U+D800): not valid UTF-8
@@ -262,7 +279,7 @@ struct GGUFCorruptionTests {
     @Test func invalidBool() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("tokenizer.ggml.add_bos_token", type: Tag.bool)
+        r.key("tokenizer.ggml.add_bos_token", type: GGUFTag.bool)
         let at = r.count
         r.u8(2)
         #expect(ggufError(r.bytes) == .invalidBool(field: "metadata[\"tokenizer.ggml.add_bos_token\"]", offset: at, value: 2))
@@ -271,10 +288,10 @@ struct GGUFCorruptionTests {
     @Test func nestingTooDeep() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("deep", type: Tag.array)
-        for _ in 0..<8 { r.u32(Tag.array); r.u64(1) }  // depths 1...8, each holding one array
+        r.key("deep", type: GGUFTag.array)
+        for _ in 0..<8 { r.u32(GGUFTag.array); r.u64(1) }  // depths 1...8, each holding one array
         let at = r.count  // the 9th array starts here
-        r.u32(Tag.u8); r.u64(1); r.u8(7)
+        r.u32(GGUFTag.u8); r.u64(1); r.u8(7)
         let field = "metadata[\"deep\"]" + String(repeating: "[0]", count: 8)
         #expect(ggufError(r.bytes) == .nestingTooDeep(field: field, offset: at, limit: 8))
     }
@@ -282,9 +299,9 @@ struct GGUFCorruptionTests {
     @Test func nestingAtTheLimitAccepted() throws {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("deep", type: Tag.array)
-        for _ in 0..<7 { r.u32(Tag.array); r.u64(1) }
-        r.u32(Tag.u8); r.u64(1); r.u8(7)
+        r.key("deep", type: GGUFTag.array)
+        for _ in 0..<7 { r.u32(GGUFTag.array); r.u64(1) }
+        r.u32(GGUFTag.u8); r.u64(1); r.u8(7)
         var expected = GGUFValue.array([.uint8(7)])
         for _ in 0..<7 { expected = .array([expected]) }
         #expect(try GGUFFile(bytes: r.bytes).metadata["deep"] == expected)
@@ -301,7 +318,7 @@ struct GGUFCorruptionTests {
     @Test func truncatedInKeyLength() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 2)
-        r.key("general.name", type: Tag.string); r.str("a name long enough to pass the count check")
+        r.key("general.name", type: GGUFTag.string); r.str("a name long enough to pass the count check")
         r.bytes += [5, 0, 0]  // the second key's length, cut after 3 of 8 bytes
         #expect(ggufError(r.bytes) == .truncated(field: "metadata[1].key", offset: r.count - 3, needed: 8, available: 3))
     }
@@ -317,7 +334,7 @@ struct GGUFCorruptionTests {
     @Test func truncatedInValue() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("x.f64", type: Tag.f64)
+        r.key("x.f64", type: GGUFTag.f64)
         let at = r.count
         r.bytes += [0, 0, 0, 0, 0]
         #expect(ggufError(r.bytes) == .truncated(field: "metadata[\"x.f64\"]", offset: at, needed: 8, available: 5))
@@ -326,8 +343,8 @@ struct GGUFCorruptionTests {
     @Test func floatArrayCountBeyondFile() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("tokenizer.ggml.scores", type: Tag.array)
-        r.u32(Tag.f32)
+        r.key("tokenizer.ggml.scores", type: GGUFTag.array)
+        r.u32(GGUFTag.f32)
         let countAt = r.count
         r.u64(3)
         r.f32(1); r.f32(2)
@@ -338,8 +355,8 @@ struct GGUFCorruptionTests {
     @Test func truncatedInArray() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("tokenizer.ggml.tokens", type: Tag.array)
-        r.u32(Tag.string); r.u64(2)
+        r.key("tokenizer.ggml.tokens", type: GGUFTag.array)
+        r.u32(GGUFTag.string); r.u64(2)
         r.str("first")
         let at = r.count
         r.bytes += [9, 0, 0]  // the second string's length field, cut after 3 of 8 bytes
@@ -349,8 +366,8 @@ struct GGUFCorruptionTests {
     @Test func truncatedInsideStringArrayElement() {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("tokenizer.ggml.tokens", type: Tag.array)
-        r.u32(Tag.string); r.u64(2)
+        r.key("tokenizer.ggml.tokens", type: GGUFTag.array)
+        r.u32(GGUFTag.string); r.u64(2)
         r.str("first")
         let at = r.count
         r.u64(100)  // second element claims 100 bytes; 3 remain
@@ -377,9 +394,9 @@ struct GGUFCorruptionTests {
     @Test func duplicateTensorName() {
         var r = RawGGUF()
         r.header(tensors: 2, kvs: 0)
-        r.tensorInfo("w", dims: [4], type: GGMLID.f32, offset: 0)
+        r.tensorInfo("w", dims: [4], type: GGMLTypeID.f32, offset: 0)
         let second = r.count
-        r.tensorInfo("w", dims: [4], type: GGMLID.f32, offset: 32)
+        r.tensorInfo("w", dims: [4], type: GGMLTypeID.f32, offset: 32)
         r.pad(to: 32); r.zeros(64)
         #expect(ggufError(r.bytes) == .duplicateTensorName(name: "w", offset: second))
     }
@@ -430,10 +447,10 @@ struct GGUFCorruptionTests {
 
     @Test func rowNotWholeBlocks() {
         // Q8_0 blocks hold 32 elements; a 48-element row is 1.5 blocks.
-        let f = OneTensorFile(dims: [48, 2], type: GGMLID.q8_0, dataBytes: 102)
+        let f = OneTensorFile(dims: [48, 2], type: GGMLTypeID.q8_0, dataBytes: 102)
         #expect(ggufError(f.raw.bytes) == .notBlockMultiple(tensor: "w", offset: f.dimsOffset, type: .q8_0, rowLength: 48))
         // 16 × 2 = 32 elements is one block in total, but rows of 16 are still not whole blocks (ggml checks ne[0]).
-        let g = OneTensorFile(dims: [16, 2], type: GGMLID.q8_0, dataBytes: 34)
+        let g = OneTensorFile(dims: [16, 2], type: GGMLTypeID.q8_0, dataBytes: 34)
         #expect(ggufError(g.raw.bytes) == .notBlockMultiple(tensor: "w", offset: g.dimsOffset, type: .q8_0, rowLength: 16))
     }
 
@@ -445,8 +462,8 @@ struct GGUFCorruptionTests {
     @Test func misalignedForCustomAlignment() {
         var r = RawGGUF()
         r.header(tensors: 1, kvs: 1)
-        r.key("general.alignment", type: Tag.u32); r.u32(64)
-        let at = r.tensorInfo("w", dims: [4], type: GGMLID.f32, offset: 32)  // aligned to 32, not to 64
+        r.key("general.alignment", type: GGUFTag.u32); r.u32(64)
+        let at = r.tensorInfo("w", dims: [4], type: GGMLTypeID.f32, offset: 32)  // aligned to 32, not to 64
         r.pad(to: 64); r.zeros(128)
         #expect(ggufError(r.bytes) == .misalignedTensorOffset(tensor: "w", offset: at, dataOffset: 32, alignment: 64))
     }
@@ -467,8 +484,8 @@ struct GGUFCorruptionTests {
     @Test func overlappingTensors() {
         var r = RawGGUF()
         r.header(tensors: 2, kvs: 0)
-        r.tensorInfo("a", dims: [16], type: GGMLID.f32, offset: 0)  // bytes 0..<64
-        let at = r.tensorInfo("b", dims: [8], type: GGMLID.f32, offset: 32)  // bytes 32..<64
+        r.tensorInfo("a", dims: [16], type: GGMLTypeID.f32, offset: 0)  // bytes 0..<64
+        let at = r.tensorInfo("b", dims: [8], type: GGMLTypeID.f32, offset: 32)  // bytes 32..<64
         r.pad(to: 32); r.zeros(64)
         #expect(ggufError(r.bytes) == .overlappingTensors(first: "a", second: "b", offset: at))
     }
@@ -476,9 +493,9 @@ struct GGUFCorruptionTests {
     @Test func overlappingTensorsListedOutOfOrder() {
         var r = RawGGUF()
         r.header(tensors: 3, kvs: 0)
-        let cAt = r.tensorInfo("c", dims: [8], type: GGMLID.f32, offset: 64)  // bytes 64..<96
-        r.tensorInfo("a", dims: [8], type: GGMLID.f32, offset: 0)  // bytes 0..<32
-        r.tensorInfo("b", dims: [16], type: GGMLID.f32, offset: 32)  // bytes 32..<96: overlaps c
+        let cAt = r.tensorInfo("c", dims: [8], type: GGMLTypeID.f32, offset: 64)  // bytes 64..<96
+        r.tensorInfo("a", dims: [8], type: GGMLTypeID.f32, offset: 0)  // bytes 0..<32
+        r.tensorInfo("b", dims: [16], type: GGMLTypeID.f32, offset: 32)  // bytes 32..<96: overlaps c
         r.pad(to: 32); r.zeros(96)
         // In data order a, b, c: b is the first to run into its successor c.
         #expect(ggufError(r.bytes) == .overlappingTensors(first: "b", second: "c", offset: cAt))
@@ -489,14 +506,14 @@ struct GGUFCorruptionTests {
     @Test func everyPrefixShorterThanTheDataIsRejected() throws {
         var r = RawGGUF()
         r.header(tensors: 2, kvs: 3)
-        r.key("general.architecture", type: Tag.string); r.str("llama")
-        r.key("tokenizer.ggml.tokens", type: Tag.array); r.u32(Tag.string); r.u64(3)
+        r.key("general.architecture", type: GGUFTag.string); r.str("llama")
+        r.key("tokenizer.ggml.tokens", type: GGUFTag.array); r.u32(GGUFTag.string); r.u64(3)
         r.str("<s>"); r.str("</s>"); r.str("\u{2581}hi")
-        r.key("x.nested", type: Tag.array); r.u32(Tag.array); r.u64(2)
-        r.u32(Tag.i16); r.u64(2); r.i16(-1); r.i16(2)
-        r.u32(Tag.string); r.u64(1); r.str("z")
-        r.tensorInfo("a", dims: [3], type: GGMLID.f32, offset: 0)
-        r.tensorInfo("b", dims: [2, 2], type: GGMLID.f16, offset: 32)
+        r.key("x.nested", type: GGUFTag.array); r.u32(GGUFTag.array); r.u64(2)
+        r.u32(GGUFTag.i16); r.u64(2); r.i16(-1); r.i16(2)
+        r.u32(GGUFTag.string); r.u64(1); r.str("z")
+        r.tensorInfo("a", dims: [3], type: GGMLTypeID.f32, offset: 0)
+        r.tensorInfo("b", dims: [2, 2], type: GGMLTypeID.f16, offset: 32)
         r.pad(to: 32)
         let dataStart = r.count
         r.zeros(32 + 8)  // a: 12 bytes + 20 padding, b: 8 bytes
@@ -570,7 +587,7 @@ struct GGUFCorruptionTests {
     }
 
     @Test func seededRandomMutationsNeverTrap() throws {
-        var rng = SplitMix64(state: 0x6767_7566_2024)
+        var rng = GGUFTestRNG(state: 0x6767_7566_2024)
         let seeds = [try Self.fuzzSeed(alignment: 32), try Self.fuzzSeed(alignment: 64)]
         let interesting: [UInt64] = [0, 1, 2, 3, 4, 7, 8, 9, 31, 32, 33, 255, 256, 1 << 31, 1 << 32, 1 << 62, 1 << 63,
                                      UInt64.max, UInt64.max - 31, UInt64(Int64.max)]

@@ -15,32 +15,32 @@ struct GGUFReaderTests {
     static func everyTypeFile(version: UInt32) -> (bytes: [UInt8], dataStart: Int) {
         var r = RawGGUF()
         r.header(version: version, tensors: 2, kvs: 19)
-        r.key("general.architecture", type: Tag.string); r.str("llama")
-        r.key("u8", type: Tag.u8); r.u8(250)
-        r.key("i8", type: Tag.i8); r.i8(-7)
-        r.key("u16", type: Tag.u16); r.u16(65000)
-        r.key("i16", type: Tag.i16); r.i16(-32000)
-        r.key("u32", type: Tag.u32); r.u32(4_000_000_000)
-        r.key("i32", type: Tag.i32); r.i32(-2_000_000_000)
-        r.key("f32", type: Tag.f32); r.f32(1.5)
-        r.key("bool", type: Tag.bool); r.u8(1)
-        r.key("string", type: Tag.string); r.str("caf\u{E9} \u{1F600}")
-        r.key("u64", type: Tag.u64); r.u64(UInt64.max)
-        r.key("i64", type: Tag.i64); r.i64(Int64.min)
-        r.key("f64", type: Tag.f64); r.f64(-0.1)
-        r.key("tokenizer.ggml.tokens", type: Tag.array); r.u32(Tag.string); r.u64(4)
+        r.key("general.architecture", type: GGUFTag.string); r.str("llama")
+        r.key("u8", type: GGUFTag.u8); r.u8(250)
+        r.key("i8", type: GGUFTag.i8); r.i8(-7)
+        r.key("u16", type: GGUFTag.u16); r.u16(65000)
+        r.key("i16", type: GGUFTag.i16); r.i16(-32000)
+        r.key("u32", type: GGUFTag.u32); r.u32(4_000_000_000)
+        r.key("i32", type: GGUFTag.i32); r.i32(-2_000_000_000)
+        r.key("f32", type: GGUFTag.f32); r.f32(1.5)
+        r.key("bool", type: GGUFTag.bool); r.u8(1)
+        r.key("string", type: GGUFTag.string); r.str("caf\u{E9} \u{1F600}")
+        r.key("u64", type: GGUFTag.u64); r.u64(UInt64.max)
+        r.key("i64", type: GGUFTag.i64); r.i64(Int64.min)
+        r.key("f64", type: GGUFTag.f64); r.f64(-0.1)
+        r.key("tokenizer.ggml.tokens", type: GGUFTag.array); r.u32(GGUFTag.string); r.u64(4)
         r.str("<unk>"); r.str(""); r.str("\u{2581}the"); r.str("\u{65E5}\u{672C}")
-        r.key("tokenizer.ggml.scores", type: Tag.array); r.u32(Tag.f32); r.u64(4)
+        r.key("tokenizer.ggml.scores", type: GGUFTag.array); r.u32(GGUFTag.f32); r.u64(4)
         r.f32(0); r.f32(-1); r.f32(-2.5); r.f32(3)
-        r.key("tokenizer.ggml.token_type", type: Tag.array); r.u32(Tag.i32); r.u64(4)
+        r.key("tokenizer.ggml.token_type", type: GGUFTag.array); r.u32(GGUFTag.i32); r.u64(4)
         r.i32(2); r.i32(1); r.i32(1); r.i32(6)
-        r.key("bools", type: Tag.array); r.u32(Tag.bool); r.u64(2); r.u8(0); r.u8(1)
-        r.key("nested", type: Tag.array); r.u32(Tag.array); r.u64(2)
-        r.u32(Tag.u64); r.u64(1); r.u64(1 << 40)
-        r.u32(Tag.string); r.u64(2); r.str("x"); r.str("y")
-        r.key("empty", type: Tag.array); r.u32(Tag.f64); r.u64(0)
-        r.tensorInfo("norm", dims: [3], type: GGMLID.f32, offset: 0)
-        r.tensorInfo("w", dims: [32, 2], type: GGMLID.q8_0, offset: 32)
+        r.key("bools", type: GGUFTag.array); r.u32(GGUFTag.bool); r.u64(2); r.u8(0); r.u8(1)
+        r.key("nested", type: GGUFTag.array); r.u32(GGUFTag.array); r.u64(2)
+        r.u32(GGUFTag.u64); r.u64(1); r.u64(1 << 40)
+        r.u32(GGUFTag.string); r.u64(2); r.str("x"); r.str("y")
+        r.key("empty", type: GGUFTag.array); r.u32(GGUFTag.f64); r.u64(0)
+        r.tensorInfo("norm", dims: [3], type: GGMLTypeID.f32, offset: 0)
+        r.tensorInfo("w", dims: [32, 2], type: GGMLTypeID.q8_0, offset: 32)
         r.pad(to: 32)
         let dataStart = r.count
         r.f32(1); r.f32(2); r.f32(3)
@@ -134,8 +134,8 @@ struct GGUFReaderTests {
     @Test func customAlignmentMovesTheDataSection() throws {
         var r = RawGGUF()
         r.header(tensors: 1, kvs: 1)
-        r.key("general.alignment", type: Tag.u32); r.u32(256)
-        r.tensorInfo("t", dims: [2], type: GGMLID.f32, offset: 256)
+        r.key("general.alignment", type: GGUFTag.u32); r.u32(256)
+        r.tensorInfo("t", dims: [2], type: GGMLTypeID.f32, offset: 256)
         r.pad(to: 256)
         let dataStart = r.count
         r.zeros(256); r.f32(-1); r.f32(7)
@@ -150,7 +150,7 @@ struct GGUFReaderTests {
     @Test func fileWithoutTensorsMayEndBeforeThePadding() throws {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("general.architecture", type: Tag.string); r.str("x")
+        r.key("general.architecture", type: GGUFTag.string); r.str("x")
         let f = try GGUFFile(bytes: r.bytes)
         #expect(f.tensors.isEmpty && f.architecture == "x")
     }
@@ -158,7 +158,7 @@ struct GGUFReaderTests {
     @Test func emptyWellKnownArrayAcceptedWhateverItsElementType() throws {
         var r = RawGGUF()
         r.header(tensors: 0, kvs: 1)
-        r.key("tokenizer.ggml.merges", type: Tag.array); r.u32(Tag.u8); r.u64(0)
+        r.key("tokenizer.ggml.merges", type: GGUFTag.array); r.u32(GGUFTag.u8); r.u64(0)
         #expect(try GGUFFile(bytes: r.bytes).stringArray("tokenizer.ggml.merges") == [])
     }
 
@@ -190,9 +190,9 @@ struct GGUFReaderTests {
         #expect(f.metadataKeys == metadata.map { $0["key"] as! String })
         for entry in metadata {
             let key = entry["key"] as! String
-            let expected = try TypedJSON.value(entry)
+            let expected = try GGUFTypedJSON.value(entry)
             let actual = try #require(f.metadata[key])
-            #expect(bitwiseEqual(actual, expected), "\(key): \(actual) != \(expected)")
+            #expect(ggufBitwiseEqual(actual, expected), "\(key): \(actual) != \(expected)")
         }
         let tensors = json["tensors"] as! [[String: Any]]
         #expect(f.tensors.map(\.name) == tensors.map { $0["name"] as! String })
@@ -201,14 +201,14 @@ struct GGUFReaderTests {
             #expect(t.type.rawValue == UInt32(e["type"] as! Int), "\(t.name)")
             #expect(t.dataOffset == e["data_offset"] as! Int, "\(t.name)")
             #expect(t.byteCount == e["n_bytes"] as! Int, "\(t.name)")
-            #expect(Array(f.data(of: t)) == TypedJSON.hex(e["data_hex"] as! String), "\(t.name)")
+            #expect(Array(f.data(of: t)) == GGUFTypedJSON.hex(e["data_hex"] as! String), "\(t.name)")
         }
     }
 
     @Test(arguments: ["python_written", "python_written_align64"])
     func readsFilesWrittenByGGUFPy(_ stem: String) throws {
         let url = GGUFTestPaths.fixtures.appendingPathComponent("\(stem).gguf")
-        let json = try TypedJSON.load(GGUFTestPaths.fixtures.appendingPathComponent("\(stem).json"))
+        let json = try GGUFTypedJSON.load(GGUFTestPaths.fixtures.appendingPathComponent("\(stem).json"))
         let fromPath = try GGUFFile(path: url.path)
         let bytes = [UInt8](try Data(contentsOf: url))
         try Self.expectMatchesFixture(fromPath, json, fileBytes: bytes)
@@ -278,7 +278,7 @@ struct GGUFReaderTests {
 
     @Test func modelMatchesGGUFPyReader() throws {
         let f = try Self.openModel()
-        let json = try TypedJSON.load(GGUFTestPaths.fixtures.appendingPathComponent("gemma-3-270m-q4_k_m.python-reader.json"))
+        let json = try GGUFTypedJSON.load(GGUFTestPaths.fixtures.appendingPathComponent("gemma-3-270m-q4_k_m.python-reader.json"))
         #expect(f.fileSize == json["file_size"] as! Int)
         #expect(f.version == UInt32(json["version"] as! Int))
         #expect(f.alignment == json["alignment"] as! Int)
@@ -293,14 +293,14 @@ struct GGUFReaderTests {
                 let elements = try #require(actual.arrayValue)
                 #expect(elements.count == count, "\(key)")
                 #expect(elements.first?.type.description == entry["element_type"] as? String, "\(key)")
-                var h = FNV1a64()
+                var h = GGUFFNV1a64()
                 for e in elements { h.add(element: e) }
-                #expect(hex64(h.value) == entry["fnv1a64"] as! String, "\(key)")
+                #expect(ggufHex64(h.value) == entry["fnv1a64"] as! String, "\(key)")
                 for (index, sample) in entry["samples"] as! [String: Any] {
-                    #expect(bitwiseEqual(elements[Int(index)!], try TypedJSON.value(sample)), "\(key)[\(index)]")
+                    #expect(ggufBitwiseEqual(elements[Int(index)!], try GGUFTypedJSON.value(sample)), "\(key)[\(index)]")
                 }
             } else {
-                #expect(bitwiseEqual(actual, try TypedJSON.value(entry)), "\(key)")
+                #expect(ggufBitwiseEqual(actual, try GGUFTypedJSON.value(entry)), "\(key)")
             }
         }
 
@@ -312,11 +312,11 @@ struct GGUFReaderTests {
             #expect(t.dataOffset == e["data_offset"] as! Int, "\(t.name)")
             #expect(t.byteCount == e["n_bytes"] as! Int, "\(t.name)")
             let data = f.data(of: t)
-            var head = FNV1a64(), tail = FNV1a64()
+            var head = GGUFFNV1a64(), tail = GGUFFNV1a64()
             head.add(data.prefix(256))
             tail.add(data.suffix(256))
-            #expect(hex64(head.value) == e["head_fnv1a64"] as! String, "\(t.name)")
-            #expect(hex64(tail.value) == e["tail_fnv1a64"] as! String, "\(t.name)")
+            #expect(ggufHex64(head.value) == e["head_fnv1a64"] as! String, "\(t.name)")
+            #expect(ggufHex64(tail.value) == e["tail_fnv1a64"] as! String, "\(t.name)")
         }
     }
 

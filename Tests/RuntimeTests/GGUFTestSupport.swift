@@ -72,14 +72,14 @@ struct RawGGUF {
 }
 
 /// Value type tags as in the spec (written here, not taken from the code under test).
-enum Tag {
+enum GGUFTag {
     static let u8: UInt32 = 0, i8: UInt32 = 1, u16: UInt32 = 2, i16: UInt32 = 3, u32: UInt32 = 4, i32: UInt32 = 5
     static let f32: UInt32 = 6, bool: UInt32 = 7, string: UInt32 = 8, array: UInt32 = 9
     static let u64: UInt32 = 10, i64: UInt32 = 11, f64: UInt32 = 12
 }
 
 /// ggml type ids as in ggml.h.
-enum GGMLID {
+enum GGMLTypeID {
     static let f32: UInt32 = 0, f16: UInt32 = 1, q8_0: UInt32 = 8, q4_K: UInt32 = 12
 }
 
@@ -115,7 +115,7 @@ enum GGUFTestPaths {
 
 // MARK: - Typed JSON (see scripts/make_gguf_fixtures.py)
 
-enum TypedJSON {
+enum GGUFTypedJSON {
     struct Failure: Error, CustomStringConvertible { let description: String }
 
     static func load(_ url: URL) throws -> [String: Any] {
@@ -177,11 +177,11 @@ enum TypedJSON {
 }
 
 /// Bitwise equality for values holding floats (so NaN, -0.0 and the exact bits compare as stored).
-func bitwiseEqual(_ a: GGUFValue, _ b: GGUFValue) -> Bool {
+func ggufBitwiseEqual(_ a: GGUFValue, _ b: GGUFValue) -> Bool {
     switch (a, b) {
     case (.float32(let x), .float32(let y)): return x.bitPattern == y.bitPattern
     case (.float64(let x), .float64(let y)): return x.bitPattern == y.bitPattern
-    case (.array(let x), .array(let y)): return x.count == y.count && zip(x, y).allSatisfy(bitwiseEqual)
+    case (.array(let x), .array(let y)): return x.count == y.count && zip(x, y).allSatisfy(ggufBitwiseEqual)
     default: return a == b
     }
 }
@@ -189,7 +189,7 @@ func bitwiseEqual(_ a: GGUFValue, _ b: GGUFValue) -> Bool {
 // MARK: - Hashing and randomness
 
 /// FNV-1a 64-bit, as in scripts/make_gguf_fixtures.py.
-struct FNV1a64 {
+struct GGUFFNV1a64 {
     private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325
     mutating func add<S: Sequence>(_ bytes: S) where S.Element == UInt8 {
         for b in bytes {
@@ -220,13 +220,13 @@ struct FNV1a64 {
 }
 
 /// `0x` + 16 lower-case hex digits, as the fixture script prints hashes.
-func hex64(_ v: UInt64) -> String {
+func ggufHex64(_ v: UInt64) -> String {
     let digits = String(v, radix: 16)
     return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
 }
 
-/// SplitMix64: a small seeded generator, so fuzz runs are reproducible.
-struct SplitMix64: RandomNumberGenerator {
+/// GGUFTestRNG: a small seeded generator, so fuzz runs are reproducible.
+struct GGUFTestRNG: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15

@@ -41,7 +41,7 @@ struct GGUFWriterTests {
                                    "x.f32", "x.bool", "x.u64", "x.i64", "x.f64", "tokenizer.ggml.tokens",
                                    "tokenizer.ggml.scores", "x.nested", "x.empty"])
         #expect(f.metadata["general.alignment"] == nil)  // default alignment: no key, as gguf-py
-        #expect(f.metadata["x.f32"].map { bitwiseEqual($0, .float32(-0.0)) } == true)
+        #expect(f.metadata["x.f32"].map { ggufBitwiseEqual($0, .float32(-0.0)) } == true)
         #expect(f.metadata["x.f64"] == .float64(.pi))
         #expect(f.metadata["x.u64"] == .uint64(1 << 60))
         #expect(f.metadata["x.nested"] == .array([.array([.int8(1)]), .array([.array([.string("deep")])])]))
@@ -96,7 +96,7 @@ struct GGUFWriterTests {
     }
 
     @Test func seededRandomContentRoundTrips() throws {
-        var rng = SplitMix64(state: 42)
+        var rng = GGUFTestRNG(state: 42)
         func scalar() -> GGUFValue {
             switch Int.random(in: 0..<12, using: &rng) {
             case 0: return .uint8(.random(in: .min ... .max, using: &rng))
@@ -148,7 +148,7 @@ struct GGUFWriterTests {
             let f = try GGUFFile(bytes: w.serialized())
             let keys = f.metadataKeys.filter { $0 != "general.alignment" }
             #expect(keys == expected.map(\.0))
-            for (k, v) in expected { #expect(f.metadata[k].map { bitwiseEqual($0, v) } == true, "\(k)") }
+            for (k, v) in expected { #expect(f.metadata[k].map { ggufBitwiseEqual($0, v) } == true, "\(k)") }
             #expect(f.alignment == w.alignment)
             #expect(f.tensors.count == tensors.count)
             for (t, e) in zip(f.tensors, tensors) {
@@ -195,15 +195,15 @@ struct GGUFWriterTests {
     /// Rebuilds the fixture's content from its JSON with GGUFWriter: the bytes must equal gguf-py's file.
     @Test(arguments: ["python_written", "python_written_align64"])
     func sameBytesAsGGUFPyWriter(_ stem: String) throws {
-        let json = try TypedJSON.load(GGUFTestPaths.fixtures.appendingPathComponent("\(stem).json"))
+        let json = try GGUFTypedJSON.load(GGUFTestPaths.fixtures.appendingPathComponent("\(stem).json"))
         var w = GGUFWriter(alignment: json["alignment"] as! Int)
         for entry in json["metadata"] as! [[String: Any]] {
-            w.set(entry["key"] as! String, try TypedJSON.value(entry))
+            w.set(entry["key"] as! String, try GGUFTypedJSON.value(entry))
         }
         for t in json["tensors"] as! [[String: Any]] {
             let type = try #require(GGMLType(rawValue: UInt32(t["type"] as! Int)))
             try w.addTensor(name: t["name"] as! String, type: type, dims: t["dims"] as! [Int],
-                            data: TypedJSON.hex(t["data_hex"] as! String))
+                            data: GGUFTypedJSON.hex(t["data_hex"] as! String))
         }
         let expected = [UInt8](try Data(contentsOf: GGUFTestPaths.fixtures.appendingPathComponent("\(stem).gguf")))
         let ours = w.serialized()
@@ -263,7 +263,7 @@ struct GGUFWriterTests {
         for entry in metadata {
             let key = entry["key"] as! String
             let expected = try #require(written[key], "unexpected key \(key)")
-            #expect(bitwiseEqual(try TypedJSON.value(entry), expected), "\(key)")
+            #expect(ggufBitwiseEqual(try GGUFTypedJSON.value(entry), expected), "\(key)")
         }
         let tensors = view["tensors"] as! [[String: Any]]
         #expect(tensors.map { $0["name"] as! String } == ["a", "b", "c"])
@@ -272,7 +272,7 @@ struct GGUFWriterTests {
         var floats = RawGGUF()
         floats.f32(1); floats.f32(-2); floats.f32(3.5)
         let expectedData: [[UInt8]] = [floats.bytes, (0..<102).map { UInt8($0) }, (0..<16).map { UInt8(255 - $0) }]
-        let pythonData: [[UInt8]] = tensors.map { TypedJSON.hex($0["data_hex"] as! String) }
+        let pythonData: [[UInt8]] = tensors.map { GGUFTypedJSON.hex($0["data_hex"] as! String) }
         #expect(pythonData == expectedData)
         #expect(tensors.map { $0["data_offset"] as! Int } == f.tensors.map(\.dataOffset))
     }

@@ -6,7 +6,7 @@ import Testing
 
 @Suite("Kernel dot products")
 struct KernelDotTests {
-    static func cols(_ type: GGMLType) -> Int { type.blockSize == 256 ? 1024 : 640 }
+    static func cols(_ type: GGMLType) -> Int { type.blockSize == 256 ? 1024 : (type.blockSize == 1 ? 643 : 640) }
 
     /// Byte offsets of the f16 scale fields of each block (ggml-common.h), so random blocks get finite scales.
     static func scaleOffsets(_ type: GGMLType) -> [Int] {
