@@ -101,7 +101,8 @@ find_model() {
         for py in "${runs[@]}" ${user_home:+"$user_home/.local/share/lorad/venv/bin/python"} python3; do
             command -v "$py" >/dev/null 2>&1 || continue
             if [ -n "$user_home" ] && [[ "$py" == "$user_home"/* ]] && command -v runuser >/dev/null; then
-                MODEL_SRC="$(runuser -u "$SUDO_USER" -- env HOME="$user_home" "$py" -c "$assemble" 2>/dev/null)" || MODEL_SRC=""
+                MODEL_SRC="$(runuser -u "$SUDO_USER" -- env HOME="$user_home" "$py" -c "$assemble" 2>/dev/null)" \
+                    || MODEL_SRC=""
             else
                 MODEL_SRC="$("$py" -c "$assemble" 2>/dev/null)" || MODEL_SRC=""
             fi

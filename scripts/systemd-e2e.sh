@@ -197,7 +197,8 @@ say "booting systemd in its own PID namespace"
         [ -d "$mnt$path" ] || continue
         { mkdir -p "$mnt$path/$TAG" && echo $BASHPID >"$mnt$path/$TAG/cgroup.procs"; } 2>/dev/null || true
     done </proc/self/cgroup
-    exec unshare -p -f -m -u --propagation private --mount-proc "$WORK/inner.sh" "$WORK" "$ROOT" "$BUILD_DIR" "$MODEL_SRC"
+    exec unshare -p -f -m -u --propagation private --mount-proc \
+        "$WORK/inner.sh" "$WORK" "$ROOT" "$BUILD_DIR" "$MODEL_SRC"
 ) >"$WORK/systemd.log" 2>&1 &
 UNSHARE_PID=$!
 for _ in $(seq 1 100); do
@@ -218,7 +219,8 @@ ok "systemd is PID 1 of the namespace (host PID $NS_PID), lorad installed by scr
 
 say "socket activation"
 sctl status lorad.socket | sed -n '1,6p' || true
-[ "$(in_ns stat -c '%A %U:%G' "$SOCK")" = "srw-rw---- root:lorad" ] || fail "socket mode/owner: $(in_ns stat -c '%A %U:%G' "$SOCK")"
+mode="$(in_ns stat -c '%A %U:%G' "$SOCK")"
+[ "$mode" = "srw-rw---- root:lorad" ] || fail "socket mode/owner: $mode"
 ok "$SOCK is srw-rw---- root:lorad"
 [ "$(prop lorad.service ActiveState)" = inactive ] || fail "lorad.service runs before any request"
 ok "lorad.service is inactive before the first request"
@@ -262,9 +264,11 @@ say "plain service (lorad binds the socket itself)"
 sctl stop lorad.socket
 sctl start lorad.service || fail "systemctl start lorad.service failed"
 ok "systemctl start returned (READY=1)"
-[ "$(in_ns stat -c '%A %U:%G' "$SOCK")" = "srw-rw---- lorad:lorad" ] || fail "socket mode/owner: $(in_ns stat -c '%A %U:%G' "$SOCK")"
+mode="$(in_ns stat -c '%A %U:%G' "$SOCK")"
+[ "$mode" = "srw-rw---- lorad:lorad" ] || fail "socket mode/owner: $mode"
 ok "$SOCK is srw-rw---- lorad:lorad"
-health="$(in_ns curl -sS --max-time 30 --unix-socket "$SOCK" http://localhost/health)" || fail "no answer right after start"
+health="$(in_ns curl -sS --max-time 30 --unix-socket "$SOCK" http://localhost/health)" \
+    || fail "no answer right after start"
 echo "$health"
 grep -q '"ok"' <<<"$health" || fail "/health is not ok right after READY=1"
 ok "/health is ok as soon as systemctl start returns"
@@ -282,7 +286,10 @@ sctl reload lorad.service || fail "reload failed"
 ok "reloaded: \"$(prop lorad.service StatusText)\""
 
 say "journal"
-if in_ns journalctl -u lorad.service -o verbose --no-pager 2>/dev/null | grep -E '^\s+(PRIORITY|SYSLOG_IDENTIFIER|LORAD_[A-Z_]+)=' | sort -u | head -n 20; then
+fields="$(in_ns journalctl -u lorad.service -o verbose --no-pager 2>/dev/null \
+    | grep -E '^\s+(PRIORITY|SYSLOG_IDENTIFIER|CODE_FUNC|LORAD_[A-Z_]+)=' | sort -u || true)"
+if [ -n "$fields" ]; then
+    head -n 24 <<<"$fields"
     ok "lorad's entries carry journal fields"
 else
     echo "note: no journal entries (journald did not run in the namespace)"
