@@ -39,8 +39,9 @@ final class SentencePieceProcessor: @unchecked Sendable {
         let start = output.count
         output.append(contentsOf: repeatElement(0, count: capacity))
         let n = output.withUnsafeMutableBufferPointer { out -> Int in
-            text.withMemoryRebound(to: CChar.self) { chars in
-                spm_encode(handle, chars.baseAddress, chars.count, out.baseAddress! + start, capacity)
+            guard let base = out.baseAddress else { return -1 }
+            return text.withMemoryRebound(to: CChar.self) { chars in
+                spm_encode(handle, chars.baseAddress, chars.count, base + start, capacity)
             }
         }
         guard n >= 0, n <= capacity else {

@@ -224,7 +224,7 @@ public final class Tokenizer: @unchecked Sendable {
         } else if parts.allSatisfy({ !$0.parseSpecial }) {
             specialAllowed = { _ in false }
         } else {
-            var literalBefore = [Int32](repeating: 0, count: text.count + 1)  // literal bytes before each offset
+            var literalBefore = [Int](repeating: 0, count: text.count + 1)  // literal bytes before each offset
             var start = 0
             for part in parts {
                 for i in start..<part.end { literalBefore[i + 1] = literalBefore[i] + (part.parseSpecial ? 0 : 1) }
