@@ -7,7 +7,6 @@
 //   CSystemd           system library: sd_notify, sd_listen_fds
 //   SentencePieceShim  C++ with an extern "C" API over libsentencepiece
 //   Runtime            GGUF, quant types, tokenizer, model forward, KV cache, sampling, LoRA application
-//   Train              LoRA backward pass, optimizer, datasets, checkpoints
 //   Daemon             the lorad server as a library (API, scheduler, engine, adapters, systemd)
 //   lorad / loractl    executables
 import PackageDescription
@@ -46,13 +45,9 @@ let package = Package(
             dependencies: ["CKernels", "COpenBLAS", "SentencePieceShim"]
         ),
         .target(
-            name: "Train",
-            dependencies: ["Runtime", "COpenBLAS"]
-        ),
-        .target(
             name: "Daemon",
             dependencies: [
-                "Runtime", "Train", "CSystemd",
+                "Runtime", "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -75,7 +70,6 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "TrainTests", dependencies: ["Train", "Runtime"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Runtime"]),
     ],
     swiftLanguageModes: [.v5],

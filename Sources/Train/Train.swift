@@ -1,2 +1,0 @@
-// Train: LoRA backward pass, optimizer, datasets, checkpoints.
-import Runtime
