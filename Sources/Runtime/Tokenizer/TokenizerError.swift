@@ -11,11 +11,9 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case arrayLengthMismatch(key: String, count: Int, expected: Int)
     /// The vocabulary is empty or larger than token ids (`Int32`) can address.
     case invalidVocabularySize(Int)
-    /// Token `id` appears twice in `tokenizer.ggml.tokens` (as `text`); SentencePiece requires unique pieces.
-    case duplicateToken(id: Int, text: String)
     /// A BYTE-typed token whose text is not `<0xNN>`.
     case invalidByteToken(id: Int, text: String)
-    /// libsentencepiece rejected the model (`message` is its status text).
+    /// libsentencepiece rejected the model (`message` is its status text), e.g. for a token text that appears twice.
     case sentencePieceLoadFailed(String)
     /// A companion `tokenizer.model` could not be read (`reason`), or its piece count differs from the GGUF vocabulary.
     case companionModelUnusable(path: String, reason: String)
@@ -31,8 +29,6 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
             return "GGUF metadata \(key) has \(count) elements, expected \(expected) (one per token)"
         case .invalidVocabularySize(let n):
             return "vocabulary size \(n) is out of range (1...\(Int32.max))"
-        case .duplicateToken(let id, let text):
-            return "token \(id) \(String(reflecting: text)) appears more than once in tokenizer.ggml.tokens"
         case .invalidByteToken(let id, let text):
             return "token \(id) \(String(reflecting: text)) has type BYTE but is not of the form <0xNN>"
         case .sentencePieceLoadFailed(let message):
