@@ -18,6 +18,9 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
     /// A count (tensors, key/value pairs, array elements) is larger than the remaining bytes could hold at the
     /// smallest encoding of one item (`limit` is that bound).
     case countExceedsFile(field: String, offset: Int, count: UInt64, limit: Int)
+    /// Metadata arrays hold more than `limit` (`GGUFFile.maxMetadataElements`) elements in total; `count` is the
+    /// array count that crossed it.
+    case tooManyMetadataElements(field: String, offset: Int, count: UInt64, limit: Int)
     /// A string length is larger than the bytes that remain after it.
     case stringExceedsFile(field: String, offset: Int, length: UInt64, available: Int)
     /// A string is not valid UTF-8.
@@ -69,6 +72,8 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
             return "GGUF: unsupported version \(version) at byte \(offset) (2 and 3 are supported)"
         case .countExceedsFile(let field, let offset, let count, let limit):
             return "GGUF: \(field) at byte \(offset) is \(count), but the rest of the file can hold at most \(limit)"
+        case .tooManyMetadataElements(let field, let offset, let count, let limit):
+            return "GGUF: \(field) at byte \(offset) is \(count), which takes the metadata past \(limit) array elements"
         case .stringExceedsFile(let field, let offset, let length, let available):
             return "GGUF: \(field) at byte \(offset) has length \(length), but only \(available) bytes remain"
         case .invalidUTF8(let field, let offset):

@@ -41,11 +41,17 @@ public struct GGUFTensorInfo: Sendable, Equatable {
 /// any count or length that the remaining bytes cannot hold, duplicate keys or tensor names, unknown value or
 /// tensor types, invalid UTF-8, bools other than 0/1, arrays nested deeper than `maxArrayDepth`, wrong types
 /// for the keys in `GGUFKeys.expectedTypes`, an alignment that is not a nonzero power of two, 0 or more than
-/// 4 dims, a dim of 0, sizes that overflow 64 bits, rows that are not whole blocks, data offsets that are not
+/// 4 dims, a dim of 0, sizes that overflow 64 bits, more than `maxMetadataElements` array elements, rows that are not whole blocks, data offsets that are not
 /// aligned, tensor data outside the file, and overlapping tensor data.
 public final class GGUFFile: @unchecked Sendable {
     /// Deepest array nesting accepted (an array of scalars is depth 1). Real files use 1.
     public static let maxArrayDepth = 8
+    /// Most metadata array elements accepted in one file, counted over all arrays and nesting levels.
+    ///
+    /// Each element becomes a `GGUFValue` of up to ~24 bytes however few bytes it took in the file (a u8 takes
+    /// one), so without a bound a small hostile file could make the reader allocate ~24× its size. Real
+    /// vocabularies are far below this: Gemma 3's 262144 tokens, scores and types make 786432 elements.
+    public static let maxMetadataElements = 1 << 22
     /// Alignment used when `general.alignment` is absent (`GGUF_DEFAULT_ALIGNMENT`).
     public static let defaultAlignment = 32
 
@@ -197,6 +203,8 @@ private struct GGUFParser {
     static let minimumTensorInfoSize = 32
 
     var cursor: GGUFCursor
+    /// Metadata array elements read so far (bounded by `GGUFFile.maxMetadataElements`).
+    var metadataElements = 0
 
     mutating func parse() throws -> Result {
         // MARK: header
@@ -355,6 +363,11 @@ private struct GGUFParser {
         let count = try cursor.read(UInt64.self, "\(field()).count")
         try checkCount(count, itemSize: elementType.minimumEncodedSize, field: "\(field()).count", offset: countOffset)
         let n = Int(count)
+        guard n <= GGUFFile.maxMetadataElements - metadataElements else {
+            throw GGUFError.tooManyMetadataElements(
+                field: "\(field()).count", offset: countOffset, count: count, limit: GGUFFile.maxMetadataElements)
+        }
+        metadataElements += n
         var elements: [GGUFValue] = []
         elements.reserveCapacity(n)
         switch elementType {
