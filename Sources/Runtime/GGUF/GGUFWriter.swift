@@ -25,8 +25,9 @@ public struct GGUFWriter {
     /// Data alignment in bytes (a power of two).
     public let alignment: Int
 
-    private var keys: [String] = []
-    private var values: [String: GGUFValue] = [:]
+    /// Metadata in insertion order, and each key's index in it.
+    private var entries: [(key: String, value: GGUFValue)] = []
+    private var entryIndex: [String: Int] = [:]
     private var tensorEntries: [TensorEntry] = []
     private var tensorNames = Set<String>()
 
@@ -37,9 +38,12 @@ public struct GGUFWriter {
         var data: [UInt8]
     }
 
-    /// - Parameter alignment: data alignment in bytes; must be a power of two (a programming error otherwise).
+    /// - Parameter alignment: data alignment in bytes; must be a power of two that fits the u32
+    ///   `general.alignment` (a programming error otherwise).
     public init(alignment: Int = 32) {
-        precondition(alignment > 0 && alignment & (alignment - 1) == 0, "GGUF alignment must be a power of two")
+        precondition(
+            alignment > 0 && alignment & (alignment - 1) == 0 && alignment <= Int(UInt32.max),
+            "GGUF alignment must be a power of two below 2^32")
         self.alignment = alignment
     }
 
@@ -59,7 +63,12 @@ public struct GGUFWriter {
                 precondition(value.arrayValue?.allSatisfy { $0.type == t } ?? false, "\(key) must be \(expected)")
             }
         }
-        if values.updateValue(value, forKey: key) == nil { keys.append(key) }
+        if let i = entryIndex[key] {
+            entries[i].value = value
+        } else {
+            entryIndex[key] = entries.count
+            entries.append((key, value))
+        }
     }
 
     /// Adds a tensor with raw data already in `type`'s block layout.
@@ -101,8 +110,8 @@ public struct GGUFWriter {
 
     /// The complete file: header, metadata, tensor infos, padding, tensor data (each padded to `alignment`).
     public func serialized() -> [UInt8] {
-        var kv: [(String, GGUFValue)] = keys.map { ($0, $0 == GGUFKeys.alignment ? .uint32(UInt32(alignment)) : values[$0]!) }
-        if alignment != GGUFFile.defaultAlignment, values[GGUFKeys.alignment] == nil {
+        var kv = entries.map { ($0.key, $0.key == GGUFKeys.alignment ? GGUFValue.uint32(UInt32(alignment)) : $0.value) }
+        if alignment != GGUFFile.defaultAlignment, entryIndex[GGUFKeys.alignment] == nil {
             kv.append((GGUFKeys.alignment, .uint32(UInt32(alignment))))
         }
 
@@ -154,9 +163,10 @@ public struct GGUFWriter {
         do {
             defer { close(fd) }
             try bytes.withUnsafeBytes { buffer in
+                guard let base = buffer.baseAddress else { return }
                 var written = 0
                 while written < buffer.count {
-                    let n = posixWrite(fd, buffer.baseAddress! + written, buffer.count - written)
+                    let n = posixWrite(fd, base + written, buffer.count - written)
                     if n < 0 {
                         if errno == EINTR { continue }
                         throw GGUFError.io(operation: "write", path: temp, errno: errno)
