@@ -225,7 +225,7 @@ func ggufHex64(_ v: UInt64) -> String {
     return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
 }
 
-/// GGUFTestRNG: a small seeded generator, so fuzz runs are reproducible.
+/// SplitMix64 (Steele et al. 2014): a small seeded generator, so fuzz runs are reproducible.
 struct GGUFTestRNG: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
