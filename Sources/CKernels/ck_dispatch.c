@@ -1,6 +1,8 @@
 // Run-time CPU dispatch and the portable fallbacks of the public entry points.
 #include "ck_internal.h"
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static int detect_path(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -16,10 +18,21 @@ static int detect_path(void) {
 
 static int g_best = -1;
 
+// LORAD_KERNELS=reference|avx2|avx512 caps the path (for comparisons and as an escape hatch).
+static int env_cap(void) {
+    const char *v = getenv("LORAD_KERNELS");
+    if (!v) return CK_PATH_AVX512;
+    if (strcmp(v, "reference") == 0) return CK_PATH_REFERENCE;
+    if (strcmp(v, "avx2") == 0) return CK_PATH_AVX2;
+    return CK_PATH_AVX512;
+}
+
 int ck_best_path(void) {
     int p = __atomic_load_n(&g_best, __ATOMIC_RELAXED);
     if (p < 0) {
         p = detect_path();
+        const int cap = env_cap();
+        if (p > cap) p = cap;
         __atomic_store_n(&g_best, p, __ATOMIC_RELAXED);
     }
     return p;

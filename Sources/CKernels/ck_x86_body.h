@@ -89,7 +89,12 @@ CK_FN __m256i CK_SFX(legacy_q)(int type, const uint8_t *b) {
         const int o = type == CK_Q5_0 ? 2 : 4;
         uint32_t qh;
         memcpy(&qh, b + o, 4);
-        return _mm256_or_si256(CK_SFX(nibbles32)(b + o + 4), _mm256_and_si256(CK_SFX(bits32)(qh), _mm256_set1_epi8(0x10)));
+#if CK_VNNI
+        const __m256i hi = _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(0x10));
+#else
+        const __m256i hi = _mm256_and_si256(CK_SFX(bits32)(qh), _mm256_set1_epi8(0x10));
+#endif
+        return _mm256_or_si256(CK_SFX(nibbles32)(b + o + 4), hi);
     }
     default:  // CK_Q8_0
         return _mm256_loadu_si256((const __m256i *)(b + 2));

@@ -4,8 +4,8 @@ import Foundation
 import Runtime
 import Testing
 
-@Suite("Quant round trip")
-struct QuantRoundTripTests {
+@Suite("Kernel quantizers: round trip")
+struct KernelQuantRoundTripTests {
     static let allTypes: [GGMLType] = [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q8_1,
                                        .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q8_K]
 

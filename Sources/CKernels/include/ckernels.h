@@ -38,7 +38,8 @@ size_t ck_type_size(int type);
 /// The activation type the fused dot of `type` consumes (see above), or -1 when `type` is not a weight type.
 int ck_vec_dot_type(int type);
 
-/// The best path this CPU supports.
+/// The best path this CPU supports, capped by the environment variable LORAD_KERNELS (reference|avx2|avx512)
+/// when it is set. Detected once.
 int ck_best_path(void);
 /// 1 if `path` can run on this CPU.
 int ck_path_available(int path);

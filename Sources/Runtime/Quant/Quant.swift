@@ -10,7 +10,8 @@ public enum KernelPath: Int32, Sendable, CaseIterable, CustomStringConvertible {
     case avx2 = 1
     case avx512 = 2
 
-    /// The fastest path this CPU supports (detected once, via CPUID).
+    /// The fastest path this CPU supports (detected once, via CPUID), capped by the environment variable
+    /// `LORAD_KERNELS` (`reference`, `avx2`, `avx512`) when it is set.
     public static var best: KernelPath { KernelPath(rawValue: ck_best_path()) ?? .reference }
 
     /// Paths that can run on this CPU, slowest first.
