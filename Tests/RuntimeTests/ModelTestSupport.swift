@@ -74,6 +74,9 @@ struct GreedyRecord: Decodable {
 func greedyRun(_ model: Model, prompt: [Int32], steps: Int, adapter: AdapterSet? = nil) throws
     -> (firstLogits: [Float], ids: [Int32], margins: [Float])
 {
+    // Suites run in parallel; the shared model's forward pass takes one caller at a time.
+    SharedModel.lock.lock()
+    defer { SharedModel.lock.unlock() }
     let cache = model.makeKVCache(capacity: prompt.count + steps + 1)
     var batch = ForwardBatch()
     for (i, t) in prompt.enumerated() {

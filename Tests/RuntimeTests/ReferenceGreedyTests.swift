@@ -47,3 +47,31 @@ import Testing
         try Self.check(records) { _ in nil }
     }
 }
+
+/// The rank-8 adapter of ../shared/reference/gemma-3-270m-q4_k_m/lora-r8 (GGUF format) at scale 1, against
+/// llama.cpp's lora-greedy.jsonl, with the same criterion as the base model.
+@Suite(.serialized) struct ReferenceLoRATests {
+    static func adapter(_ model: Model) throws -> LoRAAdapter {
+        try model.loadGGUFAdapter(
+            path: TestPaths.referenceDir.appendingPathComponent("lora-r8/gemma-3-270m-lora-r8.gguf").path, name: "r8")
+    }
+
+    @Test func ggufAdapterMatchesLlamaCpp() throws {
+        let records = try GreedyRecord.load("lora-greedy.jsonl")
+        #expect(records.count == 12)
+        try ReferenceGreedyTests.check(records) { model in
+            let a = try Self.adapter(model)
+            #expect(a.modules.count == 126)
+            return AdapterSet(a, scale: 1)
+        }
+    }
+
+    /// Scale 0 reproduces the base logits bit for bit (llama.cpp's `--lora-scaled file:0` does too).
+    @Test func scaleZeroEqualsBase() throws {
+        let model = try SharedModel.get()
+        let prompt = try GreedyRecord.load("greedy.jsonl")[0].prompt_ids
+        let base = try greedyRun(model, prompt: prompt, steps: 1).firstLogits
+        let zero = try greedyRun(model, prompt: prompt, steps: 1, adapter: AdapterSet(Self.adapter(model), scale: 0)).firstLogits
+        #expect(base == zero)
+    }
+}

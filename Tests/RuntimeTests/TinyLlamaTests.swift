@@ -18,7 +18,9 @@ struct TinyLlama {
     let path: String
 
     /// Writes the model. `type` is the storage type of the 2-D weights (norms stay f32).
-    init(seed: UInt64, type: GGMLType) throws {
+    /// - Parameter merge: optional LoRA modules `(A [r, n_in], B [n_out, r], scale)` by tensor name, merged into
+    ///   the written weights as `W + scale·B·A` (f32 models only).
+    init(seed: UInt64, type: GGMLType, merge: [String: (a: [Float], b: [Float], rank: Int, scale: Float)] = [:]) throws {
         var rng = SplitMix(seed)
         var tensors: [String: [Float]] = [:]
         var w = GGUFWriter()
@@ -36,6 +38,15 @@ struct TinyLlama {
 
         func matrix(_ name: String, nIn: Int, nOut: Int, scale: Float) throws {
             var v = (0..<(nIn * nOut)).map { _ in rng.nextFloat() * scale }
+            if let m = merge[name] {
+                for o in 0..<nOut {
+                    for i in 0..<nIn {
+                        var d: Float = 0
+                        for k in 0..<m.rank { d += m.b[o * m.rank + k] * m.a[k * nIn + i] }
+                        v[o * nIn + i] += m.scale * d
+                    }
+                }
+            }
             if type == .f32 {
                 try w.addTensor(name: name, dims: [nIn, nOut], floats: v)
             } else {
@@ -74,7 +85,7 @@ struct TinyLlama {
         }
         try vector("output_norm.weight", count: Self.nEmbd)
         try matrix("output.weight", nIn: Self.nEmbd, nOut: Self.nVocab, scale: 0.5)
-        let path = NSTemporaryDirectory() + "tiny-llama-\(seed)-\(type)-\(getpid()).gguf"
+        let path = NSTemporaryDirectory() + "tiny-llama-\(seed)-\(type)-\(merge.isEmpty ? "base" : "merged")-\(getpid()).gguf"
         try w.write(to: path)
         self.path = path
         self.tensors = tensors
@@ -304,5 +315,88 @@ struct SplitMix {
         for i in 0..<5 { overflow.append(token: 5, position: i, sequence: 0, wantLogits: false) }
         #expect(throws: ModelError.self) { try model.forward(overflow, caches: [cache]) }
         #expect(cache.count == 0)
+    }
+}
+
+
+/// A LoRA adapter applied at run time gives the logits of the weights merged as W + scale·B·A (computed here,
+/// independently of the runtime), a fresh adapter (B = 0) and scale 0 give the base logits bit for bit.
+@Suite struct TinyLlamaLoRATests {
+    static let rank = 4
+    static let alpha: Float = 8
+
+    /// Random A/B for every projection of every layer; `zeroB` makes a freshly initialised adapter.
+    static func modules(seed: UInt64, zeroB: Bool = false) -> [String: (a: [Float], b: [Float], rank: Int, scale: Float)] {
+        var rng = SplitMix(seed)
+        let D = TinyLlama.nEmbd, q = TinyLlama.nHead * TinyLlama.headDim, kv = TinyLlama.nHeadKV * TinyLlama.headDim
+        let shapes: [(String, Int, Int)] = [("attn_q", D, q), ("attn_k", D, kv), ("attn_v", D, kv), ("attn_output", q, D),
+                                            ("ffn_gate", D, TinyLlama.nFF), ("ffn_up", D, TinyLlama.nFF), ("ffn_down", TinyLlama.nFF, D)]
+        var out: [String: (a: [Float], b: [Float], rank: Int, scale: Float)] = [:]
+        for l in 0..<TinyLlama.nLayer {
+            for (p, nIn, nOut) in shapes {
+                let a = (0..<(rank * nIn)).map { _ in rng.nextFloat() * 0.3 }
+                let b = (0..<(nOut * rank)).map { _ in zeroB ? 0 : rng.nextFloat() * 0.3 }
+                out["blk.\(l).\(p).weight"] = (a, b, rank, alpha / Float(rank))
+            }
+        }
+        return out
+    }
+
+    /// Writes the modules as a llama.cpp GGUF LoRA adapter (lora_a ne [n_in, r], lora_b ne [r, n_out]).
+    static func writeAdapter(_ mods: [String: (a: [Float], b: [Float], rank: Int, scale: Float)]) throws -> String {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("general.type", .string("adapter"))
+        w.set("adapter.type", .string("lora"))
+        w.set("adapter.lora.alpha", .float32(alpha))
+        for (name, m) in mods.sorted(by: { $0.key < $1.key }) {
+            let nIn = m.a.count / m.rank, nOut = m.b.count / m.rank
+            try w.addTensor(name: name + ".lora_a", dims: [nIn, m.rank], floats: m.a)
+            try w.addTensor(name: name + ".lora_b", dims: [m.rank, nOut], floats: m.b)
+        }
+        let path = NSTemporaryDirectory() + "tiny-lora-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).gguf"
+        try w.write(to: path)
+        return path
+    }
+
+    static func logits(_ model: Model, _ tokens: [Int32], adapter: AdapterSet?) throws -> [Float] {
+        var b = ForwardBatch()
+        for (i, t) in tokens.enumerated() { b.append(token: t, position: i, sequence: 0, wantLogits: true, adapter: adapter) }
+        return try model.forward(b, caches: [model.makeKVCache(capacity: 64)])
+    }
+
+    static let tokens: [Int32] = [1, 40, 41, 42, 290, 17, 3, 9]
+
+    @Test func adapterEqualsMergedWeights() throws {
+        let mods = Self.modules(seed: 11)
+        let base = try TinyLlama(seed: 10, type: .f32)
+        let merged = try TinyLlama(seed: 10, type: .f32, merge: mods)
+        let adapterPath = try Self.writeAdapter(mods)
+        defer { unlink(base.path); unlink(merged.path); unlink(adapterPath) }
+        let opts = ModelOptions(threads: 2, kvCacheType: .f32)
+        let baseModel = try Model.load(path: base.path, options: opts)
+        let mergedModel = try Model.load(path: merged.path, options: opts)
+        let adapter = try baseModel.loadGGUFAdapter(path: adapterPath, name: "t")
+        #expect(adapter.modules.count == 7 * TinyLlama.nLayer)
+        let withAdapter = try Self.logits(baseModel, Self.tokens, adapter: AdapterSet(adapter, scale: 1))
+        let withMerged = try Self.logits(mergedModel, Self.tokens, adapter: nil)
+        let plain = try Self.logits(baseModel, Self.tokens, adapter: nil)
+        let diff = zip(withAdapter, withMerged).map { abs($0 - $1) }.max() ?? 0
+        let effect = zip(plain, withMerged).map { abs($0 - $1) }.max() ?? 0
+        #expect(effect > 0.1, "the adapter should change the logits (max change \(effect))")
+        #expect(diff < 1e-3, "adapter vs merged weights: max |Δlogit| = \(diff)")
+    }
+
+    @Test func freshAdapterAndScaleZeroEqualBase() throws {
+        let base = try TinyLlama(seed: 12, type: .q8_0)
+        let fresh = try Self.writeAdapter(Self.modules(seed: 13, zeroB: true))
+        let random = try Self.writeAdapter(Self.modules(seed: 14))
+        defer { unlink(base.path); unlink(fresh); unlink(random) }
+        let model = try Model.load(path: base.path, options: ModelOptions(threads: 2))
+        let plain = try Self.logits(model, Self.tokens, adapter: nil)
+        let zeroB = try Self.logits(model, Self.tokens, adapter: AdapterSet(model.loadGGUFAdapter(path: fresh, name: "f"), scale: 1))
+        let zeroScale = try Self.logits(model, Self.tokens, adapter: AdapterSet(model.loadGGUFAdapter(path: random, name: "r"), scale: 0))
+        #expect(plain == zeroB)
+        #expect(plain == zeroScale)
     }
 }

@@ -31,12 +31,16 @@ public struct ForwardBatch: Sendable {
 
     /// Appends one row whose projections add the LoRA terms of `adapter` (nil = base model).
     public mutating func append(token: Int32, position: Int, sequence: Int, wantLogits: Bool, adapter: AdapterSet?) {
-        if adapters.isEmpty && adapter != nil { adapters = Array(repeating: nil, count: tokens.count) }
+        // `adapters` stays empty while no row uses an adapter; once one does, it holds one entry per row.
+        if adapters.count != tokens.count && adapter != nil {
+            adapters = Array(repeating: nil, count: tokens.count)
+        }
+        let tracking = adapters.count == tokens.count && (adapter != nil || !adapters.isEmpty)
         tokens.append(token)
         positions.append(position)
         sequences.append(sequence)
         self.wantLogits.append(wantLogits)
-        if !adapters.isEmpty { adapters.append(adapter) }
+        if tracking { adapters.append(adapter) }
     }
 
     /// Number of rows.
