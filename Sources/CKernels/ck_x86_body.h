@@ -769,8 +769,12 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
                 const float d = CK_SFX(h2f)(xb->d);
                 dx[j * nb + b] = d;
                 if (off) {
-                    int sum = 0;
-                    for (int k = 0; k < QK; k++) sum += xb->qs[k];
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
+                    const __m256i s8 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), xv), _mm256_set1_epi16(1));
+                    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+                    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+                    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+                    const int sum = _mm_cvtsi128_si32(s4);
                     u[j * nb8 + b] = -(d * (float)(off * sum));
                 }
             }
