@@ -1,7 +1,6 @@
 // ComputePool: every index runs exactly once per job, on the calling thread when threads == 1, under repetition.
 import Foundation
 import Runtime
-import Synchronization
 import Testing
 
 @Suite("Kernel compute pool")

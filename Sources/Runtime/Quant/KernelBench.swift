@@ -4,14 +4,21 @@
 import CKernels
 import Foundation
 
+/// Kernel throughput benchmark on random weights of the default model's shapes (see `run`).
 public enum KernelBench {
     /// One measured configuration.
     public struct Result: Sendable {
+        /// Label of the configuration, e.g. "q5_0 2048x640 n=512".
         public let name: String
+        /// Weight type.
         public let type: GGMLType
+        /// Weight rows (n_out).
         public let rows: Int
+        /// Weight columns (n_in).
         public let cols: Int
+        /// Activation rows per call (1 = mat-vec, as in decode).
         public let n: Int
+        /// Pool threads.
         public let threads: Int
         /// Best wall time of one call, seconds.
         public let seconds: Double

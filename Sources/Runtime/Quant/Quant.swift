@@ -20,6 +20,7 @@ public enum KernelPath: Int32, Sendable, CaseIterable, CustomStringConvertible {
     /// Whether this CPU can run the path.
     public var isAvailable: Bool { ck_path_available(rawValue) != 0 }
 
+    /// "reference", "avx2" or "avx512".
     public var description: String {
         switch self {
         case .reference: return "reference"
@@ -110,9 +111,13 @@ public enum Quant {
 /// A 2-D weight, row-major in ggml terms: `rows` = ne[1] (n_out), `cols` = ne[0] (n_in).
 /// Row `r` occupies bytes `[r * rowBytes, (r + 1) * rowBytes)` of `data`; the memory is not owned.
 public struct WeightMatrix: @unchecked Sendable {
+    /// Element type of the stored rows.
     public let type: GGMLType
+    /// Number of rows, ggml ne[1] (n_out).
     public let rows: Int
+    /// Elements per row, ggml ne[0] (n_in); a multiple of `type.blockSize`.
     public let cols: Int
+    /// Start of row 0 (e.g. inside a memory-mapped GGUF); `rows * rowBytes` bytes.
     public let data: UnsafeRawPointer
     /// Bytes per row: `cols / type.blockSize * type.typeSize`.
     public let rowBytes: Int
