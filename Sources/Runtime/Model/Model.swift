@@ -67,7 +67,8 @@ public final class Model: @unchecked Sendable {
         self.name = file.hasSuffix(".gguf") ? String(file.dropLast(5)) : file
         self.config = config
         self.options = options
-        self.tokenizer = try Tokenizer(gguf: gguf)
+        // A `tokenizer.model` next to the GGUF file takes precedence over the vocabulary arrays.
+        self.tokenizer = try Tokenizer(gguf: gguf, sentencePieceModelPath: Tokenizer.companionModelPath(forGGUFAt: path))
         self.chatTemplate = ChatTemplate(gguf: gguf)
         // The forward pass parallelises itself; OpenBLAS (LoRA terms) runs single-threaded inside it.
         openblas_set_num_threads(1)
