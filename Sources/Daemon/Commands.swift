@@ -9,11 +9,27 @@ public struct LoradCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "lorad",
         abstract: "Serve a quantized language model over a Unix socket with an OpenAI-style API.",
-        // TODO: add BenchCommand.self once Sources/Daemon/Bench/BenchCommand.swift exists.
-        subcommands: [ServeCommand.self /* , BenchCommand.self */],
+        subcommands: [ServeCommand.self, BenchCommand.self],
         defaultSubcommand: ServeCommand.self)
 
     public init() {}
+
+    /// Parses the process arguments and runs the chosen subcommand, awaiting async ones.
+    ///
+    /// `main.swift` calls this instead of `main()`: from top-level code the synchronous `ParsableCommand.main()`
+    /// overload can be picked, which runs the synchronous `run()` (printing help) instead of the async one.
+    public static func runAsMain() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// `lorad serve`: the daemon.

@@ -1,4 +1,4 @@
 // lorad: the daemon executable; everything lives in the Daemon library.
 import Daemon
 
-await LoradCommand.main()
+await LoradCommand.runAsMain()

@@ -192,6 +192,10 @@ final class HTTPServer: @unchecked Sendable {
                     if let cl = head.headers.first(name: "content-length"), let n = Int(cl), n > limit {
                         tooLarge = true
                     } else {
+                        if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
+                            // RFC 9110 §10.1.1: tell the client to send the body it is holding back.
+                            try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .continue)))
+                        }
                         reading: while let p = try await parts.next() {
                             switch p {
                             case .body(let buf):

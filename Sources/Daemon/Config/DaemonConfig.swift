@@ -113,8 +113,16 @@ public enum ConfigFile {
 
     /// Reads and parses `path`.
     public static func load(path: String) throws -> ConfigLayer {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        // FileHandle (not FileManager.contents) so character devices such as /dev/null read as empty.
+        guard let handle = FileHandle(forReadingAtPath: path) else {
             throw ConfigError.unreadable(path: path, reason: "no such file or not readable")
+        }
+        defer { try? handle.close() }
+        let data: Data
+        do {
+            data = try handle.readToEnd() ?? Data()
+        } catch {
+            throw ConfigError.unreadable(path: path, reason: "\(error)")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigError.unreadable(path: path, reason: "not UTF-8")

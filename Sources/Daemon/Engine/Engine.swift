@@ -103,7 +103,8 @@ public final class Engine: @unchecked Sendable {
                 continuation: continuation, submitted: .now))
         snapshotValue.waiting = waiting.count
         lock.signal()
-        return GenerationHandle(id: id, events: stream)
+        let token = CancelOnRelease { [weak self] in self?.cancel(id) }
+        return GenerationHandle(id: id, events: GenerationEvents(stream: stream, token: token))
     }
 
     /// Cancels a sequence at the next step boundary (no-op for unknown or finished ids).

