@@ -8,7 +8,9 @@ MODEL=$(scripts/setup.sh)
 export LORAD_MODEL="${LORAD_MODEL:-$MODEL}"
 export LORAD_REFERENCE_DIR="${LORAD_REFERENCE_DIR:-$(cd .. && pwd)/shared/reference}"
 
-swift build -c release
-export LORAD_BIN="$(swift build -c release --show-bin-path)/lorad"
-export LORACTL_BIN="$(swift build -c release --show-bin-path)/loractl"
-swift test -c release "$@"
+# One release build with test support; it also builds the lorad and loractl executables the tests start.
+swift build -c release --build-tests
+BIN="$(swift build -c release --show-bin-path)"
+export LORAD_BIN="$BIN/lorad"
+export LORACTL_BIN="$BIN/loractl"
+swift test -c release --skip-build "$@"
