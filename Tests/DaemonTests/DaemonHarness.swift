@@ -200,7 +200,7 @@ enum HTTP {
 }
 
 /// A running lorad process.
-final class Daemon {
+final class LoradProcess {
     let process = Process()
     let dir: URL
     let socket: String

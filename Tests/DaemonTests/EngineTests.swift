@@ -185,10 +185,12 @@ private func prompts() -> [[Int32]] {
 
 @Suite struct EngineLimitTests {
     @Test func queueBoundRejectsWith503Error() throws {
-        let engine = Engine(backend: FakeBackend(), limits: limits(maxQueue: 2))  // not started: nothing admitted
+        // Not started, so nothing is admitted: one request will take the free slot, two more may wait.
+        let engine = Engine(backend: FakeBackend(), limits: limits(maxSequences: 1, maxQueue: 2))
         _ = try engine.submit(greedy([2, 5], 4))
         _ = try engine.submit(greedy([2, 6], 4))
-        #expect(throws: EngineError.queueFull(limit: 2)) { try engine.submit(greedy([2, 7], 4)) }
+        _ = try engine.submit(greedy([2, 7], 4))
+        #expect(throws: EngineError.queueFull(limit: 2)) { try engine.submit(greedy([2, 8], 4)) }
         engine.shutdown()
     }
 
@@ -224,10 +226,12 @@ private func prompts() -> [[Int32]] {
 
     @Test func kvBudgetLimitsAdmission() async throws {
         let backend = FakeBackend()
-        // Each request reserves prompt + 8 tokens; the budget fits one at a time.
-        let ps = Array(prompts().prefix(3))
-        let need = ps.map { $0.count + 8 }.max()!
-        let engine = Engine(backend: backend, limits: limits(kvTokens: need + 5))
+        // Each request reserves prompt + 8 tokens (37, 60 and 83 here); a budget of 88 fits any one of them but
+        // no two at once.
+        let ps = Array(prompts()[1...3])
+        let needs = ps.map { $0.count + 8 }
+        #expect(needs == [37, 60, 83])
+        let engine = Engine(backend: backend, limits: limits(kvTokens: 88))
         let handles = try ps.map { try engine.submit(greedy($0, 8)) }
         engine.start()
         defer { engine.shutdown() }
@@ -238,38 +242,51 @@ private func prompts() -> [[Int32]] {
     }
 }
 
+/// A thread-safe boolean.
+final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v = false
+    func set() { lock.lock(); v = true; lock.unlock() }
+    var value: Bool { lock.lock(); defer { lock.unlock() }; return v }
+}
+
 @Suite struct EngineCancellationTests {
     @Test func droppedConsumerFreesTheSequence() async throws {
         let backend = FakeBackend()
+        // Each forward step needs a signal, so the engine cannot run ahead of the test.
+        backend.gate = DispatchSemaphore(value: 0)
         let engine = Engine(backend: backend, limits: limits(context: 8000))
         engine.start()
-        defer { engine.shutdown() }
         let handle = try engine.submit(greedy(prompts()[0], 7000))
+        let consumerDone = Flag()
         let consumer = Task {
             var n = 0
             for await e in handle.events {
                 if case .token = e { n += 1 }
                 if n == 3 { break }  // stop iterating: like a client that went away
             }
+            consumerDone.set()
             return n
         }
-        #expect(await consumer.value == 3)
-        // Poll (bounded) until the engine has released it; the step after cancellation frees it.
+        // Allow at most 1000 steps; without cancellation the sequence would need 7000.
         var released = false
-        for _ in 0..<2000 {
+        for _ in 0..<1000 {
+            backend.gate?.signal()
+            try await Task.sleep(for: .milliseconds(2))
             let s = engine.snapshot
-            if s.running == 0 && s.kvBytesUsed == 0 {
+            if consumerDone.value && s.running == 0 && s.kvBytesUsed == 0 {
                 released = true
                 break
             }
-            try await Task.sleep(for: .milliseconds(5))
         }
+        #expect(await consumer.value == 3)
         #expect(released)
-        // Far fewer than 7000 forward steps ran.
-        #expect(backend.batches.count < 7000)
+        #expect(backend.batches.count < 1000)
         // And the engine still serves.
+        backend.openGate()
         let r = await collect(try engine.submit(greedy(prompts()[1], 4)))
         #expect(r.ids == FakeBackend.referenceGreedy(prompt: prompts()[1], count: 4))
+        engine.shutdown()
     }
 
     @Test func explicitCancelFinishesWithCancelled() async throws {

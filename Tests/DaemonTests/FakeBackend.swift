@@ -31,6 +31,17 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
     private var batchLog: [(rows: Int, sequences: Int)] = []
     /// Makes `forward` throw once, for error-path tests.
     var failNextForward = false
+    /// When set (before the engine starts), every forward call first waits for one `signal()`, so a test decides
+    /// how many steps can run. `openGate()` lets all further steps run freely.
+    var gate: DispatchSemaphore?
+    private var gateOpen = false
+
+    func openGate() {
+        lock.lock()
+        gateOpen = true
+        lock.unlock()
+        gate?.signal()
+    }
 
     var modelID: String { "fake-model" }
     var vocabSize: Int { Self.vocab }
@@ -62,6 +73,14 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
     }
 
     func forward(_ batch: StepBatch, caches: [any SequenceCache]) throws -> [Float] {
+        if let g = gate {
+            lock.lock()
+            let open = gateOpen
+            lock.unlock()
+            if !open {
+                g.wait()
+            }
+        }
         if failNextForward {
             failNextForward = false
             throw FakeError.badBatch("injected failure")

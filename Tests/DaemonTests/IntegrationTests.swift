@@ -42,7 +42,7 @@ func matchesReference(_ ids: [Int], _ r: GreedyRecord) -> Bool {
     return agrees(r.generated, r.margins, 1.0) || agrees(r.f64Generated, r.f64Margins, 0.1)
 }
 
-func completionIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> (ids: [Int], text: String, json: [String: Any]) {
+func completionIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> (ids: [Int], text: String, json: [String: Any]) {
     let r = try d.post(
         "/v1/completions",
         json: ["prompt": prompt, "max_tokens": maxTokens, "temperature": 0, "logprobs": 0, "return_tokens_as_token_ids": true])
@@ -55,7 +55,7 @@ func completionIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> (ids: [In
 }
 
 /// Greedy ids of a streamed completion, read from each chunk's logprobs (`token_id:N`).
-func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
+func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int] {
     let r = try d.post(
         "/v1/completions",
         json: [
@@ -78,7 +78,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
 
 @Suite(.serialized) struct DaemonIntegrationTests {
     @Test func greedyCompletionsMatchReference() throws {
-        let d = try Daemon()
+        let d = try LoradProcess()
         defer { d.stop() }
         for r in try loadGreedy() {
             // Token-id prompt: used exactly (it already carries BOS).
@@ -97,7 +97,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
     }
 
     @Test func endpointsAndErrorStatuses() throws {
-        let d = try Daemon(extra: ["--max-body-bytes", "4096", "--context-size", "256"])
+        let d = try LoradProcess(extra: ["--max-body-bytes", "4096", "--context-size", "256"])
         defer { d.stop() }
         let health = try d.get("/health")
         #expect(health.status == 200)
@@ -152,7 +152,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
     }
 
     @Test func chatAndStreaming() throws {
-        let d = try Daemon()
+        let d = try LoradProcess()
         defer { d.stop() }
         // Chat: rendered with the Gemma turn template; greedy.
         let chat = try d.post(
@@ -228,7 +228,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
     }
 
     @Test func concurrentGreedyStreamsMatchSoloAndBatch() throws {
-        let d = try Daemon(extra: ["--max-sequences", "8"])
+        let d = try LoradProcess(extra: ["--max-sequences", "8"])
         defer { d.stop() }
         let recs = Array(try loadGreedy().filter { $0.promptIDs.count < 200 }.prefix(8))
         var solo: [[Int]] = []
@@ -268,7 +268,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
     }
 
     @Test func clientDisconnectMidStreamFreesTheSequence() throws {
-        let d = try Daemon()
+        let d = try LoradProcess()
         defer { d.stop() }
         let c = try RawConnection(path: d.socket)
         let body = try JSONSerialization.data(withJSONObject: [
@@ -296,7 +296,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
     }
 
     @Test func saturationReturns503WithRetryAfter() throws {
-        let d = try Daemon(extra: ["--max-sequences", "1", "--max-queue", "1"])
+        let d = try LoradProcess(extra: ["--max-sequences", "1", "--max-queue", "1"])
         defer { d.stop() }
         // Occupy the one slot and the one queue place with long streams, then a third request must get 503.
         var holders: [RawConnection] = []
@@ -322,7 +322,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
     }
 
     @Test func sigtermDrainsAStreamAndExitsZero() throws {
-        let d = try Daemon()
+        let d = try LoradProcess()
         let c = try RawConnection(path: d.socket)
         let body = try JSONSerialization.data(withJSONObject: ["prompt": "Once upon a time", "max_tokens": 48, "stream": true])
         try c.send(HTTP.request(method: "POST", path: "/v1/completions", body: Array(body)))
@@ -339,7 +339,7 @@ func streamedIDs(_ d: Daemon, prompt: Any, maxTokens: Int) throws -> [Int] {
     }
 
     @Test func staleSocketIsReplacedAndLiveOneRefused() throws {
-        let first = try Daemon()
+        let first = try LoradProcess()
         defer { first.stop() }
         // A second daemon on the same live socket must refuse to start.
         let second = Process()

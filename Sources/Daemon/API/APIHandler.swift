@@ -91,7 +91,16 @@ final class APIHandler: @unchecked Sendable {
         return keep
     }
 
-    private func ready() throws -> ServerState.Ready {
+    /// How long a generation request that arrives while the model loads waits for it (socket activation
+    /// starts lorad on the first connection, and that request should be answered, not refused).
+    static let loadWaitSeconds = 120.0
+
+    private func ready() async throws -> ServerState.Ready {
+        var waited = 0.0
+        while case .loading = state.phase, waited < Self.loadWaitSeconds, !state.isDraining {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 0.05
+        }
         switch state.phase {
         case .ready(let r):
             if state.isDraining {
@@ -135,12 +144,12 @@ final class APIHandler: @unchecked Sendable {
             try await writer.send(json: modelObject())
             return 200
         case .completions:
-            let r = try ready()
             let body = try RequestValidator.decode(CompletionRequestBody.self, from: body)
+            let r = try await ready()
             return try await generate(try r.validator.prepare(body), ready: r, writer: writer, channel: channel)
         case .chatCompletions:
-            let r = try ready()
             let body = try RequestValidator.decode(ChatRequestBody.self, from: body)
+            let r = try await ready()
             return try await generate(try r.validator.prepare(body), ready: r, writer: writer, channel: channel)
         }
     }

@@ -90,7 +90,9 @@ public final class Engine: @unchecked Sendable {
                 neededBytes: need.overflow ? Int.max : need.partialValue, limitBytes: l.kvCacheBytes)
         }
         guard accepting else { throw EngineError.shuttingDown }
-        guard waiting.count < l.maxQueue else { throw EngineError.queueFull(limit: l.maxQueue) }
+        // The bound is on requests that must wait: ones a free slot will take at the next step do not count.
+        let freeSlots = max(l.maxSequences - snapshotValue.running, 0)
+        guard waiting.count < l.maxQueue + freeSlots else { throw EngineError.queueFull(limit: l.maxQueue) }
         let id = nextID
         nextID += 1
         let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream(bufferingPolicy: .unbounded)
@@ -103,8 +105,9 @@ public final class Engine: @unchecked Sendable {
                 continuation: continuation, submitted: .now))
         snapshotValue.waiting = waiting.count
         lock.signal()
-        let token = CancelOnRelease { [weak self] in self?.cancel(id) }
-        return GenerationHandle(id: id, events: GenerationEvents(stream: stream, token: token))
+        // Cancelling a finished id is a no-op, so releasing the iterator after `.finished` costs nothing.
+        return GenerationHandle(
+            id: id, events: GenerationEvents(stream: stream, onAbandon: { [weak self] in self?.cancel(id) }))
     }
 
     /// Cancels a sequence at the next step boundary (no-op for unknown or finished ids).
@@ -205,13 +208,30 @@ public final class Engine: @unchecked Sendable {
             }
             // Admission: FIFO; the head blocks the line so large requests are not starved.
             var admitted: [PendingSequence] = []
+            var unfit: [PendingSequence] = []
+            // A reload may shrink the budget below what a queued request needs; it could never run.
+            while let head = waiting.first, active.isEmpty, head.reservedBytes > l.kvCacheBytes {
+                unfit.append(waiting.removeFirst())
+            }
             while let head = waiting.first, active.count + admitted.count < l.maxSequences,
                 kvReserved + admitted.reduce(0, { $0 + $1.reservedBytes }) + head.reservedBytes <= l.kvCacheBytes
             {
                 admitted.append(waiting.removeFirst())
             }
+            snapshotValue.running = active.count + admitted.count
+            snapshotValue.waiting = waiting.count
             lock.unlock()
 
+            for p in unfit {
+                p.continuation.yield(
+                    .finished(
+                        GenerationSummary(
+                            reason: .error, trailingText: "", promptTokens: p.request.promptTokens.count,
+                            completionTokens: 0,
+                            errorMessage: "the request needs \(p.reservedBytes) bytes of kv_cache, more than the "
+                                + "current budget of \(l.kvCacheBytes) bytes")))
+                p.continuation.finish()
+            }
             for p in cancelledWaiting {
                 p.continuation.yield(
                     .finished(
@@ -252,6 +272,7 @@ public final class Engine: @unchecked Sendable {
 
     private func canAdmitLocked() -> Bool {
         guard let head = waiting.first else { return false }
+        if active.isEmpty { return true }  // admits the head, or rejects it if it can never fit
         return active.count < limits.maxSequences && kvReserved + head.reservedBytes <= limits.kvCacheBytes
     }
 

@@ -77,8 +77,11 @@ public enum GenerationEvent: Sendable, Equatable {
     case finished(GenerationSummary)
 }
 
-/// A submitted sequence: its id (for cancellation) and its event stream. When the last copy of the stream and of
-/// its iterators is gone (the consumer stopped listening) the sequence is cancelled at the next step.
+/// A submitted sequence: its id (for cancellation) and its event stream.
+///
+/// The stream supports one consumer. A consumer that stops iterating before `.finished` (its iterator is
+/// released, or its task is cancelled) cancels the sequence at the next step. A handle whose events are never
+/// iterated keeps generating until it finishes; call ``Engine/cancel(_:)`` to stop it.
 public struct GenerationHandle: Sendable {
     public let id: UInt64
     public let events: GenerationEvents
@@ -89,7 +92,7 @@ public struct GenerationEvents: AsyncSequence, Sendable {
     public typealias Element = GenerationEvent
 
     let stream: AsyncStream<GenerationEvent>
-    let token: CancelOnRelease
+    let onAbandon: @Sendable () -> Void
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncStream<GenerationEvent>.AsyncIterator
@@ -98,7 +101,7 @@ public struct GenerationEvents: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: stream.makeAsyncIterator(), token: token)
+        AsyncIterator(base: stream.makeAsyncIterator(), token: CancelOnRelease(onAbandon))
     }
 }
 

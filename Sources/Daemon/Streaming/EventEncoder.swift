@@ -2,6 +2,8 @@
 // holding compact JSON (which never contains a raw line break) followed by a blank line; the stream ends with
 // OpenAI's `data: [DONE]` sentinel.
 
+import Foundation
+
 /// SSE framing for streamed responses.
 public enum SSE {
     /// `data: <json>\n\n`.
@@ -18,7 +20,9 @@ public enum SSE {
         var events: [String] = []
         var data: [String] = []
         var sawData = false
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Split on scalars: in Swift "\r\n" is one Character, so splitting Characters on "\n" misses it.
+        let normalized = text.replacingOccurrences(of: "\r\n", with: "\n")
+        for rawLine in normalized.split(separator: "\n", omittingEmptySubsequences: false) {
             var line = Substring(rawLine)
             if line.hasSuffix("\r") { line = line.dropLast() }
             if line.isEmpty {
