@@ -19,6 +19,7 @@ public enum Projection: String, Sendable, CaseIterable, Hashable {
 public struct ModuleKey: Hashable, Sendable {
     public let layer: Int
     public let projection: Projection
+    /// - Parameters: layer: block index `0..<n_layer`; projection: which weight of the block.
     public init(layer: Int, projection: Projection) {
         self.layer = layer
         self.projection = projection
@@ -63,6 +64,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     /// The patched modules.
     public let modules: [ModuleKey: LoRAModule]
 
+    /// - Parameters: name: display name; modules: the patched weights (validated by the loader beforehand).
     public init(name: String, modules: [ModuleKey: LoRAModule]) {
         self.name = name
         self.modules = modules
@@ -78,6 +80,7 @@ public final class AdapterSet: @unchecked Sendable {
     /// `(adapter, user scale)` pairs, applied in order.
     public let entries: [(adapter: LoRAAdapter, scale: Float)]
 
+    /// - Parameter entries: adapters with their user scales (dimensionless; 0 disables an adapter).
     public init(_ entries: [(adapter: LoRAAdapter, scale: Float)]) { self.entries = entries }
 
     /// Convenience: one adapter at `scale`.

@@ -8,6 +8,7 @@ public struct ModelOptions: Sendable {
     /// Element type of the KV caches this model makes.
     public var kvCacheType: KVCacheType
 
+    /// - Parameters: threads: compute threads (clamped to ≥ 1); kvCacheType: KV cache element type.
     public init(threads: Int = 1, kvCacheType: KVCacheType = .f16) {
         self.threads = max(1, threads)
         self.kvCacheType = kvCacheType
@@ -46,7 +47,8 @@ public final class Model: @unchecked Sendable {
         return try Model(gguf: gguf, path: path, options: options)
     }
 
-    /// Builds a model over an already opened file.
+    /// Builds a model over an already opened file; `path` names it (file stem = `name`) and locates a companion
+    /// `tokenizer.model`. Throws as `load(path:options:)`.
     public init(gguf: GGUFFile, path: String, options: ModelOptions = .init()) throws {
         let arch = gguf.architecture ?? ""
         let config: ModelConfig
