@@ -23,6 +23,16 @@ public enum AdapterError: Error, CustomStringConvertible, Equatable {
     case nonFinite(tensor: String)
     /// The adapter patches nothing.
     case empty
+    /// The adapter's configuration (PEFT `adapter_config.json`) is malformed or self-contradictory; the message
+    /// names the key.
+    case invalidConfig(String)
+    /// The adapter uses a feature this runtime does not apply (DoRA, `modules_to_save`, LoRA on the embeddings or
+    /// the output head, trained biases, a `peft_type` other than LORA, ...); the message names the key or tensor.
+    case unsupported(String)
+    /// An adapter file could not be read (`reason` gives errno or the cause).
+    case unreadable(path: String, reason: String)
+    /// Two tensors patch the same projection of the same layer (e.g. under two module-name prefixes).
+    case duplicateTarget(tensor: String, other: String)
 
     public var description: String {
         switch self {
@@ -35,6 +45,10 @@ public enum AdapterError: Error, CustomStringConvertible, Equatable {
         case .unsupportedType(let t, let ty): return "tensor '\(t)' has type \(ty); only f32, f16 and bf16 are supported"
         case .nonFinite(let t): return "tensor '\(t)' contains NaN or infinite values"
         case .empty: return "the adapter patches no module of the base model"
+        case .invalidConfig(let d): return "invalid adapter configuration: \(d)"
+        case .unsupported(let d): return "unsupported adapter: \(d)"
+        case .unreadable(let p, let r): return "cannot read \(p): \(r)"
+        case .duplicateTarget(let t, let o): return "tensor '\(t)' patches the same projection as '\(o)'"
         }
     }
 }
@@ -64,7 +78,8 @@ extension Model {
         if let arch = file.architecture, arch != config.architecture {
             throw AdapterError.architectureMismatch(adapter: arch, base: config.architecture)
         }
-        let alpha = Float(file.double("adapter.lora.alpha") ?? 0)
+        let statedAlpha = file.double("adapter.lora.alpha").map { Float($0) }
+        let alpha = statedAlpha ?? 0
         var pairs: [ModuleKey: (a: GGUFTensorInfo?, b: GGUFTensorInfo?)] = [:]
         for t in file.tensors {
             let isA = t.name.hasSuffix(".weight.lora_a"), isB = t.name.hasSuffix(".weight.lora_b")
@@ -103,7 +118,7 @@ extension Model {
             modules[key] = LoRAModule(rank: rank, nIn: shape.nIn, nOut: shape.nOut, a: av, b: bv, scale: scale)
         }
         guard !modules.isEmpty else { throw AdapterError.empty }
-        return LoRAAdapter(name: name, modules: modules)
+        return LoRAAdapter(name: name, modules: modules, alpha: statedAlpha, usesRSLoRA: false)
     }
 
     /// `blk.<l>.<projection>` → key.

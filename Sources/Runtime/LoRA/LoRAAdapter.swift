@@ -63,12 +63,41 @@ public final class LoRAAdapter: @unchecked Sendable {
     public let name: String
     /// The patched modules.
     public let modules: [ModuleKey: LoRAModule]
+    /// The adapter's `alpha` as its file states it (GGUF `adapter.lora.alpha`, PEFT `lora_alpha`), or nil when the
+    /// file does not say. Dimensionless. Each module's `scale` already includes it (and any per-module override,
+    /// such as PEFT's `alpha_pattern`), so this is informational.
+    public let alpha: Float?
+    /// True when the scale is `alpha / sqrt(rank)` (rank-stabilised LoRA, Kalajdzievski 2023, arXiv:2312.03732;
+    /// PEFT `use_rslora`) rather than `alpha / rank`.
+    public let usesRSLoRA: Bool
 
     /// - Parameters: name: display name; modules: the patched weights (validated by the loader beforehand).
+    ///   `alpha` is nil and `usesRSLoRA` false.
     public init(name: String, modules: [ModuleKey: LoRAModule]) {
         self.name = name
         self.modules = modules
+        self.alpha = nil
+        self.usesRSLoRA = false
     }
+
+    /// - Parameters:
+    ///   - name: display name.
+    ///   - modules: the patched weights (validated by the loader beforehand).
+    ///   - alpha: the file's `alpha` (dimensionless), nil if it has none.
+    ///   - usesRSLoRA: whether the module scales were computed as `alpha / sqrt(rank)`.
+    public init(name: String, modules: [ModuleKey: LoRAModule], alpha: Float?, usesRSLoRA: Bool = false) {
+        self.name = name
+        self.modules = modules
+        self.alpha = alpha
+        self.usesRSLoRA = usesRSLoRA
+    }
+
+    /// The largest module rank `r` (0 for an adapter without modules).
+    public var rank: Int { modules.values.map(\.rank).max() ?? 0 }
+
+    /// The projections patched in at least one layer, as llama.cpp names them (`Projection.rawValue`, e.g.
+    /// `attn_q`, `ffn_down`), sorted.
+    public var targets: [String] { Set(modules.keys.map(\.projection.rawValue)).sorted() }
 
     /// Bytes held by all modules.
     public var byteCount: Int { modules.values.reduce(0) { $0 + $1.byteCount } }
