@@ -5,19 +5,29 @@
 import COpenBLAS
 
 /// The linear projections of a transformer block that a LoRA adapter may patch, with llama.cpp's GGUF names.
+/// Hugging Face names in comments (Gemma 3 / Llama `nn.Linear` modules of a decoder block).
 public enum Projection: String, Sendable, CaseIterable, Hashable {
+    /// Query projection `[n_head·head_dim, n_embd]` (`self_attn.q_proj`).
     case attnQ = "attn_q"
+    /// Key projection `[n_head_kv·head_dim, n_embd]` (`self_attn.k_proj`).
     case attnK = "attn_k"
+    /// Value projection `[n_head_kv·head_dim, n_embd]` (`self_attn.v_proj`).
     case attnV = "attn_v"
+    /// Attention output projection `[n_embd, n_head·head_dim]` (`self_attn.o_proj`).
     case attnOutput = "attn_output"
+    /// Feed-forward gate `[n_ff, n_embd]` (`mlp.gate_proj`).
     case ffnGate = "ffn_gate"
+    /// Feed-forward up projection `[n_ff, n_embd]` (`mlp.up_proj`).
     case ffnUp = "ffn_up"
+    /// Feed-forward down projection `[n_embd, n_ff]` (`mlp.down_proj`).
     case ffnDown = "ffn_down"
 }
 
 /// Identifies one patched weight: block index and projection.
 public struct ModuleKey: Hashable, Sendable {
+    /// Block index, `0..<n_layer`.
     public let layer: Int
+    /// Which weight of the block.
     public let projection: Projection
     /// - Parameters: layer: block index `0..<n_layer`; projection: which weight of the block.
     public init(layer: Int, projection: Projection) {

@@ -58,6 +58,7 @@ public enum SafetensorsError: Error, CustomStringConvertible, Equatable {
     /// No tensor has this name.
     case missingTensor(name: String)
 
+    /// A one-line message naming the tensor or field, prefixed `safetensors:`.
     public var description: String {
         switch self {
         case .io(let operation, let path, let errno):
