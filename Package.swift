@@ -5,6 +5,7 @@
 //   CKernels           small C target: quantized dot-product / dequantization kernels, runtime CPU dispatch
 //   COpenBLAS          system library: cblas_sgemm for dense float GEMM (LoRA, training, attention)
 //   CSystemd           system library: sd_notify, sd_listen_fds
+//   CCrypto            system library: OpenSSL libcrypto (SHA-256 of adapter files)
 //   SentencePieceShim  C++ with an extern "C" API over libsentencepiece
 //   Runtime            GGUF, quant types, tokenizer, model forward, KV cache, sampling, LoRA application
 //   Daemon             the lorad server as a library (API, scheduler, engine, adapters, systemd)
@@ -31,6 +32,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(
             name: "SentencePieceShim",
             linkerSettings: [.linkedLibrary("sentencepiece")]
@@ -47,7 +49,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "Runtime", "CSystemd",
+                "Runtime", "CSystemd", "CCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

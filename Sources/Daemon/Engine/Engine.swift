@@ -325,13 +325,16 @@ public final class Engine: @unchecked Sendable {
             caches.append(cache)
             let start = cache.count
             if seq.machine.state == .decode {
-                batch.append(token: seq.lastToken, position: start, slot: slot, wantLogits: true)
+                batch.append(
+                    token: seq.lastToken, position: start, slot: slot, wantLogits: true, adapters: seq.request.adapters)
                 members.append((seq, 1, true))
             } else {
                 let prompt = seq.request.promptTokens
                 let end = start + planned.rows
                 for pos in start..<end {
-                    batch.append(token: prompt[pos], position: pos, slot: slot, wantLogits: pos == prompt.count - 1)
+                    batch.append(
+                        token: prompt[pos], position: pos, slot: slot, wantLogits: pos == prompt.count - 1,
+                        adapters: seq.request.adapters)
                 }
                 members.append((seq, planned.rows, end == prompt.count))
             }

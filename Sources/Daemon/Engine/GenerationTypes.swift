@@ -16,11 +16,14 @@ public struct GenerationRequest: Sendable {
     public var stopTokenIDs: Set<Int32>
     /// When true, end-of-generation tokens do not stop generation.
     public var ignoreEOS: Bool
+    /// LoRA adapters for every row of this sequence (nil = the base model), pinned at their versions.
+    public var adapters: AdapterMix?
 
     public init(
         promptTokens: [Int32], maxTokens: Int, sampling: SamplingParams = SamplingParams(), stop: [String] = [],
-        stopTokenIDs: Set<Int32> = [], ignoreEOS: Bool = false
+        stopTokenIDs: Set<Int32> = [], ignoreEOS: Bool = false, adapters: AdapterMix? = nil
     ) {
+        self.adapters = adapters
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
         self.sampling = sampling

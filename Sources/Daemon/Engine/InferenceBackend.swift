@@ -17,14 +17,17 @@ public struct StepBatch: Sendable, Equatable {
     public var slots: [Int] = []
     /// Whether the row's logits are returned, `[B]`.
     public var wantLogits: [Bool] = []
+    /// LoRA adapters applied to each row, `[B]` (nil = the base model). Rows of one sequence share one mix.
+    public var adapters: [AdapterMix?] = []
 
     public init() {}
 
-    public mutating func append(token: Int32, position: Int, slot: Int, wantLogits: Bool) {
+    public mutating func append(token: Int32, position: Int, slot: Int, wantLogits: Bool, adapters mix: AdapterMix? = nil) {
         tokens.append(token)
         positions.append(position)
         slots.append(slot)
         self.wantLogits.append(wantLogits)
+        adapters.append(mix)
     }
 
     /// Number of rows (B).
@@ -87,4 +90,75 @@ public protocol InferenceBackend: AnyObject, Sendable {
     func tokenBytes(_ id: Int32) -> [UInt8]
     /// A fresh UTF-8-safe incremental detokenizer (special tokens not rendered).
     func makeDetokenizer() -> any IncrementalDetokenizer
+
+    /// Loads a LoRA adapter from disk and validates it against this model (every target exists, shapes match,
+    /// rank within the limit, values finite, at least one module patched). Called off the compute thread.
+    /// - Parameters:
+    ///   - path: a `.gguf` file (llama.cpp adapter) or a directory with `adapter_config.json` and
+    ///     `adapter_model.safetensors` (Hugging Face PEFT).
+    ///   - format: which of the two.
+    ///   - name: the registry name (for messages).
+    /// - Throws: an error whose description names the offending file, key or tensor.
+    func loadAdapter(at path: String, format: AdapterFormat, name: String) throws -> any AdapterWeights
+}
+
+extension InferenceBackend {
+    public func loadAdapter(at path: String, format: AdapterFormat, name: String) throws -> any AdapterWeights {
+        throw AdapterLoadError("this model backend does not support LoRA adapters")
+    }
+}
+
+/// On-disk format of an adapter.
+public enum AdapterFormat: String, Sendable, Codable, Equatable {
+    /// llama.cpp GGUF LoRA adapter: one `.gguf` file (`general.type = adapter`).
+    case gguf
+    /// Hugging Face PEFT: a directory with `adapter_config.json` and `adapter_model.safetensors`.
+    case peft
+}
+
+/// A generic adapter loading failure (message shown to the client with HTTP 400).
+public struct AdapterLoadError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
+
+/// Loaded, validated adapter weights, immutable once built (a running sequence keeps its version alive).
+public protocol AdapterWeights: AnyObject, Sendable {
+    /// Bytes of weights held in memory (lora_A and lora_B of every module, f32).
+    var residentBytes: Int { get }
+    /// Largest rank over the patched modules.
+    var adapterRank: Int { get }
+    /// The adapter's alpha (nil when the format does not say).
+    var adapterAlpha: Float? { get }
+    /// Names of the patched projections (`attn_q`, `ffn_down`, ...), sorted.
+    var adapterTargets: [String] { get }
+}
+
+/// The adapters one request applies: each pinned at the version the request started with, with a user scale.
+///
+/// One object per request, shared by all its rows, so the backend can recognise rows that use the same mix and
+/// process them as one segment. Holding the object keeps every listed version's weights in memory.
+public final class AdapterMix: @unchecked Sendable, Equatable {
+    /// One adapter in the mix.
+    public struct Entry: Sendable {
+        public let name: String
+        public let version: Int
+        public let weights: any AdapterWeights
+        /// Multiplier of this adapter's `scale·B·A` term (dimensionless; 0 disables it).
+        public let scale: Float
+        public init(name: String, version: Int, weights: any AdapterWeights, scale: Float) {
+            self.name = name
+            self.version = version
+            self.weights = weights
+            self.scale = scale
+        }
+    }
+
+    public let entries: [Entry]
+    /// Backend-private state built from `entries` on first use (touched by the compute thread only).
+    public var prepared: AnyObject?
+
+    public init(_ entries: [Entry]) { self.entries = entries }
+
+    public static func == (a: AdapterMix, b: AdapterMix) -> Bool { a === b }
 }

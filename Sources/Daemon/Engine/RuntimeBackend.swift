@@ -37,12 +37,36 @@ public final class RuntimeBackend: InferenceBackend, @unchecked Sendable {
             kv.append(k)
         }
         var fb = ForwardBatch()
+        let perRow = batch.adapters.count == batch.count
         for i in 0..<batch.count {
             fb.append(
                 token: batch.tokens[i], position: batch.positions[i], sequence: batch.slots[i],
-                wantLogits: batch.wantLogits[i])
+                wantLogits: batch.wantLogits[i], adapter: perRow ? try adapterSet(batch.adapters[i]) : nil)
         }
         return try model.forward(fb, caches: kv)
+    }
+
+    /// The Runtime `AdapterSet` for a mix, built once per mix (so all rows of a request form one segment).
+    private func adapterSet(_ mix: AdapterMix?) throws -> AdapterSet? {
+        guard let mix, !mix.entries.isEmpty else { return nil }
+        if let set = mix.prepared as? AdapterSet { return set }
+        var entries: [(adapter: LoRAAdapter, scale: Float)] = []
+        for e in mix.entries {
+            guard let a = e.weights as? LoRAAdapter else {
+                throw ModelError.invalidBatch("adapter '\(e.name)' was not loaded by this backend")
+            }
+            entries.append((a, e.scale))
+        }
+        let set = AdapterSet(entries)
+        mix.prepared = set
+        return set
+    }
+
+    public func loadAdapter(at path: String, format: AdapterFormat, name: String) throws -> any AdapterWeights {
+        switch format {
+        case .gguf: return try model.loadGGUFAdapter(path: path, name: name)
+        case .peft: return try model.loadPEFTAdapter(directory: path, name: name)
+        }
     }
 
     public func encode(_ text: String, addBOS: Bool, parseSpecial: Bool) -> [Int32] {
@@ -62,4 +86,11 @@ public final class RuntimeBackend: InferenceBackend, @unchecked Sendable {
     public func makeDetokenizer() -> any IncrementalDetokenizer {
         StreamingDetokenizer(tokenizer: model.tokenizer, renderSpecial: false)
     }
+}
+
+extension LoRAAdapter: AdapterWeights {
+    public var residentBytes: Int { byteCount }
+    public var adapterRank: Int { rank }
+    public var adapterAlpha: Float? { alpha }
+    public var adapterTargets: [String] { targets }
 }
