@@ -71,6 +71,16 @@ public struct ServeCommand: AsyncParsableCommand {
     var drainTimeout: Double?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String?
+    @Option(name: .customLong("adapter-import-dir"), help: "Directory whose adapters may be registered by path (repeatable).")
+    var adapterImportDirs: [String] = []
+    @Option(name: .customLong("adapter-dir"), help: "Directory of adapters registered at startup and rescanned on SIGHUP.")
+    var adapterDir: String?
+    @Option(name: .customLong("adapter-cache-mb"), help: "Resident adapter weights budget, MiB (default 512).")
+    var adapterCacheMB: Int?
+    @Option(name: .customLong("admin-group"), help: "Group allowed to manage adapters, besides root and lorad's user.")
+    var adminGroup: String?
+    @Option(name: .customLong("max-upload-bytes"), help: "Largest adapter upload body in bytes (default 268435456).")
+    var maxUploadBytes: Int?
 
     public init() {}
 
@@ -88,6 +98,11 @@ public struct ServeCommand: AsyncParsableCommand {
         l.stepTokens = stepTokens
         l.drainTimeout = drainTimeout
         l.logLevel = logLevel
+        l.adapterImportDirs = adapterImportDirs.isEmpty ? nil : adapterImportDirs
+        l.adapterDir = adapterDir
+        l.adapterCacheMB = adapterCacheMB
+        l.adminGroup = adminGroup
+        l.maxUploadBytes = maxUploadBytes
         return l
     }
 

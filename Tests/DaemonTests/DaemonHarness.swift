@@ -200,22 +200,27 @@ enum HTTP {
 }
 
 /// A running lorad process.
-final class LoradProcess {
+final class LoradProcess: @unchecked Sendable {
     let process = Process()
     let dir: URL
     let socket: String
     let stderrPipe = Pipe()
 
-    /// Starts lorad with `extra` flags and waits (bounded) until /health says ok.
-    init(extra: [String] = [], waitReady: Bool = true) throws {
-        dir = URL(fileURLWithPath: "/tmp").appendingPathComponent("lorad-it-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+    /// Whether `deinit` removes `dir` (false when a later process reuses it, e.g. a restart test).
+    var removeDirOnExit = true
+
+    /// Starts lorad with `extra` flags and waits (bounded) until /health says ok. The state directory is
+    /// `dir/state` unless `extra` names one; pass `reuse` to start on an earlier process's directory.
+    init(extra: [String] = [], waitReady: Bool = true, reuse: URL? = nil) throws {
+        dir = reuse ?? URL(fileURLWithPath: "/tmp").appendingPathComponent("lorad-it-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         socket = dir.appendingPathComponent("lorad.sock").path
         let config = dir.appendingPathComponent("lorad.yaml").path
         try "log_level: warning\n".write(toFile: config, atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: try Paths.loradBinary())
         process.arguments =
-            ["serve", "--model", try Paths.model(), "--socket", socket, "--config", config, "--threads", "2"] + extra
+            ["serve", "--model", try Paths.model(), "--socket", socket, "--config", config, "--threads", "2"]
+            + (extra.contains("--state-dir") ? [] : ["--state-dir", dir.appendingPathComponent("state").path]) + extra
         var env = ProcessInfo.processInfo.environment
         for k in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM", "LORAD_SOCKET"] { env[k] = nil }
         process.environment = env
@@ -256,6 +261,10 @@ final class LoradProcess {
         return try raw(HTTP.request(method: "POST", path: path, body: Array(body), headers: headers))
     }
 
+    func delete(_ path: String, headers: [(String, String)] = []) throws -> HTTPResult {
+        try raw(HTTP.request(method: "DELETE", path: path, headers: headers))
+    }
+
     func post(_ path: String, rawBody: String) throws -> HTTPResult {
         try raw(HTTP.request(method: "POST", path: path, body: Array(rawBody.utf8)))
     }
@@ -277,7 +286,7 @@ final class LoradProcess {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
-        try? FileManager.default.removeItem(at: dir)
+        if removeDirOnExit { try? FileManager.default.removeItem(at: dir) }
     }
 }
 

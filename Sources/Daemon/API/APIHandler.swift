@@ -27,6 +27,9 @@ public final class ServerState: @unchecked Sendable {
     private var phaseValue: Phase = .loading
     private var drainingValue = false
     private var maxBodyBytesValue: Int
+    private var maxUploadBytesValue: Int = 256 << 20
+    private var registryValue: AdapterRegistry?
+    private var adminPolicyValue = AdminPolicy()
     public let metrics: DaemonMetrics
     public let modelPath: String
     public let started = Date()
@@ -49,6 +52,21 @@ public final class ServerState: @unchecked Sendable {
         get { lock.withLock { maxBodyBytesValue } }
         set { lock.withLock { maxBodyBytesValue = newValue } }
     }
+    /// Largest `POST /v1/adapters` body (uploads), bytes.
+    public var maxUploadBytes: Int {
+        get { lock.withLock { maxUploadBytesValue } }
+        set { lock.withLock { maxUploadBytesValue = newValue } }
+    }
+    /// The adapter registry (nil when there is no state directory).
+    public var registry: AdapterRegistry? {
+        get { lock.withLock { registryValue } }
+        set { lock.withLock { registryValue = newValue } }
+    }
+    /// Who may manage adapters.
+    public var adminPolicy: AdminPolicy {
+        get { lock.withLock { adminPolicyValue } }
+        set { lock.withLock { adminPolicyValue = newValue } }
+    }
 
     /// The model id: the file stem (known before the model is loaded).
     public var modelID: String {
@@ -68,7 +86,9 @@ final class APIHandler: @unchecked Sendable {
     }
 
     /// Serves one request. Returns `false` when the connection must close afterwards.
-    func handle(head: HTTPRequestHead, body: [UInt8], writer: ResponseWriter, channel: any Channel) async -> Bool {
+    func handle(
+        head: HTTPRequestHead, body: [UInt8], writer: ResponseWriter, channel: any Channel, peer: PeerCredentials?
+    ) async -> Bool {
         var label = "other"
         var status = 500
         var keep = true
@@ -76,7 +96,13 @@ final class APIHandler: @unchecked Sendable {
             try Route.checkNotBrowser(headerNames: head.headers.map(\.name))
             let route = try Route.resolve(method: head.method.rawValue, uri: head.uri)
             label = route.template
-            status = try await dispatch(route, body: body, writer: writer, channel: channel)
+            switch route {
+            case .adapters, .adapter, .loadLoRAAdapter, .unloadLoRAAdapter:
+                status = try await dispatchAdapters(
+                    route, method: head.method.rawValue, body: body, peer: peer, writer: writer)
+            default:
+                status = try await dispatch(route, body: body, writer: writer, channel: channel)
+            }
         } catch let e as APIError {
             status = e.status
             do { try await writer.send(error: e) } catch { keep = false }
@@ -95,7 +121,7 @@ final class APIHandler: @unchecked Sendable {
     /// starts lorad on the first connection, and that request should be answered, not refused).
     static let loadWaitSeconds = 120.0
 
-    private func ready() async throws -> ServerState.Ready {
+    func ready() async throws -> ServerState.Ready {
         var waited = 0.0
         while case .loading = state.phase, waited < Self.loadWaitSeconds, !state.isDraining {
             try await Task.sleep(for: .milliseconds(50))
@@ -137,21 +163,47 @@ final class APIHandler: @unchecked Sendable {
             try await writer.send(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: state.metrics.render())
             return 200
         case .models:
-            try await writer.send(json: .object([("object", .string("list")), ("data", .array([modelObject()]))]))
+            let adapters = (state.registry?.list() ?? []).map(adapterModelObject)
+            try await writer.send(json: .object([("object", .string("list")), ("data", .array([modelObject()] + adapters))]))
             return 200
         case .model(let id):
-            guard id == state.modelID else { throw APIError.modelNotFound(id, available: state.modelID) }
-            try await writer.send(json: modelObject())
+            if id == state.modelID {
+                try await writer.send(json: modelObject())
+            } else if let info = state.registry?.info(id) {
+                try await writer.send(json: adapterModelObject(info))
+            } else {
+                throw APIError.modelNotFound(id, available: availableModels())
+            }
             return 200
         case .completions:
-            let body = try RequestValidator.decode(CompletionRequestBody.self, from: body)
+            var body = try RequestValidator.decode(CompletionRequestBody.self, from: body)
             let r = try await ready()
-            return try await generate(try r.validator.prepare(body), ready: r, writer: writer, channel: channel)
+            let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
+            body.model = nil
+            var prepared = try r.validator.prepare(body)
+            prepared.attach(mix)
+            return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
         case .chatCompletions:
-            let body = try RequestValidator.decode(ChatRequestBody.self, from: body)
+            var body = try RequestValidator.decode(ChatRequestBody.self, from: body)
             let r = try await ready()
-            return try await generate(try r.validator.prepare(body), ready: r, writer: writer, channel: channel)
+            let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
+            body.model = nil
+            var prepared = try r.validator.prepare(body)
+            prepared.attach(mix)
+            return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
+        default:
+            throw APIError.routeNotFound(method: "GET", path: route.template)
         }
+    }
+
+    /// A registered adapter as an OpenAI model object with vLLM's `parent` (the base model's id).
+    private func adapterModelObject(_ info: AdapterInfo) -> JSONValue {
+        .object([
+            ("id", .string(info.record.name)), ("object", .string("model")),
+            ("created", .int(Int(info.record.createdAt))), ("owned_by", .string("lorad")),
+            ("root", .string(info.record.source)), ("parent", .string(state.modelID)),
+            ("version", .int(info.record.version)),
+        ])
     }
 
     private func modelObject() -> JSONValue {
@@ -184,6 +236,14 @@ final class APIHandler: @unchecked Sendable {
                 ("kv_cache_bytes_limit", .int(s.kvBytesLimit)), ("steps", .int(s.steps)),
             ]
         }
+        if let a = state.registry?.stats {
+            fields += [
+                ("adapters_registered", .int(a.registered)), ("adapters_cached", .int(a.cached)),
+                ("adapter_cache_bytes", .int(a.cachedBytes)), ("adapter_cache_limit_bytes", .int(a.cacheLimitBytes)),
+                ("adapter_live_bytes", .int(a.liveBytes)), ("adapter_loads", .int(a.loads)),
+                ("adapter_evictions", .int(a.evictions)),
+            ]
+        }
         return .object(fields)
     }
 
@@ -207,9 +267,10 @@ final class APIHandler: @unchecked Sendable {
         }
     }
 
-    private func generate(_ prepared: PreparedRequest, ready r: ServerState.Ready, writer: ResponseWriter, channel: any Channel)
-        async throws -> Int
-    {
+    private func generate(
+        _ prepared: PreparedRequest, served: String, ready r: ServerState.Ready, writer: ResponseWriter,
+        channel: any Channel
+    ) async throws -> Int {
         let engine = r.engine
         var handles: [GenerationHandle] = []
         do {
@@ -225,7 +286,7 @@ final class APIHandler: @unchecked Sendable {
 
         let backend = r.backend
         let renderer = ResponseRenderer(
-            kind: prepared.kind, model: backend.modelID, logprobs: prepared.logprobs,
+            kind: prepared.kind, model: served, logprobs: prepared.logprobs,
             tokensAsIDs: prepared.tokensAsIDs, tokenBytes: { backend.tokenBytes($0) })
         if !prepared.stream {
             var results: [ChoiceResult] = []
@@ -241,17 +302,24 @@ final class APIHandler: @unchecked Sendable {
                 if !channel.isActive { throw CancellationError() }
                 throw APIError.unavailable("The request was cancelled (shutdown).", retryAfter: 5, code: "cancelled")
             }
-            try await writer.send(json: renderer.response(results))
+            try await writer.send(json: renderer.response(results), headers: Self.adapterHeaders(prepared))
             return 200
         }
         try await streamEvents(handles, prepared: prepared, renderer: renderer, writer: writer)
         return 200
     }
 
+    /// `X-Lorad-Adapters: name@version*scale, ...`: the exact adapter versions that served the request.
+    static func adapterHeaders(_ prepared: PreparedRequest) -> [(String, String)] {
+        guard let mix = prepared.generations.first?.adapters, !mix.entries.isEmpty else { return [] }
+        let value = mix.entries.map { "\($0.name)@\($0.version)*\($0.scale)" }.joined(separator: ", ")
+        return [("X-Lorad-Adapters", value)]
+    }
+
     private func streamEvents(
         _ handles: [GenerationHandle], prepared: PreparedRequest, renderer: ResponseRenderer, writer: ResponseWriter
     ) async throws {
-        try await writer.startStream(status: 200, contentType: "text/event-stream")
+        try await writer.startStream(status: 200, contentType: "text/event-stream", headers: Self.adapterHeaders(prepared))
         let usageField = prepared.includeUsage
         if prepared.kind == .chat {
             for i in handles.indices {

@@ -62,9 +62,9 @@ struct ResponseWriter {
     }
 
     /// Starts a chunked response (no Content-Length; NIO applies chunked transfer-encoding).
-    func startStream(status: Int, contentType: String) async throws {
+    func startStream(status: Int, contentType: String, headers: [(String, String)] = []) async throws {
         try await outbound.write(
-            .head(head(status, [("Content-Type", contentType), ("Cache-Control", "no-cache")])))
+            .head(head(status, [("Content-Type", contentType), ("Cache-Control", "no-cache")] + headers)))
     }
 
     func write(_ text: String) async throws {
@@ -180,13 +180,14 @@ final class HTTPServer: @unchecked Sendable {
             return
         }
         defer { connections.remove(conn.channel) }
+        let peer = await PeerCredentials.of(conn.channel)
         do {
             try await conn.async.executeThenClose { inbound, outbound in
                 var parts = inbound.makeAsyncIterator()
                 while let part = try await parts.next() {
                     guard case .head(let head) = part else { continue }
                     guard connections.setBusy(conn.channel, true) else { return }
-                    let limit = handler.state.maxBodyBytes
+                    let limit = Self.isUpload(head) ? handler.state.maxUploadBytes : handler.state.maxBodyBytes
                     var body: [UInt8] = []
                     var tooLarge = false
                     if let cl = head.headers.first(name: "content-length"), let n = Int(cl), n > limit {
@@ -222,7 +223,7 @@ final class HTTPServer: @unchecked Sendable {
                     }
                     let keepAlive = head.isKeepAlive && !handler.state.isDraining
                     let writer = ResponseWriter(outbound: outbound, version: head.version, keepAlive: keepAlive, allocator: allocator)
-                    let keep = await handler.handle(head: head, body: body, writer: writer, channel: conn.channel)
+                    let keep = await handler.handle(head: head, body: body, writer: writer, channel: conn.channel, peer: peer)
                     guard keepAlive && keep else { return }
                     guard connections.setBusy(conn.channel, false) else { return }
                 }
@@ -230,6 +231,13 @@ final class HTTPServer: @unchecked Sendable {
         } catch {
             logger.debug("connection ended with error", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Adapter registrations may carry uploaded files: they get the larger upload limit.
+    static func isUpload(_ head: HTTPRequestHead) -> Bool {
+        guard head.method == .POST else { return false }
+        let r = try? Route.resolve(method: "POST", uri: head.uri)
+        return r == .adapters || r == .loadLoRAAdapter
     }
 
     static func routeLabel(_ head: HTTPRequestHead) -> String {

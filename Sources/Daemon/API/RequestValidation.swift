@@ -26,6 +26,13 @@ public struct PreparedRequest: Sendable {
     public var tokensAsIDs: Bool
 }
 
+extension PreparedRequest {
+    /// Applies one adapter mix to every choice of the request.
+    public mutating func attach(_ mix: AdapterMix?) {
+        for i in generations.indices { generations[i].adapters = mix }
+    }
+}
+
 /// Checks and tokenizes request bodies.
 public struct RequestValidator: Sendable {
     public let backend: any InferenceBackend

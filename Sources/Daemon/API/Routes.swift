@@ -1,5 +1,5 @@
-// Routes: the one route table. Paths are matched exactly (query strings ignored); each route accepts one
-// method, and any other method gets 405 with `Allow`.
+// Routes: the one route table. Paths are matched exactly (query strings ignored); each route accepts its
+// methods, and any other method gets 405 with `Allow`. Adapter management routes are admin-only.
 
 /// A resolved route.
 public enum Route: Sendable, Equatable {
@@ -10,6 +10,14 @@ public enum Route: Sendable, Equatable {
     case model(id: String)
     case completions
     case chatCompletions
+    /// `GET` lists, `POST` registers.
+    case adapters
+    /// `GET` shows, `DELETE` unregisters.
+    case adapter(name: String)
+    /// vLLM's `POST /v1/load_lora_adapter`.
+    case loadLoRAAdapter
+    /// vLLM's `POST /v1/unload_lora_adapter`.
+    case unloadLoRAAdapter
 
     /// Route template used as the `route` label in metrics.
     public var template: String {
@@ -21,14 +29,30 @@ public enum Route: Sendable, Equatable {
         case .model: return "/v1/models/{id}"
         case .completions: return "/v1/completions"
         case .chatCompletions: return "/v1/chat/completions"
+        case .adapters: return "/v1/adapters"
+        case .adapter: return "/v1/adapters/{name}"
+        case .loadLoRAAdapter: return "/v1/load_lora_adapter"
+        case .unloadLoRAAdapter: return "/v1/unload_lora_adapter"
         }
     }
 
-    /// The accepted method.
-    public var method: String {
+    /// The accepted methods.
+    public var methods: [String] {
         switch self {
-        case .completions, .chatCompletions: return "POST"
-        default: return "GET"
+        case .completions, .chatCompletions, .loadLoRAAdapter, .unloadLoRAAdapter: return ["POST"]
+        case .adapters: return ["GET", "POST"]
+        case .adapter: return ["GET", "DELETE"]
+        default: return ["GET"]
+        }
+    }
+
+    /// Whether `method` on this route changes the adapter registry (admin callers only).
+    public func isManagement(method: String) -> Bool {
+        switch self {
+        case .adapters: return method == "POST"
+        case .adapter: return method == "DELETE"
+        case .loadLoRAAdapter, .unloadLoRAAdapter: return true
+        default: return false
         }
     }
 
@@ -46,17 +70,22 @@ public enum Route: Sendable, Equatable {
         case "/v1/models": route = .models
         case "/v1/completions": route = .completions
         case "/v1/chat/completions": route = .chatCompletions
+        case "/v1/adapters": route = .adapters
+        case "/v1/load_lora_adapter": route = .loadLoRAAdapter
+        case "/v1/unload_lora_adapter": route = .unloadLoRAAdapter
         default:
             let prefix = "/v1/models/"
             if path.hasPrefix(prefix), path.count > prefix.count {
                 let id = String(path.dropFirst(prefix.count))
                 route = .model(id: id.removingPercentEncodingSafely())
+            } else if path.hasPrefix("/v1/adapters/"), path.count > "/v1/adapters/".count {
+                route = .adapter(name: String(path.dropFirst("/v1/adapters/".count)).removingPercentEncodingSafely())
             } else {
                 throw APIError.routeNotFound(method: method, path: String(path))
             }
         }
-        guard method == route.method else {
-            throw APIError.methodNotAllowed(method: method, path: String(path), allowed: [route.method])
+        guard route.methods.contains(method) else {
+            throw APIError.methodNotAllowed(method: method, path: String(path), allowed: route.methods)
         }
         return route
     }

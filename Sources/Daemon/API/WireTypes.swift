@@ -97,9 +97,18 @@ public struct SamplingFields: Decodable, Sendable, Equatable {
     }
 }
 
+/// One entry of a request's `adapters` list: a registered adapter and its scale (default 1).
+public struct AdapterRefBody: Decodable, Sendable, Equatable {
+    public var name: String
+    public var scale: Double?
+}
+
 /// `POST /v1/completions` body.
 public struct CompletionRequestBody: Decodable, Sendable, Equatable {
+    /// The base model's id, or a registered adapter's name (that adapter at scale 1).
     public var model: String?
+    /// More adapters mixed in, each with its own scale (lorad extension, like LoRAX's merged adapters).
+    public var adapters: [AdapterRefBody]?
     public var prompt: PromptInput
     public var maxTokens: Int?
     /// Legacy completions logprobs: number of alternatives (0...20); present means "report logprobs".
@@ -109,13 +118,14 @@ public struct CompletionRequestBody: Decodable, Sendable, Equatable {
     public var sampling: SamplingFields
 
     enum CodingKeys: String, CodingKey {
-        case model, prompt, logprobs, echo, suffix
+        case model, prompt, logprobs, echo, suffix, adapters
         case maxTokens = "max_tokens"
     }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         model = try c.decodeIfPresent(String.self, forKey: .model)
+        adapters = try c.decodeIfPresent([AdapterRefBody].self, forKey: .adapters)
         prompt = try c.decode(PromptInput.self, forKey: .prompt)
         maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens)
         logprobs = try c.decodeIfPresent(Int.self, forKey: .logprobs)
@@ -161,7 +171,10 @@ public struct ChatMessageBody: Decodable, Sendable, Equatable {
 
 /// `POST /v1/chat/completions` body.
 public struct ChatRequestBody: Decodable, Sendable, Equatable {
+    /// The base model's id, or a registered adapter's name (that adapter at scale 1).
     public var model: String?
+    /// More adapters mixed in, each with its own scale.
+    public var adapters: [AdapterRefBody]?
     public var messages: [ChatMessageBody]
     public var maxTokens: Int?
     public var maxCompletionTokens: Int?
@@ -170,7 +183,7 @@ public struct ChatRequestBody: Decodable, Sendable, Equatable {
     public var sampling: SamplingFields
 
     enum CodingKeys: String, CodingKey {
-        case model, messages, logprobs
+        case model, messages, logprobs, adapters
         case maxTokens = "max_tokens"
         case maxCompletionTokens = "max_completion_tokens"
         case topLogprobs = "top_logprobs"
@@ -179,6 +192,7 @@ public struct ChatRequestBody: Decodable, Sendable, Equatable {
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         model = try c.decodeIfPresent(String.self, forKey: .model)
+        adapters = try c.decodeIfPresent([AdapterRefBody].self, forKey: .adapters)
         messages = try c.decode([ChatMessageBody].self, forKey: .messages)
         maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens)
         maxCompletionTokens = try c.decodeIfPresent(Int.self, forKey: .maxCompletionTokens)

