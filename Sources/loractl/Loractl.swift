@@ -3,6 +3,7 @@
 //   loractl generate "Once upon a time"    stream a completion to stdout
 //   loractl chat                            interactive chat (keeps the conversation)
 //   loractl models | status                 what is served, and how busy it is
+//   loractl adapters list|add|show|rm       manage LoRA adapters (see Adapters.swift)
 //
 // Socket: --socket, else $LORAD_SOCKET, else /run/lorad/lorad.sock, $XDG_RUNTIME_DIR/lorad.sock or
 // ./lorad.sock, whichever exists first. API errors print the server's message on stderr and exit non-zero.
@@ -41,8 +42,11 @@ struct SamplingOptions: ParsableArguments {
     var seed: Int?
     @Option(help: "Stop string (repeatable).")
     var stop: [String] = []
+    @Option(help: "Model id or registered adapter name (default: the base model).")
+    var model: String?
 
     func apply(to body: inout [String: Any]) {
+        if let model { body["model"] = model }
         if let maxTokens { body["max_tokens"] = maxTokens }
         if let temperature { body["temperature"] = temperature }
         if let topP { body["top_p"] = topP }
@@ -146,7 +150,7 @@ func findEventEnd(_ bytes: [UInt8]) -> Int? {
 struct Loractl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loractl", abstract: "Talk to lorad over its Unix socket.",
-        subcommands: [Generate.self, Chat.self, Models.self, Status.self])
+        subcommands: [Generate.self, Chat.self, Models.self, Status.self, Adapters.self, Bench.self])
 }
 
 struct Generate: AsyncParsableCommand {

@@ -1,0 +1,139 @@
+// loractl adapters: manage lorad's LoRA adapter registry (admin callers: root, lorad's user, the admin group).
+//
+//   loractl adapters list                        name, version, rank, resident, source
+//   loractl adapters add NAME PATH [--upload]    register (PATH inside an import dir, or uploaded from here)
+//   loractl adapters show NAME                   every field as JSON
+//   loractl adapters rm NAME                     unregister
+
+import ArgumentParser
+import Foundation
+
+struct Adapters: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage LoRA adapters (list, add, show, rm).",
+        subcommands: [List.self, Add.self, Show.self, Remove.self], defaultSubcommand: List.self)
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List registered adapters.")
+        @OptionGroup var socket: SocketOption
+
+        func run() async throws {
+            do {
+                let obj = try await getJSON(socket.client, "/v1/adapters")
+                let rows = (obj["data"] as? [[String: Any]]) ?? []
+                writeOut(pad(["NAME", "VERSION", "FORMAT", "RANK", "ALPHA", "MB", "RESIDENT", "SOURCE"]) + "\n")
+                for a in rows {
+                    let mb = Double((a["bytes"] as? Int) ?? 0) / 1_048_576
+                    writeOut(
+                        pad([
+                            "\(a["name"] ?? "?")", "\(a["version"] ?? "?")", "\(a["format"] ?? "?")", "\(a["rank"] ?? "?")",
+                            a["alpha"].map { "\($0)" } ?? "-", String(format: "%.1f", mb),
+                            ((a["resident"] as? Bool) ?? false) ? "yes" : "no", "\(a["source"] ?? "")",
+                        ]) + "\n")
+                }
+            } catch let e as ClientError {
+                throw fail(e.description)
+            }
+        }
+
+        func pad(_ cols: [String]) -> String {
+            let widths = [24, 8, 7, 5, 7, 7, 9, 0]
+            return zip(cols, widths).map { c, w in w == 0 ? c : c.padding(toLength: max(w, c.count + 1), withPad: " ", startingAt: 0) }
+                .joined()
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register PATH under NAME (a new version if NAME exists).",
+            discussion: """
+                PATH is a llama.cpp .gguf adapter or a PEFT directory (adapter_config.json + \
+                adapter_model.safetensors). Without --upload, lorad reads PATH itself and it must lie inside one of \
+                its --adapter-import-dir directories; with --upload, loractl reads the files and sends them.
+                """)
+        @OptionGroup var socket: SocketOption
+        @Argument(help: "Adapter name (what requests put in `model`).")
+        var name: String
+        @Argument(help: "A .gguf file or a PEFT adapter directory.")
+        var path: String
+        @Flag(help: "Send the files in the request instead of a path.")
+        var upload = false
+        @Flag(name: .customLong("no-replace"), help: "Fail if NAME is already registered.")
+        var noReplace = false
+
+        func run() async throws {
+            var body: [String: Any] = ["name": name, "replace": !noReplace]
+            if upload {
+                body["files"] = try files(at: path)
+            } else {
+                body["path"] = URL(fileURLWithPath: path).standardizedFileURL.path
+            }
+            do {
+                let json = try JSONSerialization.data(withJSONObject: body)
+                let (status, resp) = try await socket.client.fetch(method: .POST, path: "/v1/adapters", json: Array(json))
+                guard (200..<300).contains(status) else { throw fail(errorMessage(resp, status: status)) }
+                let obj = (try? JSONSerialization.jsonObject(with: Data(resp)) as? [String: Any]) ?? [:]
+                let replaced = (obj["replaced_version"] as? Int).map { " (replaces version \($0))" } ?? ""
+                writeOut("\(name): version \(obj["version"] ?? "?")\(replaced), sha256 \(obj["sha256"] ?? "?")\n")
+            } catch let e as ClientError {
+                throw fail(e.description)
+            }
+        }
+
+        /// The adapter's files, base64, by name.
+        func files(at path: String) throws -> [String: String] {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw fail("\(path) does not exist") }
+            func read(_ p: String) throws -> String {
+                guard let d = FileManager.default.contents(atPath: p) else { throw fail("cannot read \(p)") }
+                return d.base64EncodedString()
+            }
+            if !isDir.boolValue { return [(path as NSString).lastPathComponent: try read(path)] }
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            if names.contains("adapter_config.json") {
+                return [
+                    "adapter_config.json": try read(path + "/adapter_config.json"),
+                    "adapter_model.safetensors": try read(path + "/adapter_model.safetensors"),
+                ]
+            }
+            let ggufs = names.filter { $0.hasSuffix(".gguf") }
+            guard ggufs.count == 1 else { throw fail("\(path) holds no PEFT adapter and not exactly one .gguf file") }
+            return [ggufs[0]: try read(path + "/" + ggufs[0])]
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one adapter as JSON.")
+        @OptionGroup var socket: SocketOption
+        @Argument var name: String
+
+        func run() async throws {
+            do {
+                let obj = try await getJSON(socket.client, "/v1/adapters/" + escape(name))
+                let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+                writeOut(String(decoding: d, as: UTF8.self) + "\n")
+            } catch let e as ClientError {
+                throw fail(e.description)
+            }
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm", abstract: "Unregister an adapter (running requests finish on it).")
+        @OptionGroup var socket: SocketOption
+        @Argument var name: String
+
+        func run() async throws {
+            do {
+                let (status, resp) = try await socket.client.fetch(method: .DELETE, path: "/v1/adapters/" + escape(name))
+                guard (200..<300).contains(status) else { throw fail(errorMessage(resp, status: status)) }
+                writeOut("\(name): removed\n")
+            } catch let e as ClientError {
+                throw fail(e.description)
+            }
+        }
+    }
+}
+
+func escape(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? s }
