@@ -99,3 +99,4 @@ struct KernelFloatTests {
         #expect(Float16(bitPattern: nanOut[0]).isNaN)
     }
 }
+

@@ -498,6 +498,7 @@ public final class AdapterRegistry: @unchecked Sendable {
             func inside(_ p: String) -> Bool { allowed.contains { p.hasPrefix($0 + "/") } }
             guard inside(real) else { throw AdapterRegistryError.outsideImportDirs(path: raw) }
             let (format, files) = try Self.layout(of: real)
+            let hasher = SHA256Hasher()  // over the files in order, as `hash(files:)` computes it
             for f in files {
                 let src = f.isEmpty ? real : real + "/" + f
                 // Each file must itself resolve inside an import directory (no symlink escapes).
@@ -506,15 +507,13 @@ public final class AdapterRegistry: @unchecked Sendable {
                 }
                 let dst = staging + "/" + (format == .gguf ? "adapter.gguf" : f)
                 do {
-                    total += try AdapterStore.copySynced(from: realFile, to: dst).bytes
+                    total += try AdapterStore.copySynced(from: realFile, to: dst, hasher: hasher)
                 } catch let e as AdapterStoreError {
                     throw AdapterRegistryError.store(e)
                 }
             }
             try syncDirectory(staging)
-            // The hash of what was stored (the same bytes a rescan of the source would hash).
-            let stored = files.map { staging + "/" + (format == .gguf ? "adapter.gguf" : $0) }
-            return Staged(format: format, sha256: try Self.hash(files: stored), bytes: total, source: raw)
+            return Staged(format: format, sha256: SHA256Hasher.hex(hasher.finish()), bytes: total, source: raw)
         case .files(let files):
             let format: AdapterFormat
             var plan: [(src: String, dst: String)] = []

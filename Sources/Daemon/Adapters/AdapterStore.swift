@@ -206,16 +206,14 @@ final class AdapterStore {
         }
     }
 
-    /// Copies a regular file (no symlinks followed for the source's final component beyond what the caller
-    /// resolved), fsyncs the copy, and returns its SHA-256 and size.
-    static func copySynced(from src: String, to dst: String) throws -> (sha256: [UInt8], bytes: Int) {
+    /// Copies a file, fsyncs the copy, feeds the bytes to `hasher`, and returns the size in bytes.
+    static func copySynced(from src: String, to dst: String, hasher: SHA256Hasher) throws -> Int {
         let inFD = open(src, O_RDONLY | O_CLOEXEC)
         guard inFD >= 0 else { throw AdapterStoreError.io("cannot open \(src): \(String(cString: strerror(errno)))") }
         defer { close(inFD) }
         let outFD = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         guard outFD >= 0 else { throw AdapterStoreError.from(errno: errno, "open \(dst)") }
         defer { close(outFD) }
-        let hasher = SHA256Hasher()
         let chunk = 1 << 20
         let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 64)
         defer { buf.deallocate() }
@@ -240,7 +238,7 @@ final class AdapterStore {
             total += n
         }
         if fsync(outFD) != 0 { throw AdapterStoreError.from(errno: errno, "fsync \(dst)") }
-        return (hasher.finish(), total)
+        return total
     }
 
     static func fsyncDirectory(_ path: String) throws {

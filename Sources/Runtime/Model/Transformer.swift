@@ -254,16 +254,19 @@ final class Transformer: @unchecked Sendable {
         matmul(w, x, n: n, y, pool: pool)
         guard !segments.isEmpty else { return }
         let key = ModuleKey(layer: layer, projection: p)
-        for seg in segments {
+        // Segments own disjoint rows of y, so they run in parallel. Within a segment each row is its own
+        // m = 1 product, so a row's result does not depend on how rows are grouped or on the thread.
+        let apply: (Int) -> Void = { i in
+            let seg = segments[i]
             for entry in seg.set.entries where entry.scale != 0 {
                 guard let module = entry.adapter.modules[key] else { continue }
-                // One row at a time keeps each row's result independent of how rows are grouped.
                 for r in seg.rows {
                     applyLoRA(module, userScale: entry.scale, x: x + r * w.cols, ldx: w.cols, m: 1,
                               y: y + r * w.rows, ldy: w.rows)
                 }
             }
         }
+        if segments.count == 1 { apply(0) } else { pool.parallelFor(segments.count, apply) }
     }
 
     // MARK: - Attention
