@@ -68,6 +68,38 @@ import Testing
         #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: l, environment: [:]) }
     }
 
+    @Test func adapterSettingsAndStateDirDefaults() throws {
+        let layer = try ConfigFile.parse(
+            "adapter_import_dirs: [/srv/a, /srv/b]\nadapter_dir: /var/lib/lorad/adapters.d\nadapter_cache_mb: 64\n"
+                + "admin_group: wheel\nmax_upload_bytes: 1000\n", path: "t.yaml")
+        var flags = ConfigLayer()
+        flags.adapterCacheMB = 128
+        let c = try DaemonConfig.resolve(layer: flags.over(layer), environment: ["HOME": "/h"], fileExists: { _ in false })
+        #expect(c.adapterImportDirs == ["/srv/a", "/srv/b"])
+        #expect(c.adapterDir == "/var/lib/lorad/adapters.d")
+        #expect(c.adapterCacheMB == 128)
+        #expect(c.adminGroup == "wheel")
+        #expect(c.maxUploadBytes == 1000)
+        // State directory: flag, then systemd's STATE_DIRECTORY, then XDG_STATE_HOME, then ~/.local/state.
+        #expect(c.stateDir == "/h/.local/state/lorad")
+        let systemd = try DaemonConfig.resolve(layer: ConfigLayer(), environment: ["STATE_DIRECTORY": "/var/lib/lorad", "HOME": "/h"])
+        #expect(systemd.stateDir == "/var/lib/lorad")
+        let xdg = try DaemonConfig.resolve(layer: ConfigLayer(), environment: ["XDG_STATE_HOME": "/x", "HOME": "/h"])
+        #expect(xdg.stateDir == "/x/lorad")
+        var bad = ConfigLayer()
+        bad.adapterCacheMB = -1
+        #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: bad, environment: [:]) }
+        #expect(throws: ConfigError.self) { try AdminPolicy.resolve(adminGroup: "no-such-group-here") }
+        #expect(try AdminPolicy.resolve(adminGroup: "0").adminGroupID == 0)
+        // The policy itself: root and the daemon's own uid always, the group by primary gid.
+        let policy = AdminPolicy(ownUID: 1234, adminGroupID: 77)
+        #expect(policy.allows(PeerCredentials(pid: 1, uid: 0, gid: 5)))
+        #expect(policy.allows(PeerCredentials(pid: 1, uid: 1234, gid: 5)))
+        #expect(policy.allows(PeerCredentials(pid: -1, uid: 999, gid: 77)))
+        #expect(!policy.allows(PeerCredentials(pid: -1, uid: 999, gid: 5)))
+        #expect(!policy.allows(nil))
+    }
+
     @Test func engineLimitsCapContextAtTraining() throws {
         var l = ConfigLayer()
         l.contextSize = 100_000

@@ -17,6 +17,13 @@ public struct PeerCredentials: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
 
+    /// - Parameters: pid, uid, gid: the peer's process id, user id and primary group id.
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+
     /// Layout-compatible with `struct ucred { pid_t pid; uid_t uid; gid_t gid; }` (unix(7)).
     struct UCred: Sendable {
         var pid: Int32 = 0
