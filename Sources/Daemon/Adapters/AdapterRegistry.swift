@@ -317,14 +317,20 @@ public final class AdapterRegistry: @unchecked Sendable {
 
         // 1. Files into staging, hashed as they are written.
         let staged = try await runInBackground { try self.stage(source, into: staging) }
-        // 2. Validate against the base model from exactly the bytes that will be stored.
+        // 2. Validate against the base model from exactly the bytes that will be stored, while the staged files
+        //    are flushed to disk on another thread (both must finish before the commit).
         let path = staged.format == .gguf ? staging + "/adapter.gguf" : staging
+        async let durable: Void = runInBackground {
+            do { try AdapterStore.syncTree(staging) } catch let e as AdapterStoreError { throw AdapterRegistryError.store(e) }
+        }
         let weights: any AdapterWeights
         do {
             weights = try await runInBackground { try backend.loadAdapter(at: path, format: staged.format, name: name) }
         } catch {
+            try? await durable
             throw AdapterRegistryError.invalidAdapter(name: name, reason: "\(error)")
         }
+        try await durable
         // 3. Commit: version dir, then index; the in-memory switch happens only after both are durable.
         let (record, previous) = try commit(
             name: name, staging: staging, staged: staged, weights: weights, replace: replace, promoted: &promoted)
@@ -507,12 +513,11 @@ public final class AdapterRegistry: @unchecked Sendable {
                 }
                 let dst = staging + "/" + (format == .gguf ? "adapter.gguf" : f)
                 do {
-                    total += try AdapterStore.copySynced(from: realFile, to: dst, hasher: hasher)
+                    total += try AdapterStore.copySynced(from: realFile, to: dst, hasher: hasher, sync: false)
                 } catch let e as AdapterStoreError {
                     throw AdapterRegistryError.store(e)
                 }
             }
-            try syncDirectory(staging)
             return Staged(format: format, sha256: SHA256Hasher.hex(hasher.finish()), bytes: total, source: raw)
         case .files(let files):
             let format: AdapterFormat
@@ -535,20 +540,15 @@ public final class AdapterRegistry: @unchecked Sendable {
             }
             for (src, dst) in plan {
                 let data = files[src]!
-                do { try AdapterStore.writeSynced(data, to: staging + "/" + dst) } catch let e as AdapterStoreError {
+                do { try AdapterStore.writeSynced(data, to: staging + "/" + dst, sync: false) } catch let e as AdapterStoreError {
                     throw AdapterRegistryError.store(e)
                 }
                 total += data.count
             }
-            try syncDirectory(staging)
             let h = SHA256Hasher()
             for (src, _) in plan { h.update(files[src]!) }
             return Staged(format: format, sha256: SHA256Hasher.hex(h.finish()), bytes: total, source: "upload")
         }
-    }
-
-    private func syncDirectory(_ path: String) throws {
-        do { try AdapterStore.fsyncDirectory(path) } catch let e as AdapterStoreError { throw AdapterRegistryError.store(e) }
     }
 
     private func runInBackground<T>(_ body: @escaping () throws -> T) async throws -> T {

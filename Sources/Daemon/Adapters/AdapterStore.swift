@@ -181,8 +181,8 @@ final class AdapterStore {
         try fsyncDirectory((path as NSString).deletingLastPathComponent)
     }
 
-    /// Creates `path` (mode 0640) with `data` and fsyncs it.
-    static func writeSynced(_ data: Data, to path: String) throws {
+    /// Creates `path` (mode 0640) with `data` and fsyncs it (unless `sync` is false).
+    static func writeSynced(_ data: Data, to path: String, sync: Bool = true) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         guard fd >= 0 else { throw AdapterStoreError.from(errno: errno, "open \(path)") }
         defer { close(fd) }
@@ -199,15 +199,28 @@ final class AdapterStore {
                 off += n
             }
         }
-        if fsync(fd) != 0 {
+        if sync, fsync(fd) != 0 {
             let e = errno
             unlink(path)
             throw AdapterStoreError.from(errno: e, "fsync \(path)")
         }
     }
 
-    /// Copies a file, fsyncs the copy, feeds the bytes to `hasher`, and returns the size in bytes.
-    static func copySynced(from src: String, to dst: String, hasher: SHA256Hasher) throws -> Int {
+    /// fsyncs every file in `dir`, then `dir` itself.
+    static func syncTree(_ dir: String) throws {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            let path = dir + "/" + name
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw AdapterStoreError.from(errno: errno, "open \(path)") }
+            defer { close(fd) }
+            if fsync(fd) != 0 { throw AdapterStoreError.from(errno: errno, "fsync \(path)") }
+        }
+        try fsyncDirectory(dir)
+    }
+
+    /// Copies a file, fsyncs the copy (unless `sync` is false), feeds the bytes to `hasher`, and returns the size
+    /// in bytes.
+    static func copySynced(from src: String, to dst: String, hasher: SHA256Hasher, sync: Bool = true) throws -> Int {
         let inFD = open(src, O_RDONLY | O_CLOEXEC)
         guard inFD >= 0 else { throw AdapterStoreError.io("cannot open \(src): \(String(cString: strerror(errno)))") }
         defer { close(inFD) }
@@ -237,7 +250,7 @@ final class AdapterStore {
             }
             total += n
         }
-        if fsync(outFD) != 0 { throw AdapterStoreError.from(errno: errno, "fsync \(dst)") }
+        if sync, fsync(outFD) != 0 { throw AdapterStoreError.from(errno: errno, "fsync \(dst)") }
         return total
     }
 
