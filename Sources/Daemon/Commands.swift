@@ -81,6 +81,8 @@ public struct ServeCommand: AsyncParsableCommand {
     var adminGroup: String?
     @Option(name: .customLong("max-upload-bytes"), help: "Largest adapter upload body in bytes (default 268435456).")
     var maxUploadBytes: Int?
+    @Option(name: .customLong("read-timeout"), help: "Seconds a silent client may hold a half-sent request or idle connection (default 30).")
+    var readTimeout: Double?
 
     public init() {}
 
@@ -103,6 +105,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.adapterCacheMB = adapterCacheMB
         l.adminGroup = adminGroup
         l.maxUploadBytes = maxUploadBytes
+        l.readTimeout = readTimeout
         return l
     }
 

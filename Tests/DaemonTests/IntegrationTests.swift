@@ -267,6 +267,27 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         #expect(total > le1 && le1 >= 0, "\(String(describing: line)) \(String(describing: count))")
     }
 
+    /// A client that sends half a request and then nothing is disconnected after --read-timeout; a stream that
+    /// takes longer than the timeout is not cut, and the daemon keeps serving others meanwhile.
+    @Test func halfSentRequestsAreClosedAfterTheReadTimeout() throws {
+        let d = try LoradProcess(extra: ["--read-timeout", "1"])
+        defer { d.stop() }
+        let slow = try RawConnection(path: d.socket)
+        try slow.send(Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{\"prompt\"".utf8))
+        let idle = try RawConnection(path: d.socket)  // connects and never sends
+        // Meanwhile another client is served, with a generation lasting longer than the timeout.
+        let long = try d.post(
+            "/v1/completions",
+            json: ["prompt": "Once upon a time", "max_tokens": 48, "temperature": 0, "ignore_eos": true, "stream": true])
+        #expect(long.status == 200)
+        #expect(sseEvents(long.text).last == "[DONE]")
+        // Both silent connections were closed by the server (EOF), not left open.
+        let start = Date()
+        #expect(try slow.readToEOF().isEmpty)
+        #expect(try idle.readToEOF().isEmpty)
+        #expect(Date().timeIntervalSince(start) < 10)
+    }
+
     @Test func clientDisconnectMidStreamFreesTheSequence() throws {
         let d = try LoradProcess()
         defer { d.stop() }

@@ -121,9 +121,13 @@ final class HTTPServer: @unchecked Sendable {
     let group: MultiThreadedEventLoopGroup
     let connections = ConnectionRegistry()
 
-    init(handler: APIHandler, logger: Logger, eventLoopThreads: Int = 1) {
+    /// Seconds a connection may sit without sending while lorad waits for a request or for the rest of one.
+    let readTimeout: Double
+
+    init(handler: APIHandler, logger: Logger, eventLoopThreads: Int = 1, readTimeout: Double = 30) {
         self.handler = handler
         self.logger = logger
+        self.readTimeout = readTimeout
         group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
     }
 
@@ -133,9 +137,17 @@ final class HTTPServer: @unchecked Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: false)
     }
 
-    @Sendable private static func initChild(_ ch: any Channel) -> EventLoopFuture<AcceptedConnection> {
+    private var initChild: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection> {
+        let timeout = TimeAmount.milliseconds(Int64(readTimeout * 1000))
+        return { ch in Self.initChild(ch, readTimeout: timeout) }
+    }
+
+    private static func initChild(_ ch: any Channel, readTimeout: TimeAmount) -> EventLoopFuture<AcceptedConnection> {
         ch.eventLoop.makeCompletedFuture {
             try ch.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            try ch.pipeline.syncOperations.addHandlers([
+                IdleStateHandler(readTimeout: readTimeout), RequestReadTimeoutHandler(),
+            ])
             let a = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: ch)
             return AcceptedConnection(channel: ch, async: a)
         }
@@ -147,14 +159,14 @@ final class HTTPServer: @unchecked Sendable {
             logger.notice("removed stale socket file", metadata: ["socket": "\(path)"])
         }
         let server = try await bootstrap.bind(
-            unixDomainSocketPath: path, cleanupExistingSocketFile: false, childChannelInitializer: Self.initChild)
+            unixDomainSocketPath: path, cleanupExistingSocketFile: false, childChannelInitializer: initChild)
         _ = chmod(path, 0o660)
         return server
     }
 
     /// Adopts an already bound and listening socket (systemd socket activation).
     func adopt(fd: Int32) async throws -> ServerChannel {
-        try await bootstrap.bind(fd, childChannelInitializer: Self.initChild)
+        try await bootstrap.bind(fd, childChannelInitializer: initChild)
     }
 
     /// Accepts connections until the server channel is closed, then waits for open connections to finish.
@@ -242,5 +254,35 @@ final class HTTPServer: @unchecked Sendable {
 
     static func routeLabel(_ head: HTTPRequestHead) -> String {
         (try? Route.resolve(method: head.method.rawValue, uri: head.uri).template) ?? "other"
+    }
+}
+
+/// Closes a connection that stays silent too long while lorad waits for a request or the rest of one (a client
+/// that sends half a body, or an idle keep-alive connection). While a response is being produced the client
+/// owes nothing, so silence then is fine (long generations stream for minutes).
+final class RequestReadTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var responding = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .end = unwrapInboundIn(data) { responding = true }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { responding = false }
+        context.write(data, promise: promise)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, !responding {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }

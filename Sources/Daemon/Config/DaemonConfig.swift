@@ -53,6 +53,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var adapterCacheMB: Int?
     public var adminGroup: String?
     public var maxUploadBytes: Int?
+    public var readTimeout: Double?
 
     public init() {}
 
@@ -72,6 +73,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case adapterCacheMB = "adapter_cache_mb"
         case adminGroup = "admin_group"
         case maxUploadBytes = "max_upload_bytes"
+        case readTimeout = "read_timeout"
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -94,6 +96,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.adapterCacheMB = adapterCacheMB ?? lower.adapterCacheMB
         r.adminGroup = adminGroup ?? lower.adminGroup
         r.maxUploadBytes = maxUploadBytes ?? lower.maxUploadBytes
+        r.readTimeout = readTimeout ?? lower.readTimeout
         return r
     }
 }
@@ -181,6 +184,8 @@ public struct DaemonConfig: Sendable, Equatable {
     public var adminGroup: String?
     /// Largest adapter upload body, bytes.
     public var maxUploadBytes: Int = 256 << 20
+    /// Seconds a client may stay silent while a request (or the next one on a keep-alive connection) is awaited.
+    public var readTimeout: Double = 30
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -283,6 +288,12 @@ public struct DaemonConfig: Sendable, Equatable {
         }
         c.adminGroup = l.adminGroup
         c.maxUploadBytes = try positive(l.maxUploadBytes, "max_upload_bytes", 256 << 20, max: 1 << 32)
+        if let t = l.readTimeout {
+            guard t.isFinite, t >= 0.1, t <= 3600 else {
+                throw ConfigError.invalidValue(key: "read_timeout", reason: "must be 0.1...3600 seconds, got \(t)")
+            }
+            c.readTimeout = t
+        }
         return c
     }
 
@@ -305,6 +316,7 @@ public struct DaemonConfig: Sendable, Equatable {
         if adapterImportDirs != other.adapterImportDirs { r.append("adapter_import_dirs") }
         if adapterDir != other.adapterDir { r.append("adapter_dir") }
         if adminGroup != other.adminGroup { r.append("admin_group") }
+        if readTimeout != other.readTimeout { r.append("read_timeout") }
         return r
     }
 }

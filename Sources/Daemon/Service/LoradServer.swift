@@ -100,7 +100,7 @@ public enum LoradServer {
             logger.warning("no state directory: adapter registration is disabled")
         }
         let handler = APIHandler(state: state, logger: Logger(label: "lorad.api"))
-        let server = HTTPServer(handler: handler, logger: Logger(label: "lorad.http"))
+        let server = HTTPServer(handler: handler, logger: Logger(label: "lorad.http"), readTimeout: config.readTimeout)
 
         let channel: HTTPServer.ServerChannel
         let activated = SocketActivation.listenFDs()
