@@ -288,6 +288,33 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         #expect(Date().timeIntervalSince(start) < 10)
     }
 
+    /// SIGHUP re-reads the config file: live settings change (max_sequences, max_body_bytes), a broken file keeps
+    /// the running settings.
+    @Test func sighupAppliesTheNewConfiguration() throws {
+        let d = try LoradProcess()
+        defer { d.stop() }
+        let config = d.dir.appendingPathComponent("lorad.yaml").path
+        func status() throws -> [String: Any] { try d.get("/v1/status").json() }
+        #expect(try status()["max_sequences"] as? Int == 16)
+        let big = String(repeating: "a", count: 3000)
+        #expect(try d.post("/v1/completions", json: ["prompt": big, "max_tokens": 1]).status == 200)
+        try "log_level: warning\nmax_sequences: 3\nmax_body_bytes: 2000\n".write(toFile: config, atomically: true, encoding: .utf8)
+        kill(d.process.processIdentifier, SIGHUP)
+        var applied = false
+        for _ in 0..<50 where !applied {
+            usleep(100_000)
+            applied = try status()["max_sequences"] as? Int == 3
+        }
+        #expect(applied)
+        #expect(try d.post("/v1/completions", json: ["prompt": big, "max_tokens": 1]).status == 413)
+        // A file that does not parse leaves everything as it was.
+        try "max_sequences: [\n".write(toFile: config, atomically: true, encoding: .utf8)
+        kill(d.process.processIdentifier, SIGHUP)
+        usleep(500_000)
+        #expect(try status()["max_sequences"] as? Int == 3)
+        #expect(try d.get("/health").status == 200)
+    }
+
     @Test func clientDisconnectMidStreamFreesTheSequence() throws {
         let d = try LoradProcess()
         defer { d.stop() }
