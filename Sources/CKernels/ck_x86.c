@@ -32,6 +32,14 @@
 #ifndef CK_CB_K_AVX2
 #define CK_CB_K_AVX2 4
 #endif
+#ifndef CK_RB_Q8_AVX2
+#define CK_RB_Q8_AVX2 1
+#endif
+#ifndef CK_CB_Q8_AVX2
+#define CK_CB_Q8_AVX2 8
+#endif
+#define CK_RB_Q8 CK_RB_Q8_AVX2
+#define CK_CB_Q8 CK_CB_Q8_AVX2
 #define CK_RB_LEGACY CK_RB_LEGACY_AVX2
 #define CK_CB_LEGACY CK_CB_LEGACY_AVX2
 #define CK_RB_K CK_RB_K_AVX2
@@ -44,6 +52,8 @@
 #undef CK_CB_LEGACY
 #undef CK_RB_K
 #undef CK_CB_K
+#undef CK_RB_Q8
+#undef CK_CB_Q8
 
 #define CK_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c,tune=znver4"
 #define CK_SFX(name) CK_PASTE(name, _avx512)
@@ -52,6 +62,8 @@
 #define CK_CB_LEGACY 4
 #define CK_RB_K 2
 #define CK_CB_K 4
+#define CK_RB_Q8 2
+#define CK_CB_Q8 8
 #include "ck_x86_body.h"
 
 int ck_matmul_avx2(int type, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,

@@ -146,6 +146,38 @@ CK_FN void CK_SFX(vec_legacy)(int type, size_t bsize, const uint8_t *w, size_t w
     for (int r = 0; r < R; r++) y[r] = CK_SFX(hsum)(acc[r]);
 }
 
+// q8_0 batch tile read straight from the blocks (q8_0 needs no unpacking): R weight rows x C activation rows.
+// Each weight block is loaded once per tile and used for all C activation rows; the arithmetic per (row, act)
+// pair is vec_legacy's for q8_0, so results are bitwise those of the mat-vec tiles.
+// dx8: activation scales replicated 8 times, dx8[(c*nb + b)*8 ..] (a vector operand the compiler cannot scalarize,
+// so d_w * d_x is one vector multiply per pair).
+CK_FN void CK_SFX(batch_q8_0)(const uint8_t *w, size_t ws, size_t nb, const uint8_t *x, size_t xs,
+                               const float *dx8, float *y, size_t ldy, const int R, const int C) {
+    __m256 acc[CK_RMAX_LEGACY][CK_CMAX_LEGACY];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (size_t b = 0; b < nb; b++) {
+        __m256i q[CK_RMAX_LEGACY], aq[CK_RMAX_LEGACY];
+        __m256 dwv[CK_RMAX_LEGACY];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wb = w + r * ws + b * sizeof(block_q8_0);
+            q[r] = _mm256_loadu_si256((const __m256i *)(wb + 2));
+            aq[r] = _mm256_sign_epi8(q[r], q[r]);
+            dwv[r] = _mm256_set1_ps(CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8))));
+        }
+        for (int c = 0; c < C; c++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c * xs + b * sizeof(block_q8_0) + 2));
+            const __m256 dxv = _mm256_load_ps(dx8 + (c * nb + b) * 8);
+            for (int r = 0; r < R; r++) {
+                const __m256i lanes = CK_SFX(dot_us8)(aq[r], _mm256_sign_epi8(xv, q[r]));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dwv[r], dxv), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ldy + r] = CK_SFX(hsum)(acc[r][c]);
+}
+
 // Unpacked row tile: for row r, block b: q at uq + (r*nb + b)*32 (q8_0: |w|, with w at sq); c_w at cw[r*nb8 + b];
 // dw replicated 8 times at dw8 = cw + R*nb8, (r*nb + b)*8 (a vector operand the compiler cannot scalarize).
 CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, const float *cw, size_t nb,
@@ -724,6 +756,26 @@ CK_LEG_ALL(q8_0, CK_Q8_0)
 CK_LEG_ALL(q4_1, CK_Q4_1)
 CK_LEG_ALL(q5_1, CK_Q5_1)
 
+// q8_0 direct batch tiles: CK_RB_Q8 rows and 1 row, x 1..CK_CB_Q8 activation rows.
+typedef void (*CK_SFX(q8_fn))(const uint8_t *w, size_t ws, size_t nb, const uint8_t *x, size_t xs,
+                              const float *dx8, float *y, size_t ldy);
+#define CK_Q8B(R, C)                                                                                            \
+    CK_KERNEL void CK_NAME(q8d, R, C)(const uint8_t *w, size_t ws, size_t nb, const uint8_t *x, size_t xs,      \
+                                      const float *dx8, float *y, size_t ldy) {                                 \
+        CK_SFX(batch_q8_0)(w, ws, nb, x, xs, dx8, y, ldy, R, C);                                                  \
+    }
+#define CK_Q8B_ROWS(R) CK_Q8B(R, 1) CK_Q8B(R, 2) CK_Q8B(R, 3) CK_Q8B(R, 4) CK_Q8B(R, 5) CK_Q8B(R, 6) CK_Q8B(R, 7) \
+    CK_Q8B(R, 8)
+CK_Q8B_ROWS(1)
+#if CK_RB_Q8 > 1
+CK_Q8B_ROWS(CK_RB_Q8)
+#endif
+#define CK_Q8TABLE(R) {CK_NAME(q8d, R, 1), CK_NAME(q8d, R, 2), CK_NAME(q8d, R, 3), CK_NAME(q8d, R, 4), \
+                       CK_NAME(q8d, R, 5), CK_NAME(q8d, R, 6), CK_NAME(q8d, R, 7), CK_NAME(q8d, R, 8)}
+#define CK_Q8TABLE_X(R) CK_Q8TABLE(R)
+static const CK_SFX(q8_fn) CK_SFX(q8d_batch)[8] = CK_Q8TABLE_X(CK_RB_Q8);
+static const CK_SFX(q8_fn) CK_SFX(q8d_single)[8] = CK_Q8TABLE(1);
+
 typedef struct {
     CK_SFX(vec_fn) vec4, vec1;
     CK_SFX(batch_fn) batch[8], single[8];
@@ -785,6 +837,31 @@ static int CK_SFX(drive_legacy)(int type, const CK_SFX(legacy_set) *set, size_t 
         size_t r = r0;
         for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, dx, u, nb, y + r);
         for (; r < r1; r++) set->vec1(w + r * ws, ws, x, dx, u, nb, y + r);
+    } else if (type == CK_Q8_0) {
+        // Row tiles of CK_RB_Q8 weight rows read in place; each tile runs over all activation rows (in groups of
+        // CK_CB_Q8) while its blocks are in L1.
+        const size_t rb8 = CK_RB_Q8;
+        float *dx8 = aligned_alloc(64, nx * nb * 8 * sizeof(float));
+        if (!dx8) {
+            free(heap);
+            return -1;
+        }
+        for (size_t i = 0; i < nx * nb; i++) _mm256_store_ps(dx8 + i * 8, _mm256_set1_ps(dx[i]));
+        size_t jb = (size_t)(256 * 1024) / (xs ? xs : 1);
+        jb = jb < 4 ? 4 : (jb / 4) * 4;
+        for (size_t j0 = 0; j0 < nx; j0 += jb) {
+            const size_t j1 = j0 + jb < nx ? j0 + jb : nx;
+            for (size_t r = r0; r < r1;) {
+                const int R = r + rb8 <= r1 ? (int)rb8 : 1;
+                const CK_SFX(q8_fn) *fns = R == (int)rb8 ? CK_SFX(q8d_batch) : CK_SFX(q8d_single);
+                size_t j = j0;
+                for (; j + CK_CB_Q8 <= j1; j += CK_CB_Q8)
+                    fns[CK_CB_Q8 - 1](w + r * ws, ws, nb, x + j * xs, xs, dx8 + j * nb * 8, y + j * ldy + r, ldy);
+                if (j < j1) fns[j1 - j - 1](w + r * ws, ws, nb, x + j * xs, xs, dx8 + j * nb * 8, y + j * ldy + r, ldy);
+                r += (size_t)R;
+            }
+        }
+        free(dx8);
     } else {
         uint8_t *wsc = (uint8_t *)(((uintptr_t)(xbuf + xfloats) + 63) & ~(uintptr_t)63);
         uint8_t *uq = wsc, *sq = sgn ? wsc + rb * nb * 32 : NULL;
@@ -855,3 +932,7 @@ static int CK_SFX(ck_matmul_impl)(int type, size_t cols, const void *w, size_t w
 #undef CK_LEG_ALL
 #undef CK_LEG_ROWS
 #undef CK_LEG_SET
+#undef CK_Q8B
+#undef CK_Q8B_ROWS
+#undef CK_Q8TABLE
+#undef CK_Q8TABLE_X

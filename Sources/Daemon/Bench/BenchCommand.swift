@@ -7,7 +7,9 @@ import Runtime
 /// `lorad bench [--model PATH] [--threads N] [--json]`: loads the model and prints prefill tokens/s for a
 /// 512-token prompt (one batch, logits for the last row only, as llama-bench's pp512) and decode tokens/s over
 /// 128 tokens generated one at a time from an empty context (tg128), for 1 and 2 threads (or `--threads`),
-/// plus peak resident memory in MB.
+/// plus peak resident memory in MB. With `--batch N` it also measures batched decode: N sequences, each prefilled
+/// with `--batch-context` tokens, then `--batch-steps` decode steps of N rows (one new token per sequence, logits
+/// for every row), printing the aggregate decode tokens/s (as llama-batched-bench's S_TG at npl = N).
 public struct BenchCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Measure prefill and decode throughput (tokens/s) of the runtime.")
@@ -27,6 +29,18 @@ public struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Repetitions; the best is reported.")
     var repetitions: Int = 3
 
+    @Option(name: .long, help: "Sequences decoded together for the batched decode figure (0: skip it).")
+    var batch: Int = 0
+
+    @Option(name: .long, help: "Prompt tokens per sequence before the batched decode steps.")
+    var batchContext: Int = 128
+
+    @Option(name: .long, help: "Decode steps (of `--batch` rows each) for the batched decode figure.")
+    var batchSteps: Int = 64
+
+    @Flag(name: .long, help: "Only the batched decode figure (skip pp/tg).")
+    var batchOnly = false
+
     @Flag(name: .long, help: "Print one JSON object per thread count.")
     var json = false
 
@@ -35,7 +49,22 @@ public struct BenchCommand: AsyncParsableCommand {
     public func run() async throws {
         let path = try model ?? DefaultModel.resolve()
         let counts = threads.isEmpty ? [1, 2] : threads
-        for t in counts {
+        for t in counts where batch > 0 {
+            let r = try Self.measureBatched(path: path, threads: t, sequences: batch, context: batchContext,
+                                            steps: batchSteps, repetitions: max(1, repetitions))
+            if json {
+                let obj: [String: Any] = [
+                    "threads": t, "batch": batch, "batch_context": batchContext, "batch_steps": batchSteps,
+                    "batched_decode_tok_s": r.best, "batched_decode_tok_s_median": r.median, "model": path,
+                ]
+                let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print(String(format: "threads %d  batched decode %d seq x %d steps at ctx %d: best %7.1f tok/s  median %7.1f tok/s",
+                             t, batch, batchSteps, batchContext, r.best, r.median))
+            }
+        }
+        for t in counts where !batchOnly {
             let result = try Self.measure(path: path, threads: t, prefill: prefillTokens, decode: decodeTokens,
                                           repetitions: max(1, repetitions))
             if json {
@@ -105,9 +134,51 @@ public struct BenchCommand: AsyncParsableCommand {
     }
 
     static func argmax(_ x: [Float]) -> Int32 {
-        var best = 0
-        for i in 1..<x.count where x[i] > x[best] { best = i }
-        return Int32(best)
+        argmax(x[...])
+    }
+
+    static func argmax(_ x: ArraySlice<Float>) -> Int32 {
+        var best = x.startIndex
+        for i in x.indices where x[i] > x[best] { best = i }
+        return Int32(best - x.startIndex)
+    }
+
+    /// Aggregate decode tokens/s (best and median over `repetitions`) of `steps` forward calls with one row per
+    /// sequence for `sequences` sequences, each first prefilled with `context` pseudo-random tokens.
+    static func measureBatched(path: String, threads: Int, sequences: Int, context: Int, steps: Int,
+                               repetitions: Int) throws -> (best: Double, median: Double) {
+        let model = try Model.load(path: path, options: ModelOptions(threads: threads))
+        let vocab = Int32(model.config.nVocab)
+        var state: UInt64 = 0x2545_F491_4F6C_DD1D
+        func nextToken() -> Int32 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int32(truncatingIfNeeded: (state >> 33) % UInt64(vocab - 1000)) + 1000
+        }
+        var rates: [Double] = []
+        for _ in 0..<repetitions {
+            let caches = (0..<sequences).map { _ in model.makeKVCache(capacity: context + steps + 1) }
+            var tokens: [Int32] = []
+            for s in 0..<sequences {
+                var b = ForwardBatch()
+                for p in 0..<context { b.append(token: nextToken(), position: p, sequence: s, wantLogits: p == context - 1) }
+                let logits = try model.forward(b, caches: caches)
+                tokens.append(argmax(logits))
+            }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            for step in 0..<steps {
+                var b = ForwardBatch()
+                for s in 0..<sequences {
+                    b.append(token: tokens[s], position: context + step, sequence: s, wantLogits: true)
+                }
+                let logits = try model.forward(b, caches: caches)
+                let nv = model.config.nVocab
+                for s in 0..<sequences { tokens[s] = argmax(logits[(s * nv)..<((s + 1) * nv)]) }
+            }
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            rates.append(Double(sequences * steps) / dt)
+        }
+        rates.sort()
+        return (rates.last ?? 0, rates[rates.count / 2])
     }
 
     /// Peak resident set size of this process in MB (getrusage ru_maxrss, which Linux reports in KiB).

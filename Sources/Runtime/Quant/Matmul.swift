@@ -54,8 +54,9 @@ public func matmulQuantized(_ w: WeightMatrix, _ xq: UnsafeRawPointer, stride: I
         ck_matmul(path.rawValue, type, w.cols, w.data, w.rowBytes, 0, w.rows, xq, stride, n, y, w.rows)
         return
     }
-    // Chunks: many small ones for mat-vec (bandwidth bound; balances a busy core), fewer for batches.
-    let perThread = n <= 4 ? 16 : 4
+    // Chunks: many small ones for mat-vec (bandwidth bound; balances a busy core) and for very tall matrices
+    // (the output head: a chunk per thread-eighth would leave one thread finishing alone), fewer for batches.
+    let perThread = n <= 4 || w.rows >= 1 << 15 ? 16 : 4
     var chunk = (w.rows + pool.threads * perThread - 1) / (pool.threads * perThread)
     chunk = max(16, (chunk + 15) / 16 * 16)
     let tasks = (w.rows + chunk - 1) / chunk
