@@ -24,6 +24,8 @@ struct Bench: AsyncParsableCommand {
         var firstToken: Double?  // seconds since the common start
         var end = 0.0
         var tokens = 0
+        /// Arrival time of each token, seconds since the common start.
+        var arrivals: [Double] = []
         var error: String?
     }
 
@@ -75,8 +77,10 @@ struct Bench: AsyncParsableCommand {
                         if let e = o["error"] as? [String: Any] { s.error = e["message"] as? String ?? "error" }
                         for c in (o["choices"] as? [[String: Any]]) ?? [] {
                             let n = ((c["logprobs"] as? [String: Any])?["tokens"] as? [Any])?.count ?? 0
-                            if n > 0, s.firstToken == nil { s.firstToken = Date().timeIntervalSince(start) }
+                            let now = Date().timeIntervalSince(start)
+                            if n > 0, s.firstToken == nil { s.firstToken = now }
                             s.tokens += n
+                            s.arrivals += Array(repeating: now, count: n)
                         }
                     }
                 })
@@ -88,16 +92,19 @@ struct Bench: AsyncParsableCommand {
         return s
     }
 
-    /// (aggregate generated tokens/s over the wall time, decode tokens/s after the last first token, mean TTFT).
+    /// (aggregate generated tokens/s over the wall time, decode tokens/s, mean TTFT, wall time).
+    ///
+    /// Decode tokens/s counts the tokens that arrive after the last stream's first token (every prompt is
+    /// prefilled by then) over the time from that moment to the last token: the phase llama-batched-bench
+    /// reports as S_TG.
     static func summarize(_ runs: [StreamStats]) -> (total: Double, decode: Double, ttft: Double, wall: Double) {
         let wall = runs.map(\.end).max() ?? 0
         let tokens = runs.reduce(0) { $0 + $1.tokens }
         let firsts = runs.compactMap(\.firstToken)
         let lastFirst = firsts.max() ?? 0
-        let decodeTokens = runs.reduce(0) { $0 + max($1.tokens - 1, 0) }
-        let firstFinish = runs.map(\.end).min() ?? wall
-        // Decode phase: every stream past its first token; measured while all are running (until the first ends).
-        let decode = firstFinish > lastFirst ? Double(decodeTokens) / (wall - (firsts.min() ?? 0)) : 0
+        let after = runs.flatMap(\.arrivals).filter { $0 > lastFirst }
+        let lastToken = after.max() ?? lastFirst
+        let decode = lastToken > lastFirst ? Double(after.count) / (lastToken - lastFirst) : 0
         let ttft = firsts.isEmpty ? 0 : firsts.reduce(0, +) / Double(firsts.count)
         return (wall > 0 ? Double(tokens) / wall : 0, decode, ttft, wall)
     }
