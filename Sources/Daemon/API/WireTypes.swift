@@ -99,7 +99,9 @@ public struct SamplingFields: Decodable, Sendable, Equatable {
 
 /// One entry of a request's `adapters` list: a registered adapter and its scale (default 1).
 public struct AdapterRefBody: Decodable, Sendable, Equatable {
+    /// A registered adapter's name.
     public var name: String
+    /// Multiplier of its `scale·B·A` term (dimensionless, -100...100; default 1, 0 disables it).
     public var scale: Double?
 }
 

@@ -63,6 +63,7 @@ public enum AdapterRegistryError: Error, CustomStringConvertible, Equatable {
 
 /// A registered adapter as listed by the API.
 public struct AdapterInfo: Sendable, Equatable {
+    /// The persisted record of the current version.
     public var record: AdapterRecord
     /// Whether its weights are in memory (cached, or held by a running sequence).
     public var resident: Bool
@@ -72,13 +73,16 @@ public struct AdapterInfo: Sendable, Equatable {
 
 /// Counters for `/v1/status` and `/metrics`.
 public struct AdapterStats: Sendable, Equatable {
+    /// Registered names.
     public var registered = 0
     /// Versions in the LRU cache and their bytes.
     public var cached = 0
+    /// Bytes of weights in the cache, and the cache's budget (`--adapter-cache-mb`), bytes.
     public var cachedBytes = 0
     public var cacheLimitBytes = 0
     /// Bytes of every adapter version still in memory (cache plus running sequences).
     public var liveBytes = 0
+    /// Loads from disk (cache misses) and evictions since start.
     public var loads = 0
     public var evictions = 0
 }
@@ -169,6 +173,7 @@ public final class AdapterRegistry: @unchecked Sendable {
 
     // MARK: - Queries
 
+    /// Current counters (registered, cached, live bytes, loads, evictions).
     public var stats: AdapterStats {
         lock.withLock {
             var s = AdapterStats()
@@ -189,10 +194,12 @@ public final class AdapterRegistry: @unchecked Sendable {
         lock.withLock { records.keys.sorted().map { infoLocked(records[$0]!) } }
     }
 
+    /// One registered adapter, or nil.
     public func info(_ name: String) -> AdapterInfo? {
         lock.withLock { records[name].map { infoLocked($0) } }
     }
 
+    /// Whether `name` is registered.
     public func contains(_ name: String) -> Bool { lock.withLock { records[name] != nil } }
 
     private func infoLocked(_ r: AdapterRecord) -> AdapterInfo {

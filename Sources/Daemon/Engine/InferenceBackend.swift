@@ -141,8 +141,10 @@ public protocol AdapterWeights: AnyObject, Sendable {
 public final class AdapterMix: @unchecked Sendable, Equatable {
     /// One adapter in the mix.
     public struct Entry: Sendable {
+        /// Registry name and the version pinned for this request.
         public let name: String
         public let version: Int
+        /// The weights of that version (kept alive by this entry).
         public let weights: any AdapterWeights
         /// Multiplier of this adapter's `scale·B·A` term (dimensionless; 0 disables it).
         public let scale: Float
@@ -154,6 +156,7 @@ public final class AdapterMix: @unchecked Sendable, Equatable {
         }
     }
 
+    /// The adapters, applied in order.
     public let entries: [Entry]
     /// Backend-private state built from `entries` on first use (touched by the compute thread only).
     public var prepared: AnyObject?
