@@ -18,18 +18,7 @@ struct GreedyRecord {
     let f64Margins: [Double]
 }
 
-func loadGreedy() throws -> [GreedyRecord] {
-    let path = try Paths.referenceDir() + "/greedy.jsonl"
-    let text = try String(contentsOfFile: path, encoding: .utf8)
-    return try text.split(separator: "\n").map { line in
-        let o = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
-        let f = try #require(o["f64"] as? [String: Any])
-        return GreedyRecord(
-            name: o["name"] as! String, prompt: o["prompt"] as! String, promptIDs: o["prompt_ids"] as! [Int],
-            generated: o["generated_ids"] as! [Int], margins: o["step_margins"] as! [Double],
-            f64Generated: f["generated_ids"] as! [Int], f64Margins: f["step_margins"] as! [Double])
-    }
-}
+func loadGreedy() throws -> [GreedyRecord] { try loadGreedy("greedy.jsonl") }
 
 /// Reference criterion: ids equal llama.cpp's up to its first step with margin < 1.0, or equal the float64
 /// reference's up to its first step with margin < 0.1 (near ties may legitimately go either way).
