@@ -8,7 +8,7 @@ import Glibc
 import Darwin
 #endif
 
-/// Owns the bytes of one GGUF file: either a `PROT_READ` memory map of the file or an aligned heap copy.
+/// Owns the bytes of one GGUF (or safetensors) file: either a `PROT_READ` memory map of the file or an aligned heap copy.
 final class GGUFStorage: @unchecked Sendable {
     /// First byte; never nil, even for an empty file (then it points at a private 1-byte allocation).
     let base: UnsafeRawPointer
@@ -18,15 +18,20 @@ final class GGUFStorage: @unchecked Sendable {
 
     /// Maps `path` read-only and shared-clean (`MAP_PRIVATE`, `PROT_READ`): pages are loaded on demand and
     /// shared with the page cache; nothing is copied. The descriptor is closed once the map exists.
-    /// - Throws: `GGUFError.io` when open, fstat or mmap fails.
-    init(mapping path: String) throws {
+    /// Also holds safetensors files (`SafetensorsFile`), which pass their own error type.
+    /// - Parameter ioError: builds the error thrown for a failed call `(operation, path, errno)`.
+    /// - Throws: `ioError(...)` (by default `GGUFError.io`) when open, fstat or mmap fails.
+    init(
+        mapping path: String,
+        ioError: (String, String, Int32) -> any Error = { GGUFError.io(operation: $0, path: $1, errno: $2) }
+    ) throws {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw GGUFError.io(operation: "open", path: path, errno: errno) }
+        guard fd >= 0 else { throw ioError("open", path, errno) }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw GGUFError.io(operation: "fstat", path: path, errno: errno) }
+        guard fstat(fd, &st) == 0 else { throw ioError("fstat", path, errno) }
         guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw GGUFError.io(operation: "open (not a regular file)", path: path, errno: EINVAL)
+            throw ioError("open (not a regular file)", path, EINVAL)
         }
         let size = Int(st.st_size)
         if size == 0 {
@@ -38,7 +43,7 @@ final class GGUFStorage: @unchecked Sendable {
             return
         }
         let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw GGUFError.io(operation: "mmap", path: path, errno: errno) }
+        guard let p, p != MAP_FAILED else { throw ioError("mmap", path, errno) }
         base = UnsafeRawPointer(p)
         count = size
         isMapped = true

@@ -157,23 +157,25 @@ public final class SafetensorsFile: @unchecked Sendable {
     /// Tensor entries in header order.
     public let tensors: [SafetensorsTensorInfo]
 
-    private let storage: SafetensorsStorage
+    private let storage: GGUFStorage
     private let index: [String: Int]
 
     /// Opens and validates the file at `path`, mapping it read-only (`mmap(PROT_READ, MAP_PRIVATE)`).
     /// - Throws: `SafetensorsError.io` if it cannot be opened or mapped, another `SafetensorsError` if it is not a
     ///   valid safetensors file of F32/F16/BF16 tensors.
     public convenience init(path: String) throws {
-        try self.init(storage: SafetensorsStorage(mapping: path))
+        try self.init(
+            storage: GGUFStorage(
+                mapping: path, ioError: { SafetensorsError.io(operation: $0, path: $1, errno: $2) }))
     }
 
     /// Validates a safetensors file held in memory (e.g. an upload); the bytes are copied.
     /// - Throws: a `SafetensorsError` as for `init(path:)`.
     public convenience init(bytes: [UInt8]) throws {
-        try self.init(storage: SafetensorsStorage(copying: bytes))
+        try self.init(storage: GGUFStorage(copying: bytes))
     }
 
-    private init(storage: SafetensorsStorage) throws {
+    private init(storage: GGUFStorage) throws {
         self.storage = storage
         let size = storage.count
         fileSize = size
@@ -370,60 +372,6 @@ public final class SafetensorsFile: @unchecked Sendable {
             last = t.name
         }
         guard covered == bufferSize else { throw SafetensorsError.trailingBytes(count: bufferSize - covered, bufferSize: bufferSize) }
-    }
-}
-
-// MARK: - Storage
-
-/// The bytes of one file: a read-only private memory map, or an owned heap copy.
-final class SafetensorsStorage: @unchecked Sendable {
-    /// First byte; never dangling, even for an empty file.
-    let base: UnsafeRawPointer
-    /// Bytes in the file.
-    let count: Int
-    private let isMapped: Bool
-
-    /// Maps `path` with `mmap(PROT_READ, MAP_PRIVATE)`; the descriptor is closed once the map exists.
-    init(mapping path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SafetensorsError.io(operation: "open", path: path, errno: errno) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SafetensorsError.io(operation: "fstat", path: path, errno: errno) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw SafetensorsError.io(operation: "open (not a regular file)", path: path, errno: EINVAL)
-        }
-        let size = Int(st.st_size)
-        guard size > 0 else {
-            base = UnsafeRawPointer(UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 16))
-            count = 0
-            isMapped = false
-            return
-        }
-        let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw SafetensorsError.io(operation: "mmap", path: path, errno: errno) }
-        base = UnsafeRawPointer(p)
-        count = size
-        isMapped = true
-    }
-
-    /// Copies `bytes` into a 16-byte aligned allocation.
-    init(copying bytes: [UInt8]) {
-        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
-        bytes.withUnsafeBytes { src in
-            if let s = src.baseAddress { p.copyMemory(from: s, byteCount: src.count) }
-        }
-        base = UnsafeRawPointer(p)
-        count = bytes.count
-        isMapped = false
-    }
-
-    deinit {
-        if isMapped {
-            munmap(UnsafeMutableRawPointer(mutating: base), count)
-        } else {
-            UnsafeMutableRawPointer(mutating: base).deallocate()
-        }
     }
 }
 
