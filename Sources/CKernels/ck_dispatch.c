@@ -70,15 +70,20 @@ static int matmul_reference(int type, size_t cols, const void *w, size_t w_strid
 
 int ck_matmul(int path, int type, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
               const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
+    return ck_matmul_ex(path, type, 0, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+}
+
+int ck_matmul_ex(int path, int type, int flags, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
+                 const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
     if (ck_vec_dot_type(type) < 0 || ck_block_size(type) == 0 || cols % ck_block_size(type) != 0) return -1;
     if (r1 <= r0 || nx == 0) return 0;
     switch (clamp_path(path)) {
 #if defined(__x86_64__)
     case CK_PATH_AVX512:
-        if (ck_matmul_avx512(type, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
+        if (ck_matmul_avx512(type, flags, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
         break;
     case CK_PATH_AVX2:
-        if (ck_matmul_avx2(type, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
+        if (ck_matmul_avx2(type, flags, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
         break;
 #endif
     default:

@@ -25,13 +25,15 @@ struct KernelMatmulTests {
         return Case(type: type, cols: cols, weights: w, x: x)
     }
 
-    static func run(_ c: Case, n: Int, xOffset: Int = 0, pool: ComputePool, path: KernelPath = .best) -> [Float] {
+    static func run(_ c: Case, n: Int, xOffset: Int = 0, pool: ComputePool, path: KernelPath = .best,
+                    logits: Bool = false) -> [Float] {
         var y = [Float](repeating: .nan, count: n * rows)
         c.weights.withUnsafeBytes { wp in
             let w = WeightMatrix(type: c.type, rows: rows, cols: c.cols, data: wp.baseAddress!)
             c.x.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
-                    matmul(w, xp.baseAddress! + xOffset * c.cols, n: n, yp.baseAddress!, pool: pool, path: path)
+                    matmul(w, xp.baseAddress! + xOffset * c.cols, n: n, yp.baseAddress!, pool: pool, path: path,
+                           logits: logits)
                 }
             }
         }
@@ -57,6 +59,55 @@ struct KernelMatmulTests {
                 #expect(single.bitPatterns() == Array(full[(j * Self.rows)..<((j + 1) * Self.rows)]).bitPatterns(),
                         "\(type) \(path): row \(j) alone differs from the batch")
             }
+        }
+    }
+
+    /// The output projection's packed q8_0 accumulation (`logits: true`): its own rounding, but the same
+    /// guarantees: bitwise independent of n, threads and ISA, and within the Float64 bound of the exact product.
+    @Test("logits matmul (packed q8_0): bitwise batch invariant and within Float64 bounds")
+    func logitsMatmul() {
+        let c = Self.makeCase(.q8_0, seed: 41)
+        let one = ComputePool(threads: 1), two = ComputePool(threads: 2)
+        let vt = Quant.vecDotType(.q8_0)!
+        let xq = kernelQuantizedRows(vt, c.x, rows: 64, cols: c.cols)
+        let xRowBytes = vt.byteCount(elements: c.cols)!
+        let wRowBytes = GGMLType.q8_0.byteCount(elements: c.cols)!
+        var results: [KernelPath: [Float]] = [:]
+        for path in KernelPath.available where path != .reference {
+            let full = Self.run(c, n: 64, pool: one, path: path, logits: true)
+            results[path] = full
+            #expect(Self.run(c, n: 64, pool: two, path: path, logits: true).bitPatterns() == full.bitPatterns(),
+                    "\(path): 2 threads differ from 1")
+            for n in 1...9 {
+                let part = Self.run(c, n: n, pool: n % 2 == 0 ? two : one, path: path, logits: true)
+                #expect(part.bitPatterns() == Array(full[0..<(n * Self.rows)]).bitPatterns(),
+                        "\(path): n = \(n) differs from n = 64")
+            }
+            for j in [0, 5, 31, 63] {
+                let single = Self.run(c, n: 1, xOffset: j, pool: one, path: path, logits: true)
+                #expect(single.bitPatterns() == Array(full[(j * Self.rows)..<((j + 1) * Self.rows)]).bitPatterns(),
+                        "\(path): row \(j) alone differs from the batch")
+            }
+            // Same products as the plain matmul, summed in another order: within the Float64 bound of both.
+            let plain = Self.run(c, n: 64, pool: one, path: path)
+            #expect(plain.bitPatterns() != full.bitPatterns(), "\(path): the packed order is not in use")
+            c.weights.withUnsafeBytes { wp in
+                xq.withUnsafeBytes { xp in
+                    for j in 0..<64 {
+                        let xd = kernelDequantized(vt, xp.baseAddress! + j * xRowBytes, count: c.cols)
+                        for r in 0..<Self.rows {
+                            let wd = kernelDequantized(.q8_0, wp.baseAddress! + r * wRowBytes, count: c.cols)
+                            let exact = kernelDot64(wd, xd).dot
+                            let bound = kernelDotBound(w: wd, x: xd, relative: KernelDotTests.relative(.q8_0))
+                            #expect(abs(Double(full[j * Self.rows + r]) - exact) <= bound,
+                                    "\(path) (\(r), \(j)): \(full[j * Self.rows + r]) vs \(exact)")
+                        }
+                    }
+                }
+            }
+        }
+        if let a = results[.avx2], let b = results[.avx512] {
+            #expect(a.bitPatterns() == b.bitPatterns(), "avx2 and avx512 differ")
         }
     }
 

@@ -44,11 +44,18 @@ public struct BenchCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print one JSON object per thread count.")
     var json = false
 
+    @Flag(name: .long, help: "Only the kernel figures (random weights of the default model's shapes; no model file).")
+    var kernels = false
+
     public init() {}
 
     public func run() async throws {
-        let path = try model ?? DefaultModel.resolve()
         let counts = threads.isEmpty ? [1, 2] : threads
+        if kernels {
+            print(KernelBench.run(threads: counts))
+            return
+        }
+        let path = try model ?? DefaultModel.resolve()
         for t in counts where batch > 0 {
             let r = try Self.measureBatched(path: path, threads: t, sequences: batch, context: batchContext,
                                             steps: batchSteps, repetitions: max(1, repetitions))

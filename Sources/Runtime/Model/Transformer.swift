@@ -218,7 +218,7 @@ final class Transformer: @unchecked Sendable {
         }
         var logits = [Float](repeating: 0, count: outRows.count * c.nVocab)
         logits.withUnsafeMutableBufferPointer {
-            matmul(weights.output, xo.pointer, n: outRows.count, $0.baseAddress!, pool: pool)
+            matmul(weights.output, xo.pointer, n: outRows.count, $0.baseAddress!, pool: pool, logits: true)
         }
         return logits
     }

@@ -64,10 +64,13 @@ public enum KernelBench {
         let pool = ComputePool(threads: threads)
         let configs: [(String, GGMLType, Int, Int, Int)] = [
             ("q8_0 262144x640 mat-vec (head)", .q8_0, 262_144, 640, 1),
+            ("q8_0 262144x640 n=8 (head, batch)", .q8_0, 262_144, 640, 8),
             ("q5_0 2048x640 mat-vec", .q5_0, 2048, 640, 1),
             ("q5_0 640x2048 mat-vec", .q5_0, 640, 2048, 1),
             ("q4_K 640x2048 mat-vec", .q4_K, 640, 2048, 1),
             ("q6_K 640x2048 mat-vec", .q6_K, 640, 2048, 1),
+            ("q5_0 2048x640 n=8", .q5_0, 2048, 640, 8),
+            ("q5_0 640x2048 n=8", .q5_0, 640, 2048, 8),
             ("q8_0 2048x640 n=512", .q8_0, 2048, 640, 512),
             ("q5_0 2048x640 n=512", .q5_0, 2048, 640, 512),
             ("q4_K 640x2048 n=512", .q4_K, 640, 2048, 512),
@@ -107,7 +110,7 @@ public enum KernelBench {
         for _ in 0..<(reps + 1) {  // the first call warms caches and workers
             let c0 = processCPUSeconds()
             let t0 = DispatchTime.now().uptimeNanoseconds
-            matmul(w, x, n: n, &y, pool: pool)
+            matmul(w, x, n: n, &y, pool: pool, logits: rows > 100_000)
             let t = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             let c = processCPUSeconds() - c0
             if t < best { best = t; bestCPU = c }

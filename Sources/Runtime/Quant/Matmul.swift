@@ -12,19 +12,21 @@ import CKernels
 ///   - w: weights `[w.rows, w.cols]` (ggml ne = [cols, rows]).
 ///   - x: activations `[n, w.cols]`, row-major.
 ///   - y: output `[n, w.rows]`, row-major.
+///   - logits: `w` is the output projection: q8_0 weights use the packed accumulation of `CK_MATMUL_LOGITS`
+///     (faster in batches, rounded differently; a matrix must always be used with the same value).
 /// - Precondition: `Quant.isWeightType(w.type)`.
 public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, n: Int, _ y: UnsafeMutablePointer<Float>,
-                   pool: ComputePool) {
-    matmul(w, x, n: n, y, pool: pool, path: .best)
+                   pool: ComputePool, logits: Bool = false) {
+    matmul(w, x, n: n, y, pool: pool, path: .best, logits: logits)
 }
 
 /// `matmul` with an explicit kernel path (tests compare paths; `.best` is what the model uses).
 public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, n: Int, _ y: UnsafeMutablePointer<Float>,
-                   pool: ComputePool, path: KernelPath) {
+                   pool: ComputePool, path: KernelPath, logits: Bool = false) {
     guard n > 0, w.rows > 0 else { return }
     guard let vt = Quant.vecDotType(w.type) else { preconditionFailure("matmul: \(w.type) is not a weight type") }
     if vt == .f32 {
-        matmulQuantized(w, UnsafeRawPointer(x), stride: w.cols * 4, n: n, y, pool: pool, path: path)
+        matmulQuantized(w, UnsafeRawPointer(x), stride: w.cols * 4, n: n, y, pool: pool, path: path, logits: logits)
         return
     }
     let stride = w.cols / vt.blockSize * vt.typeSize
@@ -41,17 +43,19 @@ public func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, n: Int, _ y: Un
     } else {
         ck_quantize_rows(Int32(vt.rawValue), x, cols, scratch, stride, n, cols)
     }
-    matmulQuantized(w, UnsafeRawPointer(scratch), stride: stride, n: n, y, pool: pool, path: path)
+    matmulQuantized(w, UnsafeRawPointer(scratch), stride: stride, n: n, y, pool: pool, path: path, logits: logits)
 }
 
 /// y[n, w.rows] = X · Wᵀ for activations already quantized to `Quant.vecDotType(w.type)`: row j of X at
-/// `xq + j * stride`. Rows of W are split across the pool in chunks (dynamic claiming).
+/// `xq + j * stride`. Rows of W are split across the pool in chunks (dynamic claiming). `logits` as in `matmul`.
 public func matmulQuantized(_ w: WeightMatrix, _ xq: UnsafeRawPointer, stride: Int, n: Int,
-                            _ y: UnsafeMutablePointer<Float>, pool: ComputePool, path: KernelPath = .best) {
+                            _ y: UnsafeMutablePointer<Float>, pool: ComputePool, path: KernelPath = .best,
+                            logits: Bool = false) {
     guard n > 0, w.rows > 0 else { return }
     let type = Int32(w.type.rawValue)
+    let flags = Int32(logits ? CK_MATMUL_LOGITS : 0)
     if pool.threads == 1 {
-        ck_matmul(path.rawValue, type, w.cols, w.data, w.rowBytes, 0, w.rows, xq, stride, n, y, w.rows)
+        ck_matmul_ex(path.rawValue, type, flags, w.cols, w.data, w.rowBytes, 0, w.rows, xq, stride, n, y, w.rows)
         return
     }
     // Chunks: many small ones for mat-vec (bandwidth bound; balances a busy core) and for very tall matrices
@@ -62,6 +66,6 @@ public func matmulQuantized(_ w: WeightMatrix, _ xq: UnsafeRawPointer, stride: I
     let tasks = (w.rows + chunk - 1) / chunk
     pool.parallelFor(tasks) { t in
         let r0 = t * chunk, r1 = min(w.rows, r0 + chunk)
-        ck_matmul(path.rawValue, type, w.cols, w.data, w.rowBytes, r0, r1, xq, stride, n, y, w.rows)
+        ck_matmul_ex(path.rawValue, type, flags, w.cols, w.data, w.rowBytes, r0, r1, xq, stride, n, y, w.rows)
     }
 }
