@@ -31,12 +31,19 @@ private func rejection(_ body: () throws -> PreparedRequest) -> APIError? {
 }
 
 @Suite struct CompletionParsingTests {
+    @Test func logprobsRequestedOnlyWhenAsked() throws {
+        #expect(try completion(#"{"model":"fake-model","prompt":"AB","logprobs":0}"#).generations[0].sampling.logprobs)
+        #expect(try !completion(#"{"model":"fake-model","prompt":"AB"}"#).generations[0].sampling.logprobs)
+    }
+
     @Test func stringPromptGetsBOSAndDefaults() throws {
         let r = try completion(#"{"model":"fake-model","prompt":"AB"}"#)
         // 'A' = 65 -> 65 % 60 + 4 = 9, 'B' -> 10, BOS = 2.
         #expect(r.generations.map(\.promptTokens) == [[2, 9, 10]])
         #expect(r.generations[0].maxTokens == 16)
-        #expect(r.generations[0].sampling == SamplingParams())
+        var defaults = SamplingParams()
+        defaults.logprobs = false  // not asked for: greedy decoding may skip computing them
+        #expect(r.generations[0].sampling == defaults)
         #expect(r.stream == false)
         #expect(r.logprobs == nil)
         #expect(r.kind == .completion)

@@ -88,6 +88,31 @@ struct SamplingTests {
         }
     }
 
+    /// `logprobs: false` only drops the log-sum-exp pass of greedy decoding: same ids, logprob NaN; a temperature
+    /// or top-logprobs request still reports them.
+    @Test func greedyWithoutLogprobsPicksTheSameIds() {
+        var rng = SamplingInputRNG(5)
+        var with = Sampler(params: params(temperature: 0))
+        var quiet = params(temperature: 0)
+        quiet.logprobs = false
+        var without = Sampler(params: quiet)
+        for trial in 0..<30 {
+            let logits = (0..<(100 + trial * 53)).map { _ in Float(Int(rng.next() % 9)) - 4 }
+            let a = sampleOnce(&with, logits), b = sampleOnce(&without, logits)
+            #expect(a.id == b.id)
+            #expect(a.logprob.isFinite && a.logprob <= 0)
+            #expect(b.logprob.isNaN)
+        }
+        quiet.topLogprobs = 2
+        var top = Sampler(params: quiet)
+        let t = sampleOnce(&top, [0, 2, 1])
+        #expect(t.id == 1 && t.logprob.isFinite && t.topLogprobs.count == 2)
+        var warm = params(temperature: 0.8)
+        warm.logprobs = false
+        var sampled = Sampler(params: warm)
+        #expect(sampleOnce(&sampled, [0, 2, 1]).logprob.isFinite)
+    }
+
     @Test(arguments: [Float(0.05), 0.7, 1, 3, 100])
     func topKOneIsGreedy(temperature: Float) {
         var rng = SamplingInputRNG(11)

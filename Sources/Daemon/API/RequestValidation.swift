@@ -128,7 +128,7 @@ public struct RequestValidator: Sendable {
         if prompts.count > 64 {
             throw APIError.invalidRequest("At most 64 prompts per request, got \(prompts.count).", param: "prompt")
         }
-        var base = try samplingRequest(body.sampling, topLogprobs: body.logprobs ?? 0)
+        var base = try samplingRequest(body.sampling, topLogprobs: body.logprobs)
         var generations: [GenerationRequest] = []
         for (i, p) in prompts.enumerated() {
             guard !p.isEmpty else {
@@ -183,7 +183,7 @@ public struct RequestValidator: Sendable {
             throw APIError.invalidRequest("The messages cannot be rendered: \(error)", param: "messages")
         }
         guard !prompt.isEmpty else { throw APIError.invalidRequest("The rendered prompt is empty.", param: "messages") }
-        var req = try samplingRequest(body.sampling, topLogprobs: topLogprobs ?? 0)
+        var req = try samplingRequest(body.sampling, topLogprobs: topLogprobs)
         let param = body.maxCompletionTokens != nil ? "max_completion_tokens" : "max_tokens"
         let requested = body.maxCompletionTokens ?? body.maxTokens
         req.promptTokens = prompt
@@ -229,7 +229,7 @@ public struct RequestValidator: Sendable {
         return maxTokens
     }
 
-    func samplingRequest(_ f: SamplingFields, topLogprobs: Int) throws -> GenerationRequest {
+    func samplingRequest(_ f: SamplingFields, topLogprobs: Int?) throws -> GenerationRequest {
         if let n = f.n, n != 1 { throw APIError.invalidRequest("Only n=1 is supported, got n=\(n).", param: "n") }
         if let b = f.bestOf, b != 1 {
             throw APIError.invalidRequest("Only best_of=1 is supported, got \(b).", param: "best_of")
@@ -279,7 +279,8 @@ public struct RequestValidator: Sendable {
             p.frequencyPenalty = Float(v)
         }
         if let s = f.seed { p.seed = UInt64(bitPattern: s) }
-        p.topLogprobs = topLogprobs
+        p.topLogprobs = topLogprobs ?? 0
+        p.logprobs = topLogprobs != nil
         let stops = f.stop?.strings ?? []
         if stops.count > Self.maxStopStrings {
             throw APIError.invalidRequest(

@@ -117,10 +117,15 @@ public struct Sampler: Sendable {
             sanitize(logits)
             rawMax = maxAndNonFinite(UnsafeBufferPointer(logits)).max
         }
-        // w = exp(raw - rawMax); its sum gives log Σ exp(raw).
-        expShifted(UnsafeBufferPointer(logits), max: rawMax, invT: 1, into: w)
-        let rawSum = orderedSum(UnsafeBufferPointer(w))
-        let logZ = Double(rawMax) + platformLog(rawSum)
+        // w = exp(raw - rawMax); its sum gives log Σ exp(raw). Greedy decoding without reported log-probabilities
+        // needs neither (the argmax reads the logits), so it skips this pass.
+        let greedy = Temperature(temperature: params.temperature).isGreedy
+        var logZ = Double.nan
+        if !greedy || params.logprobs || (wantTop && params.topLogprobs > 0) {
+            expShifted(UnsafeBufferPointer(logits), max: rawMax, invT: 1, into: w)
+            let rawSum = orderedSum(UnsafeBufferPointer(w))
+            logZ = Double(rawMax) + platformLog(rawSum)
+        }
 
         var top: [TokenLogprob] = []
         if wantTop && params.topLogprobs > 0 {

@@ -32,11 +32,15 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     public var seed: UInt64? = nil
     /// Number of most likely alternatives (by raw logits) reported with each token. `0` reports none.
     public var topLogprobs: Int = 0
+    /// Whether each ``SampledToken`` carries the chosen token's `log_softmax` log-probability. `false` lets greedy
+    /// decoding skip the log-sum-exp pass over `n_vocab` logits (about 1 ms per token at n_vocab = 262144); the
+    /// token's `logprob` is then NaN. Sampling with a temperature computes it anyway. `topLogprobs > 0` implies it.
+    public var logprobs: Bool = true
 
     public init() {}
 
     private enum CodingKeys: String, CodingKey {
-        case temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, seed, topLogprobs
+        case temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, seed, topLogprobs, logprobs
     }
 
     /// Decodes any subset of the fields; absent keys keep their defaults.
@@ -52,6 +56,7 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         frequencyPenalty = try c.decodeIfPresent(Float.self, forKey: .frequencyPenalty) ?? frequencyPenalty
         seed = try c.decodeIfPresent(UInt64.self, forKey: .seed)
         topLogprobs = try c.decodeIfPresent(Int.self, forKey: .topLogprobs) ?? topLogprobs
+        logprobs = try c.decodeIfPresent(Bool.self, forKey: .logprobs) ?? logprobs
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -65,6 +70,7 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         try c.encode(frequencyPenalty, forKey: .frequencyPenalty)
         try c.encodeIfPresent(seed, forKey: .seed)
         try c.encode(topLogprobs, forKey: .topLogprobs)
+        try c.encode(logprobs, forKey: .logprobs)
     }
 }
 
@@ -84,7 +90,7 @@ public struct TokenLogprob: Sendable, Equatable {
 public struct SampledToken: Sendable {
     /// The chosen token id, in `0..<n_vocab`.
     public let id: Int32
-    /// `log_softmax(raw logits)[id]`, natural log.
+    /// `log_softmax(raw logits)[id]`, natural log; NaN when greedy decoding ran with `SamplingParams.logprobs` off.
     public let logprob: Float
     /// The `SamplingParams.topLogprobs` most likely tokens under the raw logits, most likely first (ties: lower id
     /// first). Empty when `topLogprobs` is 0.
