@@ -368,23 +368,25 @@ public final class Engine: @unchecked Sendable {
             return
         }
         let now = ContinuousClock.now
-        var row = 0
-        var sampledCount = 0
+        for m in members where m.seq.machine.state != .decode {
+            _ = m.seq.machine.prefilled(m.rows)
+        }
+        // Sample every row on the compute threads (each sequence owns its sampler and its logits row), then hand
+        // the tokens out in order on this thread.
+        let sampling = members.filter(\.wantsLogits).map(\.seq)
+        var sampled = [SampledToken?](repeating: nil, count: sampling.count)
         logits.withUnsafeMutableBufferPointer { all in
-            for m in members {
-                let seq = m.seq
-                if seq.machine.state != .decode {
-                    _ = seq.machine.prefilled(m.rows)
+            sampled.withUnsafeMutableBufferPointer { out in
+                backend.parallelFor(sampling.count) { row in
+                    let rowBuffer = UnsafeMutableBufferPointer(rebasing: all[(row * vocab)..<((row + 1) * vocab)])
+                    out[row] = sampling[row].sampler.sample(rowBuffer, history: sampling[row].history)
                 }
-                guard m.wantsLogits else { continue }
-                let rowBuffer = UnsafeMutableBufferPointer(rebasing: all[(row * vocab)..<((row + 1) * vocab)])
-                row += 1
-                let sampled = seq.sampler.sample(rowBuffer, history: seq.history)
-                sampledCount += 1
-                handleSampled(seq, sampled, now: now)
             }
         }
-        metrics?.recordGeneratedTokens(sampledCount)
+        for (seq, token) in zip(sampling, sampled) {
+            handleSampled(seq, token!, now: now)
+        }
+        metrics?.recordGeneratedTokens(sampling.count)
     }
 
     private func handleSampled(_ seq: ActiveSequence, _ sampled: SampledToken, now: ContinuousClock.Instant) {

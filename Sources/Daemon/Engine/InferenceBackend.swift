@@ -100,9 +100,18 @@ public protocol InferenceBackend: AnyObject, Sendable {
     ///   - name: the registry name (for messages).
     /// - Throws: an error whose description names the offending file, key or tensor.
     func loadAdapter(at path: String, format: AdapterFormat, name: String) throws -> any AdapterWeights
+
+    /// Runs `body(0..<tasks)` on the backend's compute threads (the calling thread takes part) and returns when all
+    /// are done. The engine samples the rows of a step this way. Called on the engine thread, between forwards.
+    func parallelFor(_ tasks: Int, _ body: (Int) -> Void)
 }
 
 extension InferenceBackend {
+    /// Serial default.
+    public func parallelFor(_ tasks: Int, _ body: (Int) -> Void) {
+        for t in 0..<tasks { body(t) }
+    }
+
     public func loadAdapter(at path: String, format: AdapterFormat, name: String) throws -> any AdapterWeights {
         throw AdapterLoadError("this model backend does not support LoRA adapters")
     }

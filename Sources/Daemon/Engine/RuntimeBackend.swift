@@ -94,3 +94,10 @@ extension LoRAAdapter: AdapterWeights {
     public var adapterAlpha: Float? { alpha }
     public var adapterTargets: [String] { targets }
 }
+
+extension RuntimeBackend {
+    /// The model's compute pool.
+    public func parallelFor(_ tasks: Int, _ body: (Int) -> Void) {
+        model.pool.parallelFor(tasks, body)
+    }
+}
