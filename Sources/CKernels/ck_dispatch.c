@@ -70,26 +70,42 @@ static int matmul_reference(int type, size_t cols, const void *w, size_t w_strid
 
 int ck_matmul(int path, int type, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
               const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
-    return ck_matmul_ex(path, type, 0, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    return ck_matmul_ex(path, type, 0, cols, w, w_stride, NULL, r0, r1, x, x_stride, nx, y, ldy);
 }
 
-int ck_matmul_ex(int path, int type, int flags, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
-                 const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
+int ck_matmul_ex(int path, int type, int flags, size_t cols, const void *w, size_t w_stride, const void *w_batch,
+                 size_t r0, size_t r1, const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
     if (ck_vec_dot_type(type) < 0 || ck_block_size(type) == 0 || cols % ck_block_size(type) != 0) return -1;
     if (r1 <= r0 || nx == 0) return 0;
     switch (clamp_path(path)) {
 #if defined(__x86_64__)
     case CK_PATH_AVX512:
-        if (ck_matmul_avx512(type, flags, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
+        if (ck_matmul_avx512(type, flags, cols, w, w_stride, w_batch, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
         break;
     case CK_PATH_AVX2:
-        if (ck_matmul_avx2(type, flags, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
+        if (ck_matmul_avx2(type, flags, cols, w, w_stride, w_batch, r0, r1, x, x_stride, nx, y, ldy) == 0) return 0;
         break;
 #endif
     default:
         break;
     }
     return matmul_reference(type, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+}
+
+size_t ck_repack_bytes(int type, size_t rows, size_t cols) {
+    const int legacy = type == CK_Q4_0 || type == CK_Q5_0 || type == CK_Q4_1 || type == CK_Q5_1;
+    if (!legacy || cols % 32 != 0 || ck_best_path() < CK_PATH_AVX2) return 0;
+    return rows * ck_legacy_row_bytes(cols / 32);
+}
+
+int ck_repack(int type, size_t cols, const void *w, size_t w_stride, size_t rows, void *out) {
+    if (ck_repack_bytes(type, rows, cols) == 0 || ((uintptr_t)out & 31) != 0) return -1;
+#if defined(__x86_64__)
+    ck_repack_avx2(type, cols, w, w_stride, rows, out);
+    return 0;
+#else
+    return -1;
+#endif
 }
 
 float ck_vec_dot(int path, int type, size_t n, const void *w, const void *x) {

@@ -129,9 +129,16 @@ int ck_quantize_ref(int type, const float *src, void *dst, size_t n);
 int ck_dequantize_ref(int type, const void *src, float *dst, size_t n);
 
 // Fast paths (ck_x86.c). Each returns 0 when it handled the call, -1 when the type has no fast path.
-int ck_matmul_avx2(int type, int flags, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
-                   const void *x, size_t x_stride, size_t nx, float *y, size_t ldy);
-int ck_matmul_avx512(int type, int flags, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
-                     const void *x, size_t x_stride, size_t nx, float *y, size_t ldy);
+int ck_matmul_avx2(int type, int flags, size_t cols, const void *w, size_t w_stride, const void *w_batch, size_t r0,
+                   size_t r1, const void *x, size_t x_stride, size_t nx, float *y, size_t ldy);
+int ck_matmul_avx512(int type, int flags, size_t cols, const void *w, size_t w_stride, const void *w_batch, size_t r0,
+                     size_t r1, const void *x, size_t x_stride, size_t nx, float *y, size_t ldy);
+void ck_repack_avx2(int type, size_t cols, const void *w, size_t w_stride, size_t rows, void *out);
+
+// Bytes per row of the batch layout of a legacy matrix with nb blocks per row (see ck_x86_body.h): the quants as
+// bytes, then c_w and d_w padded to a multiple of 8 blocks. A multiple of 32.
+static inline size_t ck_legacy_row_bytes(size_t nb) {
+    return nb * 32 + 2 * ((nb + 7) & ~(size_t)7) * sizeof(float);
+}
 int ck_quantize_rows_avx2(int type, const float *src, size_t src_stride, void *dst, size_t dst_stride,
                           size_t rows, size_t cols);

@@ -66,14 +66,18 @@
 #define CK_CB_Q8 8
 #include "ck_x86_body.h"
 
-int ck_matmul_avx2(int type, int flags, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
-                   const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
-    return ck_matmul_impl_avx2(type, flags, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+int ck_matmul_avx2(int type, int flags, size_t cols, const void *w, size_t w_stride, const void *w_batch, size_t r0,
+                   size_t r1, const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
+    return ck_matmul_impl_avx2(type, flags, cols, w, w_stride, w_batch, r0, r1, x, x_stride, nx, y, ldy);
 }
 
-int ck_matmul_avx512(int type, int flags, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
-                     const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
-    return ck_matmul_impl_avx512(type, flags, cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+void ck_repack_avx2(int type, size_t cols, const void *w, size_t w_stride, size_t rows, void *out) {
+    repack_legacy_avx2(type, cols, w, w_stride, rows, out);
+}
+
+int ck_matmul_avx512(int type, int flags, size_t cols, const void *w, size_t w_stride, const void *w_batch, size_t r0,
+                     size_t r1, const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
+    return ck_matmul_impl_avx512(type, flags, cols, w, w_stride, w_batch, r0, r1, x, x_stride, nx, y, ldy);
 }
 // ------------------------------------------------------------------------------------------------------------
 // Activation quantization (q8_0, q8_1, q8_K): byte-identical to the reference quantizers in ck_ref.c.

@@ -281,36 +281,34 @@ CK_FN void CK_SFX(batch_q8p)(const uint8_t *w, size_t ws, size_t nb, const uint8
         }
 }
 
-// Unpacked row tile: for row r, block b: q at uq + (r*nb + b)*32 (q8_0: |w|, with w at sq); c_w at cw[r*nb8 + b];
-// dw replicated 8 times at dw8 = cw + R*nb8, (r*nb + b)*8 (a vector operand the compiler cannot scalarize).
-CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, const float *cw, size_t nb,
-                                 size_t nb8, const uint8_t *x, size_t xs, const float *dx, const float *u,
-                                 float *y, size_t ldy, const int R, const int C) {
-    const int corr = type != CK_Q8_0;
+// Batch layout of a legacy row (q4_0, q5_0, q4_1, q5_1; ck_repack stores whole matrices in it, the batch driver
+// unpacks row tiles into it): `rs = ck_legacy_row_bytes(nb)` bytes per row,
+//   [nb x 32 unsigned quant bytes][c_w: nb8 floats, zero padded][d_w: nb8 floats, zero padded]
+// so a tile reads its rows at t + r*rs with no decoding.
+CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *t, size_t rs, size_t nb, size_t nb8, const uint8_t *x,
+                                 size_t xs, const float *dx, const float *u, float *y, size_t ldy, const int R,
+                                 const int C) {
     __m256 acc[CK_RMAX_LEGACY][CK_CMAX_LEGACY];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
-    const float *dw8 = cw + (size_t)R * nb8;
     for (size_t b = 0; b < nb; b++) {
-        __m256i q[CK_RMAX_LEGACY], sg[CK_RMAX_LEGACY];
-        for (int r = 0; r < R; r++) {
-            q[r] = _mm256_load_si256((const __m256i *)(uq + (r * nb + b) * 32));
-            if (!corr) sg[r] = _mm256_load_si256((const __m256i *)(sq + (r * nb + b) * 32));
-        }
+        __m256i q[CK_RMAX_LEGACY];
+        for (int r = 0; r < R; r++) q[r] = _mm256_load_si256((const __m256i *)(t + r * rs + b * 32));
         for (int c = 0; c < C; c++) {
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c * xs + b * CK_XB(type) + CK_XQ(type)));
             const __m256 dxv = _mm256_broadcast_ss(dx + c * nb + b);
             for (int r = 0; r < R; r++) {
-                const __m256i lanes = CK_SFX(dot_us8)(q[r], corr ? xv : _mm256_sign_epi8(xv, sg[r]));
-                const __m256 dwv = _mm256_load_ps(dw8 + (r * nb + b) * 8);
+                const __m256i lanes = CK_SFX(dot_us8)(q[r], xv);
+                const __m256 dwv = _mm256_broadcast_ss((const float *)(t + r * rs + nb * 32) + nb8 + b);
                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dwv, dxv), acc[r][c]);
             }
         }
-        if (corr && ((b & 7) == 7 || b + 1 == nb)) {
+        if ((b & 7) == 7 || b + 1 == nb) {
             const size_t g = b & ~(size_t)7;
             for (int c = 0; c < C; c++) {
                 const __m256 uv = _mm256_loadu_ps(u + c * nb8 + g);
-                for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(_mm256_load_ps(cw + r * nb8 + g), uv, acc[r][c]);
+                for (int r = 0; r < R; r++)
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_load_ps((const float *)(t + r * rs + nb * 32) + g), uv, acc[r][c]);
             }
         }
     }
@@ -318,24 +316,20 @@ CK_FN void CK_SFX(batch_legacy)(int type, const uint8_t *uq, const uint8_t *sq, 
         for (int c = 0; c < C; c++) y[c * ldy + r] = CK_SFX(hsum)(acc[r][c]);
 }
 
-// Unpacks rows [0, R) of a legacy matrix into the batch layout above.
+// Writes rows [0, R) of a legacy matrix (not q8_0) in the batch layout above, rows rs bytes apart from t.
 CK_FN void CK_SFX(unpack_legacy)(int type, size_t bsize, const uint8_t *w, size_t ws, size_t nb, size_t nb8, int R,
-                                  uint8_t *uq, uint8_t *sq, float *cw) {
+                                  uint8_t *t, size_t rs) {
     for (int r = 0; r < R; r++) {
+        uint8_t *row = t + r * rs;
+        float *cw = (float *)(row + nb * 32), *dw = cw + nb8;
         for (size_t b = 0; b < nb; b++) {
             const uint8_t *wb = w + r * ws + b * bsize;
-            const __m256i q = CK_SFX(legacy_q)(type, wb);
-            if (type == CK_Q8_0) {
-                _mm256_store_si256((__m256i *)(uq + (r * nb + b) * 32), _mm256_sign_epi8(q, q));
-                _mm256_store_si256((__m256i *)(sq + (r * nb + b) * 32), q);
-            } else {
-                _mm256_store_si256((__m256i *)(uq + (r * nb + b) * 32), q);
-            }
+            _mm256_store_si256((__m256i *)(row + b * 32), CK_SFX(legacy_q)(type, wb));
             const float d = CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8)));
-            cw[r * nb8 + b] = CK_SFX(legacy_cw)(type, wb, d);
-            _mm256_store_ps(cw + (size_t)R * nb8 + (r * nb + b) * 8, _mm256_set1_ps(d));
+            cw[b] = CK_SFX(legacy_cw)(type, wb, d);
+            dw[b] = d;
         }
-        for (size_t b = nb; b < nb8; b++) cw[r * nb8 + b] = 0;
+        for (size_t b = nb; b < nb8; b++) cw[b] = dw[b] = 0;
     }
 }
 
@@ -830,8 +824,8 @@ static int CK_SFX(drive_k)(int type, const CK_SFX(k_set) *set, size_t cols, cons
 // Legacy kernels: per type, mat-vec tiles (4 rows, 1 row) and batch tiles (CK_RB_LEGACY rows, 1 row) x 1..4 acts.
 typedef void (*CK_SFX(vec_fn))(const uint8_t *w, size_t ws, const uint8_t *x, const float *dx, const float *u,
                                size_t nb, float *y);
-typedef void (*CK_SFX(batch_fn))(const uint8_t *uq, const uint8_t *sq, const float *dw, size_t nb, size_t nb8,
-                                 const uint8_t *x, size_t xs, const float *dx, const float *u, float *y, size_t ldy);
+typedef void (*CK_SFX(batch_fn))(const uint8_t *t, size_t rs, size_t nb, size_t nb8, const uint8_t *x, size_t xs,
+                                 const float *dx, const float *u, float *y, size_t ldy);
 
 #define CK_LEG_VEC(T, TYPE, R)                                                                                  \
     CK_KERNEL void CK_NAME(T, v, R)(const uint8_t *w, size_t ws, const uint8_t *x, const float *dx,              \
@@ -839,10 +833,9 @@ typedef void (*CK_SFX(batch_fn))(const uint8_t *uq, const uint8_t *sq, const flo
         CK_SFX(vec_legacy)(TYPE, sizeof(block_##T), w, ws, x, dx, u, nb, y, R);                                  \
     }
 #define CK_LEG_BATCH(T, TYPE, R, C)                                                                             \
-    CK_KERNEL void CK_NAME(T, R, C)(const uint8_t *uq, const uint8_t *sq, const float *dw, size_t nb, size_t nb8, \
-                                    const uint8_t *x, size_t xs, const float *dx, const float *u, float *y,     \
-                                    size_t ldy) {                                                               \
-        CK_SFX(batch_legacy)(TYPE, uq, sq, dw, nb, nb8, x, xs, dx, u, y, ldy, R, C);                            \
+    CK_KERNEL void CK_NAME(T, R, C)(const uint8_t *t, size_t rs, size_t nb, size_t nb8, const uint8_t *x,       \
+                                    size_t xs, const float *dx, const float *u, float *y, size_t ldy) {        \
+        CK_SFX(batch_legacy)(TYPE, t, rs, nb, nb8, x, xs, dx, u, y, ldy, R, C);                                  \
     }
 #define CK_LEG_ROWS(T, TYPE, R)                                                                                 \
     CK_LEG_BATCH(T, TYPE, R, 1) CK_LEG_BATCH(T, TYPE, R, 2) CK_LEG_BATCH(T, TYPE, R, 3) CK_LEG_BATCH(T, TYPE, R, 4) \
@@ -855,7 +848,7 @@ typedef void (*CK_SFX(batch_fn))(const uint8_t *uq, const uint8_t *sq, const flo
 
 CK_LEG_ALL(q4_0, CK_Q4_0)
 CK_LEG_ALL(q5_0, CK_Q5_0)
-CK_LEG_ALL(q8_0, CK_Q8_0)
+CK_LEG_VEC(q8_0, CK_Q8_0, 4) CK_LEG_VEC(q8_0, CK_Q8_0, 1)  // q8_0 batches use the in-place tiles below
 CK_LEG_ALL(q4_1, CK_Q4_1)
 CK_LEG_ALL(q5_1, CK_Q5_1)
 
@@ -912,21 +905,21 @@ typedef struct {
     {CK_NAME(T, v, 4), CK_NAME(T, v, 1), CK_TABLE(T, CK_RB_LEGACY), CK_TABLE(T, 1)}
 static const CK_SFX(legacy_set) CK_SFX(leg_q4_0) = CK_LEG_SET(q4_0);
 static const CK_SFX(legacy_set) CK_SFX(leg_q5_0) = CK_LEG_SET(q5_0);
-static const CK_SFX(legacy_set) CK_SFX(leg_q8_0) = CK_LEG_SET(q8_0);
+static const CK_SFX(legacy_set) CK_SFX(leg_q8_0) = {CK_NAME(q8_0, v, 4), CK_NAME(q8_0, v, 1), {0}, {0}};
 static const CK_SFX(legacy_set) CK_SFX(leg_q4_1) = CK_LEG_SET(q4_1);
 static const CK_SFX(legacy_set) CK_SFX(leg_q5_1) = CK_LEG_SET(q5_1);
 
 __attribute__((target(CK_TARGET)))
 static int CK_SFX(drive_legacy)(int type, int packed, const CK_SFX(legacy_set) *set, size_t cols, const uint8_t *w,
-                                size_t ws, size_t r0, size_t r1, const uint8_t *x, size_t xs, size_t nx, float *y,
-                                size_t ldy) {
+                                size_t ws, const uint8_t *wbatch, size_t r0, size_t r1, const uint8_t *x, size_t xs,
+                                size_t nx, float *y, size_t ldy) {
     const size_t bsize = ck_type_size(type), nb = cols / QK, nb8 = (nb + 7) & ~(size_t)7;
     const int off = type == CK_Q4_0 ? 8 : type == CK_Q5_0 ? 16 : 0;
     // Activation side: dx[j*nb + b], u[j*nb8 + b].
     const size_t rb = CK_RB_LEGACY;
     const size_t xfloats = nx * (nb + nb8);
-    const int sgn = type == CK_Q8_0;
-    const size_t wbytes = rb * nb * 32 * (sgn ? 2 : 1) + rb * nb8 * 4 + rb * nb * 32;
+    const size_t rs = ck_legacy_row_bytes(nb);
+    const size_t wbytes = type == CK_Q8_0 || wbatch ? 0 : rb * rs;
     float stack_buf[2048] __attribute__((aligned(64)));
     float *xbuf = stack_buf;
     uint8_t *heap = NULL;
@@ -1014,22 +1007,25 @@ static int CK_SFX(drive_legacy)(int type, int packed, const CK_SFX(legacy_set) *
 #undef CK_DXS
         free(dxs);
     } else {
+        // Row tiles in the batch layout: read from the matrix's batch copy, or unpacked here once per tile.
         uint8_t *wsc = (uint8_t *)(((uintptr_t)(xbuf + xfloats) + 63) & ~(uintptr_t)63);
-        uint8_t *uq = wsc, *sq = sgn ? wsc + rb * nb * 32 : NULL;
-        float *dw = (float *)(wsc + rb * nb * 32 * (sgn ? 2 : 1));
         size_t jb = (size_t)(256 * 1024) / (xs ? xs : 1);
         jb = jb < 4 ? 4 : (jb / 4) * 4;
         for (size_t j0 = 0; j0 < nx; j0 += jb) {
             const size_t j1 = j0 + jb < nx ? j0 + jb : nx;
             for (size_t r = r0; r < r1;) {
                 const int R = r + rb <= r1 ? (int)rb : 1;
-                CK_SFX(unpack_legacy)(type, bsize, w + r * ws, ws, nb, nb8, R, uq, sq, dw);
+                const uint8_t *t = wsc;
+                if (wbatch) {
+                    t = wbatch + r * rs;
+                } else {
+                    CK_SFX(unpack_legacy)(type, bsize, w + r * ws, ws, nb, nb8, R, wsc, rs);
+                }
                 const CK_SFX(batch_fn) *fns = R == (int)rb ? set->batch : set->single;
                 size_t j = j0;
                 for (; j + CK_CB_LEGACY <= j1; j += CK_CB_LEGACY)
-                    fns[CK_CB_LEGACY - 1](uq, sq, dw, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
-                if (j < j1)
-                    fns[j1 - j - 1](uq, sq, dw, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
+                    fns[CK_CB_LEGACY - 1](t, rs, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
+                if (j < j1) fns[j1 - j - 1](t, rs, nb, nb8, x + j * xs, xs, dx + j * nb, u + j * nb8, y + j * ldy + r, ldy);
                 r += (size_t)R;
             }
         }
@@ -1038,14 +1034,22 @@ static int CK_SFX(drive_legacy)(int type, int packed, const CK_SFX(legacy_set) *
     return 0;
 }
 
-static int CK_SFX(ck_matmul_impl)(int type, int flags, size_t cols, const void *w, size_t w_stride, size_t r0, size_t r1,
+// ck_repack: rows [0, rows) of a legacy matrix into the batch layout.
+__attribute__((target(CK_TARGET)))
+static void CK_SFX(repack_legacy)(int type, size_t cols, const uint8_t *w, size_t ws, size_t rows, uint8_t *out) {
+    const size_t nb = cols / QK, nb8 = (nb + 7) & ~(size_t)7, rs = ck_legacy_row_bytes(nb);
+    for (size_t r = 0; r < rows; r++) CK_SFX(unpack_legacy)(type, ck_type_size(type), w + r * ws, ws, nb, nb8, 1, out + r * rs, rs);
+}
+
+static int CK_SFX(ck_matmul_impl)(int type, int flags, size_t cols, const void *w, size_t w_stride, const void *wbatch,
+                                  size_t r0, size_t r1,
                       const void *x, size_t x_stride, size_t nx, float *y, size_t ldy) {
     switch (type) {
-    case CK_Q4_0: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q4_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
-    case CK_Q5_0: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q5_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
-    case CK_Q8_0: return CK_SFX(drive_legacy)(type, (flags & CK_MATMUL_LOGITS) != 0, &CK_SFX(leg_q8_0), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
-    case CK_Q4_1: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q4_1), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
-    case CK_Q5_1: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q5_1), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q4_0: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q4_0), cols, w, w_stride, wbatch, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q5_0: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q5_0), cols, w, w_stride, wbatch, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q8_0: return CK_SFX(drive_legacy)(type, (flags & CK_MATMUL_LOGITS) != 0, &CK_SFX(leg_q8_0), cols, w, w_stride, wbatch, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q4_1: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q4_1), cols, w, w_stride, wbatch, r0, r1, x, x_stride, nx, y, ldy);
+    case CK_Q5_1: return CK_SFX(drive_legacy)(type, 0, &CK_SFX(leg_q5_1), cols, w, w_stride, wbatch, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q4_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q4_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q6_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q6_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);
     case CK_Q2_K: return CK_SFX(drive_k)(type, &CK_SFX(kset_q2_K), cols, w, w_stride, r0, r1, x, x_stride, nx, y, ldy);

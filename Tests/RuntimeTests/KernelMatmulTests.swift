@@ -26,10 +26,11 @@ struct KernelMatmulTests {
     }
 
     static func run(_ c: Case, n: Int, xOffset: Int = 0, pool: ComputePool, path: KernelPath = .best,
-                    logits: Bool = false) -> [Float] {
+                    logits: Bool = false, batchCopy: Bool = false) -> [Float] {
         var y = [Float](repeating: .nan, count: n * rows)
         c.weights.withUnsafeBytes { wp in
-            let w = WeightMatrix(type: c.type, rows: rows, cols: c.cols, data: wp.baseAddress!)
+            let plain = WeightMatrix(type: c.type, rows: rows, cols: c.cols, data: wp.baseAddress!)
+            let w = batchCopy ? plain.withBatchCopy() : plain
             c.x.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
                     matmul(w, xp.baseAddress! + xOffset * c.cols, n: n, yp.baseAddress!, pool: pool, path: path,
@@ -58,6 +59,27 @@ struct KernelMatmulTests {
                 let single = Self.run(c, n: 1, xOffset: j, pool: one, path: path)
                 #expect(single.bitPatterns() == Array(full[(j * Self.rows)..<((j + 1) * Self.rows)]).bitPatterns(),
                         "\(type) \(path): row \(j) alone differs from the batch")
+            }
+        }
+    }
+
+    /// A matrix's batch copy (what the model loads for its layer projections) changes where batches read the
+    /// weights from, never a result.
+    @Test("the batch copy gives bitwise the same results, for every n and thread count", arguments: kernelWeightTypes)
+    func batchCopySameResults(_ type: GGMLType) {
+        let c = Self.makeCase(type, seed: 17)
+        let legacy: Set<GGMLType> = [.q4_0, .q5_0, .q4_1, .q5_1]
+        c.weights.withUnsafeBytes { wp in
+            let w = WeightMatrix(type: type, rows: Self.rows, cols: c.cols, data: wp.baseAddress!).withBatchCopy()
+            #expect((w.batchCopy != nil) == (legacy.contains(type) && KernelPath.best != .reference),
+                    "\(type): batch copy presence")
+        }
+        let one = ComputePool(threads: 1), two = ComputePool(threads: 2)
+        for n in [1, 2, 3, 4, 5, 8, 9, 17, 64] {
+            for pool in [one, two] {
+                let plain = Self.run(c, n: n, pool: pool)
+                let copied = Self.run(c, n: n, pool: pool, batchCopy: true)
+                #expect(copied.bitPatterns() == plain.bitPatterns(), "\(type) n = \(n): batch copy differs")
             }
         }
     }

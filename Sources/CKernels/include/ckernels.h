@@ -75,11 +75,21 @@ enum {
     CK_MATMUL_LOGITS = 1,
 };
 
-/// ck_matmul with `flags` (CK_MATMUL_*).
+/// ck_matmul with `flags` (CK_MATMUL_*) and, optionally, the matrix's batch copy `w_batch` (from ck_repack of the
+/// same w, or NULL): batches of activation rows then read it instead of decoding weight blocks per call. Results
+/// are bitwise the same with or without it.
 int ck_matmul_ex(int path, int type, int flags, size_t cols,
-                 const void *w, size_t w_stride, size_t r0, size_t r1,
+                 const void *w, size_t w_stride, const void *w_batch, size_t r0, size_t r1,
                  const void *x, size_t x_stride, size_t nx,
                  float *y, size_t ldy);
+
+/// Bytes of the batch copy of a `rows` x `cols` matrix of `type`, or 0 when the type has none (only q4_0, q5_0,
+/// q4_1 and q5_1 with a SIMD path have one: their quants as bytes plus float scales, ~2.3x the q5_0 size for
+/// rows of 640).
+size_t ck_repack_bytes(int type, size_t rows, size_t cols);
+/// Writes the batch copy of rows [0, rows) of w (row stride w_stride bytes) to out (32-byte aligned,
+/// ck_repack_bytes bytes). Returns 0, or -1 when the type has no batch copy.
+int ck_repack(int type, size_t cols, const void *w, size_t w_stride, size_t rows, void *out);
 
 /// Quantize `rows` float rows of `cols` elements (row stride `src_stride` floats) into `type`, writing row j
 /// at dst + j*dst_stride. Fast path for q8_0 / q8_1 / q8_K / f16 / bf16 with results identical to ck_quantize.

@@ -11,6 +11,11 @@ struct WeightLoader {
 
     func has(_ name: String) -> Bool { gguf.tensor(named: name) != nil }
 
+    /// A weight with ggml dims `[n_in, n_out]` (row-major `[n_out, n_in]`); layer projections get their batch copy.
+    func projection(_ name: String, nIn: Int, nOut: Int) throws -> WeightMatrix {
+        try matrix(name, nIn: nIn, nOut: nOut).withBatchCopy()
+    }
+
     /// A weight with ggml dims `[n_in, n_out]` (row-major `[n_out, n_in]`).
     func matrix(_ name: String, nIn: Int, nOut: Int) throws -> WeightMatrix {
         let t = try info(name)
@@ -51,17 +56,17 @@ struct WeightLoader {
         let p = "blk.\(l)."
         return LayerWeights(
             attnNorm: try vector(p + "attn_norm.weight", count: c.nEmbd),
-            wq: try matrix(p + "attn_q.weight", nIn: c.nEmbd, nOut: c.qDim),
-            wk: try matrix(p + "attn_k.weight", nIn: c.nEmbd, nOut: c.kvDim),
-            wv: try matrix(p + "attn_v.weight", nIn: c.nEmbd, nOut: c.kvDim),
-            wo: try matrix(p + "attn_output.weight", nIn: c.qDim, nOut: c.nEmbd),
+            wq: try projection(p + "attn_q.weight", nIn: c.nEmbd, nOut: c.qDim),
+            wk: try projection(p + "attn_k.weight", nIn: c.nEmbd, nOut: c.kvDim),
+            wv: try projection(p + "attn_v.weight", nIn: c.nEmbd, nOut: c.kvDim),
+            wo: try projection(p + "attn_output.weight", nIn: c.qDim, nOut: c.nEmbd),
             qNorm: gemma ? try vector(p + "attn_q_norm.weight", count: c.headDim) : nil,
             kNorm: gemma ? try vector(p + "attn_k_norm.weight", count: c.headDim) : nil,
             postAttnNorm: gemma ? try vector(p + "post_attention_norm.weight", count: c.nEmbd) : nil,
             ffnNorm: try vector(p + "ffn_norm.weight", count: c.nEmbd),
-            gate: try matrix(p + "ffn_gate.weight", nIn: c.nEmbd, nOut: c.nFF),
-            up: try matrix(p + "ffn_up.weight", nIn: c.nEmbd, nOut: c.nFF),
-            down: try matrix(p + "ffn_down.weight", nIn: c.nFF, nOut: c.nEmbd),
+            gate: try projection(p + "ffn_gate.weight", nIn: c.nEmbd, nOut: c.nFF),
+            up: try projection(p + "ffn_up.weight", nIn: c.nEmbd, nOut: c.nFF),
+            down: try projection(p + "ffn_down.weight", nIn: c.nFF, nOut: c.nEmbd),
             postFFNNorm: gemma ? try vector(p + "post_ffw_norm.weight", count: c.nEmbd) : nil)
     }
 

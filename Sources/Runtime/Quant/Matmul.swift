@@ -55,7 +55,8 @@ public func matmulQuantized(_ w: WeightMatrix, _ xq: UnsafeRawPointer, stride: I
     let type = Int32(w.type.rawValue)
     let flags = Int32(logits ? CK_MATMUL_LOGITS : 0)
     if pool.threads == 1 {
-        ck_matmul_ex(path.rawValue, type, flags, w.cols, w.data, w.rowBytes, 0, w.rows, xq, stride, n, y, w.rows)
+        ck_matmul_ex(path.rawValue, type, flags, w.cols, w.data, w.rowBytes, w.batchCopy, 0, w.rows, xq, stride, n, y,
+                     w.rows)
         return
     }
     // Chunks: many small ones for mat-vec (bandwidth bound; balances a busy core) and for very tall matrices
@@ -66,6 +67,7 @@ public func matmulQuantized(_ w: WeightMatrix, _ xq: UnsafeRawPointer, stride: I
     let tasks = (w.rows + chunk - 1) / chunk
     pool.parallelFor(tasks) { t in
         let r0 = t * chunk, r1 = min(w.rows, r0 + chunk)
-        ck_matmul_ex(path.rawValue, type, flags, w.cols, w.data, w.rowBytes, r0, r1, xq, stride, n, y, w.rows)
+        ck_matmul_ex(path.rawValue, type, flags, w.cols, w.data, w.rowBytes, w.batchCopy, r0, r1, xq, stride, n, y,
+                     w.rows)
     }
 }
