@@ -1018,6 +1018,10 @@ static int CK_SFX(drive_legacy)(int type, int packed, const CK_SFX(legacy_set) *
                 const uint8_t *t = wsc;
                 if (wbatch) {
                     t = wbatch + r * rs;
+                    // The copy streams from memory: fetch a later tile while this one computes.
+                    const uint8_t *pf = t + CK_PF * rb * rs;
+                    if (pf + rb * rs <= wbatch + r1 * rs)
+                        for (size_t o = 0; o < rb * rs; o += 64) _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
                 } else {
                     CK_SFX(unpack_legacy)(type, bsize, w + r * ws, ws, nb, nb8, R, wsc, rs);
                 }
