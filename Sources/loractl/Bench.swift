@@ -24,14 +24,21 @@ struct Bench: AsyncParsableCommand {
         var firstToken: Double?  // seconds since the common start
         var end = 0.0
         var tokens = 0
+        /// `usage.completion_tokens` of the final event.
+        var reported: Int?
         /// Arrival time of each token, seconds since the common start.
         var arrivals: [Double] = []
         var error: String?
     }
 
     /// Runs `models.count` concurrent greedy streams (prompt of `promptTokens` ids, `genTokens` generated).
+    /// Tokens are counted from the events (one per token; the daemon merges a token whose text is still an
+    /// incomplete UTF-8 sequence into the next event, so a count can fall short by those) and the final `usage`.
+    /// With `logprobs`, every token also carries its logprob (`token_id:N`), which costs the daemon a
+    /// log-sum-exp over the vocabulary per token, and the counts are exact.
     static func run(
-        _ client: UnixHTTPClient, models: [String?], promptTokens: Int, genTokens: Int, start: Date = Date(), seed: Int = 0
+        _ client: UnixHTTPClient, models: [String?], promptTokens: Int, genTokens: Int, start: Date = Date(), seed: Int = 0,
+        logprobs: Bool = false
     ) async -> [StreamStats] {
         await withTaskGroup(of: (Int, StreamStats).self) { group in
             for (i, model) in models.enumerated() {
@@ -41,8 +48,12 @@ struct Bench: AsyncParsableCommand {
                     for k in 1..<promptTokens { ids.append(1000 + ((k * 7919 + (i + seed) * 104_729) % 20_000)) }
                     var body: [String: Any] = [
                         "prompt": ids, "max_tokens": genTokens, "temperature": 0, "ignore_eos": true, "stream": true,
-                        "logprobs": 0, "return_tokens_as_token_ids": true,
+                        "stream_options": ["include_usage": true],
                     ]
+                    if logprobs {
+                        body["logprobs"] = 0
+                        body["return_tokens_as_token_ids"] = true
+                    }
                     if let model { body["model"] = model }
                     return (i, await stream(client, body: body, start: start))
                 }
@@ -75,8 +86,12 @@ struct Bench: AsyncParsableCommand {
                         guard let o = try? JSONSerialization.jsonObject(with: Data(event.dropFirst(6).utf8)) as? [String: Any]
                         else { continue }
                         if let e = o["error"] as? [String: Any] { s.error = e["message"] as? String ?? "error" }
+                        if let usage = o["usage"] as? [String: Any], let n = usage["completion_tokens"] as? Int {
+                            s.reported = n
+                        }
                         for c in (o["choices"] as? [[String: Any]]) ?? [] {
-                            let n = ((c["logprobs"] as? [String: Any])?["tokens"] as? [Any])?.count ?? 0
+                            let listed = ((c["logprobs"] as? [String: Any])?["tokens"] as? [Any])?.count
+                            let n = listed ?? (c["text"] != nil && !(c["finish_reason"] is String) ? 1 : 0)
                             let now = Date().timeIntervalSince(start)
                             if n > 0, s.firstToken == nil { s.firstToken = now }
                             s.tokens += n
@@ -99,7 +114,7 @@ struct Bench: AsyncParsableCommand {
     /// reports as S_TG.
     static func summarize(_ runs: [StreamStats]) -> (total: Double, decode: Double, ttft: Double, wall: Double) {
         let wall = runs.map(\.end).max() ?? 0
-        let tokens = runs.reduce(0) { $0 + $1.tokens }
+        let tokens = runs.reduce(0) { $0 + max($1.tokens, $1.reported ?? 0) }
         let firsts = runs.compactMap(\.firstToken)
         let lastFirst = firsts.max() ?? 0
         let after = runs.flatMap(\.arrivals).filter { $0 > lastFirst }
@@ -117,6 +132,8 @@ struct Bench: AsyncParsableCommand {
         @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
         @Option(name: .customLong("gen-tokens")) var genTokens = 64
         @Option(help: "Model or adapter name (default: the base).") var model: String?
+        @Flag(help: "Ask for each token's logprob (the daemon then computes a log-sum-exp over the vocabulary).")
+        var logprobs = false
 
         func run() async throws {
             let client = socket.client
@@ -126,7 +143,8 @@ struct Bench: AsyncParsableCommand {
             writeOut("streams  prompt  gen  wall_s  gen_tok_s  decode_tok_s  ttft_ms  errors\n")
             for n in counts {
                 let runs = await Bench.run(
-                    client, models: Array(repeating: model, count: n), promptTokens: promptTokens, genTokens: genTokens)
+                    client, models: Array(repeating: model, count: n), promptTokens: promptTokens, genTokens: genTokens,
+                    logprobs: logprobs)
                 let s = Bench.summarize(runs)
                 let errors = runs.compactMap(\.error)
                 writeOut(
