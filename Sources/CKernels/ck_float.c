@@ -67,6 +67,57 @@ CK_T_AVX2 static void axpy_f16_avx2(float a, const uint16_t *x, float *y, size_t
     for (; i < n; i++) y[i] += a * ck_h2f(x[i]);
 }
 
+// Two heads against one f16 row: each head's arithmetic is exactly dot_f32_f16_avx2's; the row is converted once.
+CK_T_AVX2 static void dot2_f32_f16_avx2(const float *a, const float *c, const uint16_t *b, size_t n, float *out) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8)));
+        const __m256 b2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 16)));
+        const __m256 b3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 24)));
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), b1, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), b2, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), b3, s3);
+        t0 = _mm256_fmadd_ps(_mm256_loadu_ps(c + i), b0, t0);
+        t1 = _mm256_fmadd_ps(_mm256_loadu_ps(c + i + 8), b1, t1);
+        t2 = _mm256_fmadd_ps(_mm256_loadu_ps(c + i + 16), b2, t2);
+        t3 = _mm256_fmadd_ps(_mm256_loadu_ps(c + i + 24), b3, t3);
+    }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, s0);
+        t0 = _mm256_fmadd_ps(_mm256_loadu_ps(c + i), b0, t0);
+    }
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    float t = hsum256(_mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+    for (; i < n; i++) {
+        const float bi = ck_h2f(b[i]);
+        s += a[i] * bi;
+        t += c[i] * bi;
+    }
+    out[0] = s;
+    out[1] = t;
+}
+
+// y_h += alpha[h] * x for na heads: each head's arithmetic is exactly axpy_f16_avx2's; x is converted once.
+CK_T_AVX2 static void axpy_f16_heads_avx2(const float *alpha, size_t na, const uint16_t *x, float *y, size_t ys, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 vx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
+        for (size_t h = 0; h < na; h++) {
+            float *yh = y + h * ys + i;
+            _mm256_storeu_ps(yh, _mm256_fmadd_ps(_mm256_set1_ps(alpha[h]), vx, _mm256_loadu_ps(yh)));
+        }
+    }
+    for (; i < n; i++) {
+        const float xi = ck_h2f(x[i]);
+        for (size_t h = 0; h < na; h++) y[h * ys + i] += alpha[h] * xi;
+    }
+}
+
 CK_T_AVX2 static void f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -150,6 +201,25 @@ float ck_dot_f32(const float *a, const float *b, size_t n) {
     float s = 0;
     for (size_t i = 0; i < n; i++) s += a[i] * b[i];
     return s;
+}
+
+void ck_dot_f32_f16_heads(const float *a, size_t a_stride, size_t na, const uint16_t *b, size_t n, float *out) {
+    size_t h = 0;
+#if defined(__x86_64__)
+    if (ck_best_path() == CK_PATH_AVX2)
+        for (; h + 2 <= na; h += 2) dot2_f32_f16_avx2(a + h * a_stride, a + (h + 1) * a_stride, b, n, out + h);
+#endif
+    for (; h < na; h++) out[h] = ck_dot_f32_f16(a + h * a_stride, b, n);
+}
+
+void ck_axpy_f16_heads(const float *alpha, size_t na, const uint16_t *x, float *y, size_t y_stride, size_t n) {
+#if defined(__x86_64__)
+    if (ck_best_path() == CK_PATH_AVX2) {
+        axpy_f16_heads_avx2(alpha, na, x, y, y_stride, n);
+        return;
+    }
+#endif
+    for (size_t h = 0; h < na; h++) ck_axpy_f16(alpha[h], x, y + h * y_stride, n);
 }
 
 float ck_dot_f32_f16(const float *a, const uint16_t *b, size_t n) {

@@ -51,6 +51,36 @@ struct KernelFloatTests {
         }
     }
 
+    /// Grouped-query attention converts a key/value row once for several query heads; each head's result must
+    /// still be bitwise the single-head kernel's (the batch invariance of attention depends on it).
+    @Test("ck_dot_f32_f16_heads and ck_axpy_f16_heads equal the single-head kernels bitwise")
+    func headsBitwise() {
+        var rng = KernelRNG(9)
+        for n in [1, 7, 8, 31, 32, 33, 64, 100, 256, 257] {
+            for heads in 1...5 {
+                let stride = n + 3
+                let a = kernelRandomFloats(heads * stride, &rng)
+                let b = kernelRandomFloats(n, &rng).map { Float16($0).bitPattern }
+                var out = [Float](repeating: .nan, count: heads)
+                ck_dot_f32_f16_heads(a, stride, heads, b, n, &out)
+                let alpha = kernelRandomFloats(heads, &rng)
+                let y0 = kernelRandomFloats(heads * stride, &rng)
+                var y = y0
+                ck_axpy_f16_heads(alpha, heads, b, &y, stride, n)
+                for h in 0..<heads {
+                    let single = a.withUnsafeBufferPointer { ck_dot_f32_f16($0.baseAddress! + h * stride, b, n) }
+                    #expect(out[h].bitPattern == single.bitPattern, "dot n = \(n), head \(h) of \(heads)")
+                    var yh = Array(y0[(h * stride)..<(h * stride + n)])
+                    ck_axpy_f16(alpha[h], b, &yh, n)
+                    #expect(Array(y[(h * stride)..<(h * stride + n)]).map(\.bitPattern) == yh.map(\.bitPattern),
+                            "axpy n = \(n), head \(h) of \(heads)")
+                    #expect(Array(y[(h * stride + n)..<((h + 1) * stride)]) == Array(y0[(h * stride + n)..<((h + 1) * stride)]),
+                            "axpy wrote past n")
+                }
+            }
+        }
+    }
+
     @Test("f16 -> f32 is exact for all 65536 bit patterns")
     func halfToFloatAllPatterns() {
         let bits = (0...0xffff).map { UInt16($0) }

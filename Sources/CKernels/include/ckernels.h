@@ -105,6 +105,12 @@ float ck_dot_f32_f16(const float *a, const uint16_t *b, size_t n);
 void ck_axpy_f32(float a, const float *x, float *y, size_t n);
 /// y[i] += a*half(x[i])
 void ck_axpy_f16(float a, const uint16_t *x, float *y, size_t n);
+/// out[h] = ck_dot_f32_f16(a + h*a_stride, b, n) for h < na, bitwise, converting b once for the heads
+/// (grouped-query attention: the query heads of a group against one f16 key row).
+void ck_dot_f32_f16_heads(const float *a, size_t a_stride, size_t na, const uint16_t *b, size_t n, float *out);
+/// ck_axpy_f16(alpha[h], x, y + h*y_stride, n) for h < na, bitwise, converting x once (one f16 value row
+/// into the outputs of a group's query heads).
+void ck_axpy_f16_heads(const float *alpha, size_t na, const uint16_t *x, float *y, size_t y_stride, size_t n);
 /// IEEE binary16, round to nearest even.
 void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);

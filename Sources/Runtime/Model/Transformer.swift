@@ -305,19 +305,28 @@ final class Transformer: @unchecked Sendable {
         // Map rows to spans.
         var spanOfRow = [Int](repeating: 0, count: n)
         for (si, s) in spans.enumerated() { for r in s.firstRow..<(s.firstRow + s.rowCount) { spanOfRow[r] = si } }
-        let total = n * c.nHead
         let threads = pool.threads
         let maxKeys = spans.map { $0.startPosition + $0.rowCount }.max() ?? 1
         let rowBytes = c.kvDim * (spans.first?.cache.type.bytesPerValue ?? 2)
         let isF16 = (spans.first?.cache.type ?? .f16) == .f16
+        // Work items: one (row, KV head) with all `group` query heads of that KV head when there are enough of
+        // them to keep every thread busy (each f16 key/value row is then converted once for the group), else one
+        // (row, query head). The arithmetic per head is the same either way (bitwise).
+        let headsPerItem = isF16 && group > 1 && n * c.nHeadKV >= 2 * threads ? group : 1
+        let itemsPerRow = c.nHead / headsPerItem
+        let total = n * itemsPerRow
         spanOfRow.withUnsafeBufferPointer { spanOfRowP in
             pool.run { t in
-                let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxKeys)
-                defer { scores.deallocate() }
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxKeys * headsPerItem)
+                let tmp = UnsafeMutablePointer<Float>.allocate(capacity: headsPerItem)
+                defer {
+                    scores.deallocate()
+                    tmp.deallocate()
+                }
                 var item = t
                 while item < total {
-                    let row = item / c.nHead
-                    let head = item % c.nHead
+                    let row = item / itemsPerRow
+                    let head = (item % itemsPerRow) * headsPerItem
                     item += threads
                     let span = spans[spanOfRowP[row]]
                     let store = span.cache.layers[layer]
@@ -326,20 +335,38 @@ final class Transformer: @unchecked Sendable {
                     let qv = q + row * c.qDim + head * headDim
                     let kvOff = (head / group) * headDim
                     let o = out + row * c.qDim + head * headDim
-                    o.initialize(repeating: 0, count: headDim)
+                    o.initialize(repeating: 0, count: headDim * headsPerItem)
                     let nKeys = pos - lo + 1
-                    // Scores.
+                    // Scores: head h of the item at scores[h * maxKeys + j].
                     for j in 0..<nKeys {
                         let p = lo + j
                         let kRow: UnsafeRawPointer = p < span.startPosition
                             ? UnsafeRawPointer(store.keyRow(p))
                             : UnsafeRawPointer(kNew + (span.firstRow + p - span.startPosition) * rowBytes)
-                        let dot = isF16
-                            ? ck_dot_f32_f16(qv, kRow.assumingMemoryBound(to: UInt16.self) + kvOff, headDim)
-                            : ck_dot_f32(qv, kRow.assumingMemoryBound(to: Float.self) + kvOff, headDim)
-                        scores[j] = dot * scale
+                        if headsPerItem > 1 {
+                            ck_dot_f32_f16_heads(qv, headDim, headsPerItem,
+                                                 kRow.assumingMemoryBound(to: UInt16.self) + kvOff, headDim, tmp)
+                            for h in 0..<headsPerItem { scores[h * maxKeys + j] = tmp[h] * scale }
+                        } else {
+                            let dot = isF16
+                                ? ck_dot_f32_f16(qv, kRow.assumingMemoryBound(to: UInt16.self) + kvOff, headDim)
+                                : ck_dot_f32(qv, kRow.assumingMemoryBound(to: Float.self) + kvOff, headDim)
+                            scores[j] = dot * scale
+                        }
                     }
-                    _ = ck_softmax(scores, nKeys)
+                    for h in 0..<headsPerItem { _ = ck_softmax(scores + h * maxKeys, nKeys) }
+                    if headsPerItem > 1 {
+                        for j in 0..<nKeys {
+                            let p = lo + j
+                            let vRow: UnsafeRawPointer = p < span.startPosition
+                                ? UnsafeRawPointer(store.valueRow(p))
+                                : UnsafeRawPointer(vNew + (span.firstRow + p - span.startPosition) * rowBytes)
+                            for h in 0..<headsPerItem { tmp[h] = scores[h * maxKeys + j] }
+                            ck_axpy_f16_heads(tmp, headsPerItem, vRow.assumingMemoryBound(to: UInt16.self) + kvOff, o,
+                                              headDim, headDim)
+                        }
+                        continue
+                    }
                     for j in 0..<nKeys {
                         let p = lo + j
                         let vRow: UnsafeRawPointer = p < span.startPosition
