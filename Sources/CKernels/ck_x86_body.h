@@ -852,43 +852,31 @@ CK_LEG_VEC(q8_0, CK_Q8_0, 4) CK_LEG_VEC(q8_0, CK_Q8_0, 1)  // q8_0 batches use t
 CK_LEG_ALL(q4_1, CK_Q4_1)
 CK_LEG_ALL(q5_1, CK_Q5_1)
 
-// q8_0 direct batch tiles: CK_RB_Q8 rows and 1 row, x 1..CK_CB_Q8 activation rows.
+// q8_0 batch tiles read in place, CK_RB_Q8 rows and 1 row x 1..CK_CB_Q8 activation rows: q8d (per-lane order,
+// batch_q8_0, dx8 scales) and q8p (packed order for logits, batch_q8p, dx4 scales).
 typedef void (*CK_SFX(q8_fn))(const uint8_t *w, size_t ws, size_t nb, const uint8_t *x, size_t xs,
-                              const float *dx8, float *y, size_t ldy);
-#define CK_Q8B(R, C)                                                                                            \
-    CK_KERNEL void CK_NAME(q8d, R, C)(const uint8_t *w, size_t ws, size_t nb, const uint8_t *x, size_t xs,      \
-                                      const float *dx8, float *y, size_t ldy) {                                 \
-        CK_SFX(batch_q8_0)(w, ws, nb, x, xs, dx8, y, ldy, R, C);                                                  \
+                              const float *dxs, float *y, size_t ldy);
+#define CK_Q8B(P, BODY, R, C)                                                                                   \
+    CK_KERNEL void CK_NAME(P, R, C)(const uint8_t *w, size_t ws, size_t nb, const uint8_t *x, size_t xs,        \
+                                    const float *dxs, float *y, size_t ldy) {                                   \
+        CK_SFX(BODY)(w, ws, nb, x, xs, dxs, y, ldy, R, C);                                                        \
     }
-#define CK_Q8B_ROWS(R) CK_Q8B(R, 1) CK_Q8B(R, 2) CK_Q8B(R, 3) CK_Q8B(R, 4) CK_Q8B(R, 5) CK_Q8B(R, 6) CK_Q8B(R, 7) \
-    CK_Q8B(R, 8)
-CK_Q8B_ROWS(1)
+#define CK_Q8B_ROWS(P, BODY, R) CK_Q8B(P, BODY, R, 1) CK_Q8B(P, BODY, R, 2) CK_Q8B(P, BODY, R, 3)                \
+    CK_Q8B(P, BODY, R, 4) CK_Q8B(P, BODY, R, 5) CK_Q8B(P, BODY, R, 6) CK_Q8B(P, BODY, R, 7) CK_Q8B(P, BODY, R, 8)
+CK_Q8B_ROWS(q8d, batch_q8_0, 1)
+CK_Q8B_ROWS(q8p, batch_q8p, 1)
 #if CK_RB_Q8 > 1
-CK_Q8B_ROWS(CK_RB_Q8)
+CK_Q8B_ROWS(q8d, batch_q8_0, CK_RB_Q8)
+CK_Q8B_ROWS(q8p, batch_q8p, CK_RB_Q8)
 #endif
-#define CK_Q8TABLE(R) {CK_NAME(q8d, R, 1), CK_NAME(q8d, R, 2), CK_NAME(q8d, R, 3), CK_NAME(q8d, R, 4), \
-                       CK_NAME(q8d, R, 5), CK_NAME(q8d, R, 6), CK_NAME(q8d, R, 7), CK_NAME(q8d, R, 8)}
-#define CK_Q8TABLE_X(R) CK_Q8TABLE(R)
-static const CK_SFX(q8_fn) CK_SFX(q8d_batch)[8] = CK_Q8TABLE_X(CK_RB_Q8);
-static const CK_SFX(q8_fn) CK_SFX(q8d_single)[8] = CK_Q8TABLE(1);
-
-// Packed q8_0 tiles (logits): the same shapes, plus mat-vec tiles of 4 and 1 rows.
-#define CK_Q8P(R, C)                                                                                            \
-    CK_KERNEL void CK_NAME(q8p, R, C)(const uint8_t *w, size_t ws, size_t nb, const uint8_t *x, size_t xs,      \
-                                      const float *dx4, float *y, size_t ldy) {                                 \
-        CK_SFX(batch_q8p)(w, ws, nb, x, xs, dx4, y, ldy, R, C);                                                   \
-    }
-#define CK_Q8P_ROWS(R) CK_Q8P(R, 1) CK_Q8P(R, 2) CK_Q8P(R, 3) CK_Q8P(R, 4) CK_Q8P(R, 5) CK_Q8P(R, 6) CK_Q8P(R, 7) \
-    CK_Q8P(R, 8)
-CK_Q8P_ROWS(1)
-#if CK_RB_Q8 > 1
-CK_Q8P_ROWS(CK_RB_Q8)
-#endif
-#define CK_Q8PTABLE(R) {CK_NAME(q8p, R, 1), CK_NAME(q8p, R, 2), CK_NAME(q8p, R, 3), CK_NAME(q8p, R, 4), \
-                        CK_NAME(q8p, R, 5), CK_NAME(q8p, R, 6), CK_NAME(q8p, R, 7), CK_NAME(q8p, R, 8)}
-#define CK_Q8PTABLE_X(R) CK_Q8PTABLE(R)
-static const CK_SFX(q8_fn) CK_SFX(q8p_batch)[8] = CK_Q8PTABLE_X(CK_RB_Q8);
-static const CK_SFX(q8_fn) CK_SFX(q8p_single)[8] = CK_Q8PTABLE(1);
+#define CK_Q8TABLE(P, R) {CK_NAME(P, R, 1), CK_NAME(P, R, 2), CK_NAME(P, R, 3), CK_NAME(P, R, 4), \
+                          CK_NAME(P, R, 5), CK_NAME(P, R, 6), CK_NAME(P, R, 7), CK_NAME(P, R, 8)}
+#define CK_Q8TABLE_X(P, R) CK_Q8TABLE(P, R)
+static const CK_SFX(q8_fn) CK_SFX(q8d_batch)[8] = CK_Q8TABLE_X(q8d, CK_RB_Q8);
+static const CK_SFX(q8_fn) CK_SFX(q8d_single)[8] = CK_Q8TABLE(q8d, 1);
+static const CK_SFX(q8_fn) CK_SFX(q8p_batch)[8] = CK_Q8TABLE_X(q8p, CK_RB_Q8);
+static const CK_SFX(q8_fn) CK_SFX(q8p_single)[8] = CK_Q8TABLE(q8p, 1);
+// Packed mat-vec tiles of 4 and 1 rows.
 CK_KERNEL void CK_SFX(q8p_v4)(const uint8_t *w, size_t ws, const uint8_t *x, const float *dx, size_t nb, float *y) {
     CK_SFX(vec_q8p)(w, ws, x, dx, nb, y, 4);
 }
@@ -1095,7 +1083,3 @@ static int CK_SFX(ck_matmul_impl)(int type, int flags, size_t cols, const void *
 #undef CK_Q8B_ROWS
 #undef CK_Q8TABLE
 #undef CK_Q8TABLE_X
-#undef CK_Q8P
-#undef CK_Q8P_ROWS
-#undef CK_Q8PTABLE
-#undef CK_Q8PTABLE_X
