@@ -83,6 +83,8 @@ public struct ServeCommand: AsyncParsableCommand {
     var maxUploadBytes: Int?
     @Option(name: .customLong("read-timeout"), help: "Seconds a silent client may hold a half-sent request or idle connection (default 30).")
     var readTimeout: Double?
+    @Option(name: .customLong("batch-copy-mb"), help: "Memory for batch copies of q4_0/q5_0 projections, MiB; 0: none (default 1024).")
+    var batchCopyMB: Int?
 
     public init() {}
 
@@ -106,6 +108,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.adminGroup = adminGroup
         l.maxUploadBytes = maxUploadBytes
         l.readTimeout = readTimeout
+        l.batchCopyMB = batchCopyMB
         return l
     }
 

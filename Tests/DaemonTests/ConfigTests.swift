@@ -68,6 +68,17 @@ import Testing
         #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: l, environment: [:]) }
     }
 
+    @Test func batchCopyBudget() throws {
+        #expect(try DaemonConfig.resolve(layer: ConfigLayer(), environment: [:]).batchCopyMB == 1024)
+        let layer = try ConfigFile.parse("batch_copy_mb: 0\n", path: "t.yaml")
+        #expect(try DaemonConfig.resolve(layer: layer, environment: [:]).batchCopyMB == 0)
+        var bad = ConfigLayer()
+        bad.batchCopyMB = -5
+        #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: bad, environment: [:]) }
+        let a = try DaemonConfig.resolve(layer: ConfigLayer(), environment: [:])
+        #expect(a.restartOnlyChanges(comparedTo: try DaemonConfig.resolve(layer: layer, environment: [:])) == ["batch_copy_mb"])
+    }
+
     @Test func adapterSettingsAndStateDirDefaults() throws {
         let layer = try ConfigFile.parse(
             "adapter_import_dirs: [/srv/a, /srv/b]\nadapter_dir: /var/lib/lorad/adapters.d\nadapter_cache_mb: 64\n"

@@ -247,6 +247,27 @@ struct SplitMix {
         #expect(full == inc, "incremental decode differs from prefill (max diff \(zip(full, inc).map { abs($0 - $1) }.max() ?? 0))")
     }
 
+    /// Batch copies of q5_0 / q4_0 projections change where batches read weights, not the logits; the budget
+    /// bounds them (0 = none, a small budget = the first layers only).
+    @Test(arguments: [GGMLType.q5_0, GGMLType.q4_0])
+    func batchCopiesKeepLogitsAndBudget(type: GGMLType) throws {
+        let tiny = try TinyLlama(seed: 4, type: type)
+        defer { unlink(tiny.path) }
+        let tokens: [Int32] = (0..<24).map { Int32(3 + ($0 * 53) % 297) }
+        var results: [[Float]] = []
+        var sizes: [Int] = []
+        for budget in [0, 1 << 30, 40_000] {
+            let model = try Model.load(path: tiny.path, options: ModelOptions(threads: 2, batchCopyBytes: budget))
+            sizes.append(model.batchCopyBytes)
+            results.append(try Self.prefill(model, tokens, cache: model.makeKVCache(capacity: 32)))
+        }
+        #expect(sizes[0] == 0)
+        #expect(sizes[1] > 0)
+        #expect(sizes[2] > 0 && sizes[2] <= 40_000 && sizes[2] < sizes[1], "budgeted copies: \(sizes)")
+        #expect(results[1].map(\.bitPattern) == results[0].map(\.bitPattern))
+        #expect(results[2].map(\.bitPattern) == results[0].map(\.bitPattern))
+    }
+
     @Test func mixedBatchEqualsEachSequenceAlone() throws {
         let tiny = try TinyLlama(seed: 3, type: .q8_0)
         defer { unlink(tiny.path) }

@@ -54,6 +54,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var adminGroup: String?
     public var maxUploadBytes: Int?
     public var readTimeout: Double?
+    public var batchCopyMB: Int?
 
     public init() {}
 
@@ -74,6 +75,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case adminGroup = "admin_group"
         case maxUploadBytes = "max_upload_bytes"
         case readTimeout = "read_timeout"
+        case batchCopyMB = "batch_copy_mb"
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -97,6 +99,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.adminGroup = adminGroup ?? lower.adminGroup
         r.maxUploadBytes = maxUploadBytes ?? lower.maxUploadBytes
         r.readTimeout = readTimeout ?? lower.readTimeout
+        r.batchCopyMB = batchCopyMB ?? lower.batchCopyMB
         return r
     }
 }
@@ -186,6 +189,9 @@ public struct DaemonConfig: Sendable, Equatable {
     public var maxUploadBytes: Int = 256 << 20
     /// Seconds a client may stay silent while a request (or the next one on a keep-alive connection) is awaited.
     public var readTimeout: Double = 30
+    /// Budget of the layer projections' batch copies (q4_0/q5_0 weights kept as bytes for batched decode), MiB;
+    /// 0 turns them off.
+    public var batchCopyMB: Int = 1024
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -294,6 +300,12 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             c.readTimeout = t
         }
+        if let mb = l.batchCopyMB {
+            guard mb >= 0, mb <= 1 << 20 else {
+                throw ConfigError.invalidValue(key: "batch_copy_mb", reason: "must be 0...\(1 << 20), got \(mb)")
+            }
+            c.batchCopyMB = mb
+        }
         return c
     }
 
@@ -317,6 +329,7 @@ public struct DaemonConfig: Sendable, Equatable {
         if adapterDir != other.adapterDir { r.append("adapter_dir") }
         if adminGroup != other.adminGroup { r.append("admin_group") }
         if readTimeout != other.readTimeout { r.append("read_timeout") }
+        if batchCopyMB != other.batchCopyMB { r.append("batch_copy_mb") }
         return r
     }
 }

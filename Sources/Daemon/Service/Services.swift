@@ -31,7 +31,8 @@ final class EngineService: Service, @unchecked Sendable {
         let loadStart = Date()
         // Load off the cooperative pool; ping the watchdog meanwhile (mmap + tokenizer setup take a moment).
         let loadTask = Task.detached { [config] in
-            try RuntimeBackend(path: config.model, options: .init(threads: config.threads))
+            try RuntimeBackend(
+                path: config.model, options: .init(threads: config.threads, batchCopyBytes: config.batchCopyMB << 20))
         }
         let pingTask = Task {
             while !Task.isCancelled {
@@ -74,7 +75,7 @@ final class EngineService: Service, @unchecked Sendable {
             metadata: [
                 "model": "\(backend.modelID)", "load_seconds": "\(String(format: "%.2f", Date().timeIntervalSince(loadStart)))",
                 "context_size": "\(limits.contextSize)", "kv_bytes_per_token": "\(backend.kvBytesPerToken)",
-                "max_sequences": "\(limits.maxSequences)",
+                "max_sequences": "\(limits.maxSequences)", "batch_copy_bytes": "\(backend.model.batchCopyBytes)",
             ])
         SystemdNotifier.ready(status: Self.statusLine(engine.snapshot))
 

@@ -40,8 +40,7 @@ enum Gemma3 {
             embeddingScale: Float(nEmbd).squareRoot(), activation: .geluTanh, hasQKNorm: true, hasPostNorms: true)
     }
 
-    static func weights(_ gguf: GGUFFile, config: ModelConfig) throws -> TransformerWeights {
-        let loader = WeightLoader(gguf: gguf)
+    static func weights(_ loader: WeightLoader, config: ModelConfig) throws -> TransformerWeights {
         let g = try loader.globals(config: config)
         let layers = try (0..<config.nLayer).map { try loader.layer($0, config: config, gemma: true) }
         return TransformerWeights(tokenEmbedding: g.embd, layers: layers, outputNorm: g.norm, output: g.output,

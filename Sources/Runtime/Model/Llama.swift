@@ -32,8 +32,7 @@ enum Llama {
             hasQKNorm: false, hasPostNorms: false)
     }
 
-    static func weights(_ gguf: GGUFFile, config: ModelConfig) throws -> TransformerWeights {
-        let loader = WeightLoader(gguf: gguf)
+    static func weights(_ loader: WeightLoader, config: ModelConfig) throws -> TransformerWeights {
         let g = try loader.globals(config: config)
         let layers = try (0..<config.nLayer).map { try loader.layer($0, config: config, gemma: false) }
         let factors = try loader.optionalVector("rope_freqs.weight", count: config.ropeDims / 2)

@@ -7,11 +7,16 @@ public struct ModelOptions: Sendable {
     public var threads: Int
     /// Element type of the KV caches this model makes.
     public var kvCacheType: KVCacheType
+    /// Memory the layer projections' batch copies may take, bytes (see `WeightMatrix.withBatchCopy`): layers get
+    /// theirs in order until the next would exceed it; 0 turns them off. The default model needs 85 MB.
+    public var batchCopyBytes: Int
 
-    /// - Parameters: threads: compute threads (clamped to ≥ 1); kvCacheType: KV cache element type.
-    public init(threads: Int = 1, kvCacheType: KVCacheType = .f16) {
+    /// - Parameters: threads: compute threads (clamped to ≥ 1); kvCacheType: KV cache element type;
+    ///   batchCopyBytes: budget of the batch copies, bytes (default 1 GiB).
+    public init(threads: Int = 1, kvCacheType: KVCacheType = .f16, batchCopyBytes: Int = 1 << 30) {
         self.threads = max(1, threads)
         self.kvCacheType = kvCacheType
+        self.batchCopyBytes = max(0, batchCopyBytes)
     }
 }
 
@@ -56,10 +61,10 @@ public final class Model: @unchecked Sendable {
         switch arch {
         case Gemma3.architecture:
             config = try Gemma3.config(gguf)
-            weights = try Gemma3.weights(gguf, config: config)
+            weights = try Gemma3.weights(WeightLoader(gguf: gguf, batchCopyBytes: options.batchCopyBytes), config: config)
         case Llama.architecture:
             config = try Llama.config(gguf)
-            weights = try Llama.weights(gguf, config: config)
+            weights = try Llama.weights(WeightLoader(gguf: gguf, batchCopyBytes: options.batchCopyBytes), config: config)
         default:
             throw ModelError.unsupportedArchitecture(arch)
         }
@@ -76,6 +81,13 @@ public final class Model: @unchecked Sendable {
         openblas_set_num_threads(1)
         self.pool = ComputePool(threads: options.threads)
         self.transformer = Transformer(config: config, weights: weights, pool: pool)
+    }
+
+    /// Bytes held by the layer projections' batch copies (bounded by `ModelOptions.batchCopyBytes`).
+    public var batchCopyBytes: Int {
+        transformer.weights.layers.reduce(0) { total, l in
+            total + [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down].reduce(0) { $0 + $1.batchCopyByteCount }
+        }
     }
 
     /// Creates an empty KV cache for one sequence of at most `capacity` tokens (clamped to `[1, n_ctx_train]`).

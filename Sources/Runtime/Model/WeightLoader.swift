@@ -1,8 +1,15 @@
 // WeightLoader: turns GGUF tensors into the matrices and vectors the forward pass reads, checking shapes.
 // Matrices stay in the memory-mapped file; small vectors (norm gains) are dequantized into owned arrays.
 
-struct WeightLoader {
+final class WeightLoader {
     let gguf: GGUFFile
+    /// What the remaining batch copies may take, bytes.
+    private var batchCopyBudget: Int
+
+    init(gguf: GGUFFile, batchCopyBytes: Int) {
+        self.gguf = gguf
+        self.batchCopyBudget = batchCopyBytes
+    }
 
     func info(_ name: String) throws -> GGUFTensorInfo {
         guard let t = gguf.tensor(named: name) else { throw ModelError.missingTensor(name) }
@@ -11,9 +18,14 @@ struct WeightLoader {
 
     func has(_ name: String) -> Bool { gguf.tensor(named: name) != nil }
 
-    /// A weight with ggml dims `[n_in, n_out]` (row-major `[n_out, n_in]`); layer projections get their batch copy.
+    /// A weight with ggml dims `[n_in, n_out]` (row-major `[n_out, n_in]`); layer projections get their batch copy
+    /// while the budget lasts.
     func projection(_ name: String, nIn: Int, nOut: Int) throws -> WeightMatrix {
-        try matrix(name, nIn: nIn, nOut: nOut).withBatchCopy()
+        let m = try matrix(name, nIn: nIn, nOut: nOut)
+        let bytes = m.batchCopyByteCountIfMade
+        guard bytes > 0, bytes <= batchCopyBudget else { return m }
+        batchCopyBudget -= bytes
+        return m.withBatchCopy()
     }
 
     /// A weight with ggml dims `[n_in, n_out]` (row-major `[n_out, n_in]`).

@@ -124,6 +124,10 @@ public struct WeightMatrix: @unchecked Sendable {
     /// The batch copy (`ck_repack` layout) read by batches of activation rows instead of decoding the blocks on
     /// every call, or nil. See `withBatchCopy()`.
     public var batchCopy: UnsafeRawPointer? { batchStorage.map { UnsafeRawPointer($0.pointer) } }
+    /// Bytes held by the batch copy (0 without one).
+    public var batchCopyByteCount: Int { batchStorage?.byteCount ?? 0 }
+    /// Bytes `withBatchCopy()` would allocate (0 when the type has no batch copy).
+    public var batchCopyByteCountIfMade: Int { ck_repack_bytes(Int32(type.rawValue), rows, cols) }
     private var batchStorage: AlignedBuffer?
 
     /// - Precondition: `cols % type.blockSize == 0`, `rows >= 0`, and `data` holds `rows * rowBytes` bytes
