@@ -153,7 +153,10 @@ final class PoolState: @unchecked Sendable {
         var spins = 0
         while completed.load(ordering: .acquiring) != tasks {
             spins += 1
-            if spins & 63 == 0 && monotonicNanoseconds() > deadline { break }
+            if spins & 63 == 0 {
+                if monotonicNanoseconds() > deadline { break }
+                sched_yield()
+            }
         }
         if completed.load(ordering: .acquiring) == tasks { return }
         pthread_mutex_lock(mutex)
@@ -175,7 +178,11 @@ final class PoolState: @unchecked Sendable {
                 var spins = 0
                 while generation == seen {
                     spins += 1
-                    if spins & 63 == 0 && monotonicNanoseconds() > deadline { break }
+                    if spins & 63 == 0 {
+                        if monotonicNanoseconds() > deadline { break }
+                        // Let a runnable thread (network I/O, the client) have this core before the next job.
+                        sched_yield()
+                    }
                     generation = state.load(ordering: .acquiring) >> 32
                 }
             }
