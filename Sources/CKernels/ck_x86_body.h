@@ -71,7 +71,8 @@ CK_FN __m256i CK_SFX(bits32)(uint32_t bits) {
 // q4_0 / q5_0: c_w = dw, c_x = -(dx * (off * sum(x_b)))      (removes the offset)
 // q4_1 / q5_1: c_w = m,  c_x = s of the q8_1 block            (ggml: + m * s)
 // Both are zero padded to a multiple of 8 blocks. q8_0 weights are signed: lanes(|w|, sign(x, w)), no correction.
-// Mat-vec tiles read the blocks directly; batch tiles read rows unpacked once per row tile into a scratch buffer.
+// Mat-vec tiles read the blocks directly; batch tiles read rows in the batch layout (see batch_legacy): the
+// matrix's batch copy when it has one, else rows unpacked once per row tile into a scratch buffer.
 // ------------------------------------------------------------------------------------------------------------
 
 // Activation block size and offset of its quants.
