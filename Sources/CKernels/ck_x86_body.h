@@ -208,6 +208,16 @@ CK_FN void CK_SFX(vec_legacy)(int type, size_t bsize, const uint8_t *w, size_t w
     for (int r = 0; r < R; r++) y[r] = CK_SFX(hsum)(acc[r]);
 }
 
+// Block b of R q8_0 rows read in place: the signed quants, their absolute values and the scale broadcast.
+CK_FN void CK_SFX(q8_rows)(const uint8_t *w, size_t ws, size_t b, const int R, __m256i *q, __m256i *aq, __m256 *dwv) {
+    for (int r = 0; r < R; r++) {
+        const uint8_t *wb = w + r * ws + b * sizeof(block_q8_0);
+        q[r] = _mm256_loadu_si256((const __m256i *)(wb + 2));
+        aq[r] = _mm256_sign_epi8(q[r], q[r]);
+        dwv[r] = _mm256_set1_ps(CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8))));
+    }
+}
+
 // q8_0 batch tile read straight from the blocks (q8_0 needs no unpacking): R weight rows x C activation rows.
 // Each weight block is loaded once per tile and used for all C activation rows; the arithmetic per (row, act)
 // pair is vec_legacy's for q8_0, so results are bitwise those of the mat-vec tiles.
@@ -221,12 +231,7 @@ CK_FN void CK_SFX(batch_q8_0)(const uint8_t *w, size_t ws, size_t nb, const uint
     for (size_t b = 0; b < nb; b++) {
         __m256i q[CK_RMAX_LEGACY], aq[CK_RMAX_LEGACY];
         __m256 dwv[CK_RMAX_LEGACY];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wb = w + r * ws + b * sizeof(block_q8_0);
-            q[r] = _mm256_loadu_si256((const __m256i *)(wb + 2));
-            aq[r] = _mm256_sign_epi8(q[r], q[r]);
-            dwv[r] = _mm256_set1_ps(CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8))));
-        }
+        CK_SFX(q8_rows)(w, ws, b, R, q, aq, dwv);
         for (int c = 0; c < C; c++) {
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c * xs + b * sizeof(block_q8_0) + 2));
             const __m256 dxv = _mm256_load_ps(dx8 + (c * nb + b) * 8);
@@ -254,12 +259,7 @@ CK_FN void CK_SFX(batch_q8p)(const uint8_t *w, size_t ws, size_t nb, const uint8
     for (size_t b = 0; b < nb; b++) {
         __m256i q[CK_RMAX_LEGACY], aq[CK_RMAX_LEGACY];
         __m256 dwv[CK_RMAX_LEGACY];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wb = w + r * ws + b * sizeof(block_q8_0);
-            q[r] = _mm256_loadu_si256((const __m256i *)(wb + 2));
-            aq[r] = _mm256_sign_epi8(q[r], q[r]);
-            dwv[r] = _mm256_set1_ps(CK_SFX(h2f)((uint16_t)(wb[0] | (wb[1] << 8))));
-        }
+        CK_SFX(q8_rows)(w, ws, b, R, q, aq, dwv);
         for (int g = 0; g < G; g++) {
             __m256i xv[4];
             for (int k = 0; k < 4; k++)
