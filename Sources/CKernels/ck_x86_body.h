@@ -948,9 +948,10 @@ static int CK_SFX(drive_legacy)(int type, int packed, const CK_SFX(legacy_set) *
         if (packed) {
             for (; r + 4 <= r1; r += 4) CK_SFX(q8p_v4)(w + r * ws, ws, x, dx, nb, y + r);
             for (; r < r1; r++) CK_SFX(q8p_v1)(w + r * ws, ws, x, dx, nb, y + r);
+        } else {
+            for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, dx, u, nb, y + r);
+            for (; r < r1; r++) set->vec1(w + r * ws, ws, x, dx, u, nb, y + r);
         }
-        for (; r + 4 <= r1; r += 4) set->vec4(w + r * ws, ws, x, dx, u, nb, y + r);
-        for (; r < r1; r++) set->vec1(w + r * ws, ws, x, dx, u, nb, y + r);
     } else if (type == CK_Q8_0) {
         // Row tiles of CK_RB_Q8 weight rows read in place; each tile runs over all activation rows (in groups of
         // CK_CB_Q8) while its blocks are in L1.

@@ -155,7 +155,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Batched decode then skips decoding every weight block on every step (a quarter of its q5_0 time); results
     /// are bitwise the same. Other types are returned unchanged. The mat-vec path keeps reading `data`.
     public func withBatchCopy() -> WeightMatrix {
-        let bytes = ck_repack_bytes(Int32(type.rawValue), rows, cols)
+        let bytes = batchCopyByteCountIfMade
         guard bytes > 0 else { return self }
         let buffer = AlignedBuffer(byteCount: bytes)
         guard ck_repack(Int32(type.rawValue), cols, data, rowBytes, rows, buffer.pointer) == 0 else { return self }
