@@ -87,31 +87,42 @@ struct HTTPResult {
     }
 }
 
-/// Blocking Unix-socket connection.
+/// Blocking Unix-socket connection. It owns `fd` from a successful `init` until `deinit`, which closes it once:
+/// a second `close` of the same number could close a descriptor another thread has opened since (tests run in
+/// parallel), so a failed connect closes its socket before `fd` is set, and `hangUp()` uses shutdown(2).
 final class RawConnection {
     let fd: Int32
 
     init(path: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw HarnessError(description: "socket() failed") }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw HarnessError(description: "socket() failed: errno \(errno)") }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard bytes.count < 108 else { throw HarnessError(description: "socket path too long") }
+        guard bytes.count < 108 else {
+            close(s)
+            throw HarnessError(description: "socket path too long")
+        }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, b) in bytes.enumerated() { raw[i] = b }
             raw[bytes.count] = 0
         }
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard rc == 0 else {
-            close(fd)
-            throw HarnessError(description: "connect(\(path)) failed: errno \(errno)")
+            let e = errno
+            close(s)
+            throw HarnessError(description: "connect(\(path)) failed: errno \(e)")
         }
         var tv = timeval(tv_sec: 300, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // Assigned last: once every stored property is set, a throwing init also runs deinit.
+        fd = s
     }
+
+    /// Hangs up both directions (the peer reads EOF, its writes fail); the descriptor stays ours until deinit.
+    func hangUp() { shutdown(fd, Int32(SHUT_RDWR)) }
 
     deinit { close(fd) }
 
