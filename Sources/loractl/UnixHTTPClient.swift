@@ -40,16 +40,28 @@ struct UnixHTTPClient {
                 headers.add(name: "Content-Type", value: "application/json")
                 headers.add(name: "Content-Length", value: String(json.count))
             }
-            try await outbound.write(
-                .head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)))
-            if let json { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: json)))) }
-            try await outbound.write(.end(nil))
+            var parts: [HTTPClientRequestPart] = [
+                .head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers))
+            ]
+            if let json { parts.append(.body(.byteBuffer(ByteBuffer(bytes: json)))) }
+            parts.append(.end(nil))
+            // One write and one flush for the whole request. The server may answer and close (Connection: close)
+            // as soon as it has the request, even before this write call returns; what it sent is still readable,
+            // so a failed write only counts if no response follows.
+            var writeError: (any Error)?
+            do { try await outbound.write(contentsOf: parts) } catch { writeError = error }
+            var gotHead = false
             for try await part in inbound {
                 switch part {
-                case .head(let h): try onHead(Int(h.status.code))
+                case .head(let h):
+                    gotHead = true
+                    try onHead(Int(h.status.code))
                 case .body(let b): try onBody(Array(b.readableBytesView))
                 case .end: return
                 }
+            }
+            if !gotHead, let writeError {
+                throw ClientError(description: "sending the request to lorad failed: \(writeError)")
             }
             throw ClientError(description: "lorad closed the connection before the response ended")
         }
