@@ -257,7 +257,12 @@ final class Box<T>: @unchecked Sendable {
                 let out = try d.greedy(model: "hot", prompt: prompt, maxTokens: 40, stream: true)
                 guard out.ids.count == 40 else { throw HarnessError(description: "stream cut short: \(out.ids.count)") }
             } else {
-                usleep(300_000)
+                // Delete once the stream is running (bounded wait), not after a fixed pause a loaded machine
+                // might outlast before the stream is admitted.
+                for _ in 0..<300 {
+                    if (try d.get("/v1/status").json()["running_sequences"] as? Int ?? 0) >= 1 { break }
+                    usleep(20_000)
+                }
                 let r = try d.delete("/v1/adapters/hot")
                 guard r.status == 200 else { throw HarnessError(description: "delete: \(r.status)") }
             }
