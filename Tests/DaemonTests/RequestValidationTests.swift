@@ -81,12 +81,48 @@ private func rejection(_ body: () throws -> PreparedRequest) -> APIError? {
         #expect(r.logprobs == 2)
     }
 
+    @Test func logitBiasAndUnsupportedChatFields() throws {
+        let r = try completion(#"{"prompt":"A","logit_bias":{"5":100,"7":-2.5}}"#)
+        #expect(r.generations[0].sampling.logitBias == [5: 100, 7: -2.5])
+        for (json, param) in [
+            (#"{"prompt":"A","logit_bias":{"x":1}}"#, "logit_bias"), (#"{"prompt":"A","logit_bias":{"-1":1}}"#, "logit_bias"),
+            (#"{"prompt":"A","logit_bias":{"99999999":1}}"#, "logit_bias"),
+            (#"{"prompt":"A","logit_bias":{"5":100.5}}"#, "logit_bias"),
+        ] {
+            #expect(rejection { try completion(json) }?.param == param, "\(json)")
+        }
+        let msgs = #""messages":[{"role":"user","content":"hi"}]"#
+        _ = try chat("{\(msgs),\"response_format\":{\"type\":\"text\"},\"tools\":[]}")
+        #expect(rejection { try chat("{\(msgs),\"response_format\":{\"type\":\"json_object\"}}") }?.param == "response_format")
+        #expect(rejection { try chat("{\(msgs),\"tools\":[{\"type\":\"function\"}]}") }?.param == "tools")
+    }
+
     @Test func malformedJSONIs400InvalidJSON() {
         let e = rejection { try completion(#"{"prompt": "a",,}"#) }
         #expect(e?.status == 400)
         #expect(e?.code == "invalid_json")
         #expect(e?.type == "invalid_request_error")
         #expect(rejection { try completion("") }?.code == "invalid_json")
+        // A string holding bytes that are not UTF-8 makes the body invalid JSON (RFC 8259 §8.1), not a type error.
+        let notUTF8 = Array(#"{"prompt":""#.utf8) + [0xFF, 0xFE] + Array(#" abc"}"#.utf8)
+        let u = rejection { try validator.prepare(RequestValidator.decode(CompletionRequestBody.self, from: notUTF8)) }
+        #expect(u?.code == "invalid_json" && u?.message.contains("UTF-8") == true)
+    }
+
+    /// Numbers an integer field cannot hold are valid JSON: the error names the field instead of calling the body
+    /// malformed.
+    @Test func numbersOutsideTheirTypeNameTheParam() {
+        for (json, param) in [
+            (#"{"prompt":"a","max_tokens":2.5}"#, "max_tokens"), (#"{"prompt":"a","max_tokens":1e300}"#, "max_tokens"),
+            (#"{"prompt":"a","max_tokens":99999999999999999999999}"#, "max_tokens"),
+            (#"{"prompt":"a","max_tokens":2,"seed":1e30}"#, "seed"),
+        ] {
+            let e = rejection { try completion(json) }
+            #expect(e?.status == 400 && e?.code == "invalid_value" && e?.param == param, "\(json): \(String(describing: e))")
+        }
+        let both = rejection { try completion(#"{"prompt":"a","max_tokens":2.5,"seed":1e30}"#) }
+        #expect(both?.code == "invalid_value" && both?.param == nil)
+        #expect(rejection { try completion(#"{"prompt":"a","max_tokens":2.5"#) }?.code == "invalid_json")
     }
 
     @Test func wrongTypesNameTheParam() {

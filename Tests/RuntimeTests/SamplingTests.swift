@@ -365,12 +365,41 @@ struct SamplingTests {
         }
     }
 
+    /// logit_bias shifts the listed raw logits before every other stage; reported logprobs stay the raw ones.
+    @Test func logitBiasShiftsChoicesNotLogprobs() {
+        let logits: [Float] = [2, 1, 0.5, -1]
+        var plain = Sampler(params: params(temperature: 0))
+        let base = sampleOnce(&plain, logits)
+        var p = params(temperature: 0)
+        p.logitBias = [3: 10, 0: -100, 99: 5]  // id 99 is outside the vocabulary: ignored
+        var biased = Sampler(params: p)
+        let t = sampleOnce(&biased, logits)
+        #expect(base.id == 0 && t.id == 3)
+        let logZ = log(logits.map { exp(Double($0)) }.reduce(0, +))
+        #expect(abs(Double(t.logprob) - (-1 - logZ)) < 1e-5)
+        // Under a temperature, the distribution is that of the biased logits: softmax([2-100, 1, 0.5, -1+10]).
+        var q = params(temperature: 1)
+        q.logitBias = [3: 10, 0: -100]
+        let got = distributionOf(q, logits)
+        let shifted = [2.0 - 100, 1, 0.5, 9]
+        let z = shifted.map(exp).reduce(0, +)
+        for e in got { #expect(abs(e.probability - exp(shifted[Int(e.id)]) / z) < 1e-6) }
+        #expect(got.count == 4)
+    }
+
     @Test func nonFiniteLogitsDoNotTrap() {
         var s = Sampler(params: params(topP: 0.9))
-        #expect(sampleOnce(&s, [.nan, 1, .nan]).id == 1)
-        #expect(sampleOnce(&s, [0, .infinity, 2]).id == 1)
+        let a = sampleOnce(&s, [.nan, 1, .nan])
+        #expect(a.id == 1 && a.nonFiniteLogits)
+        let b = sampleOnce(&s, [0, .infinity, 2])
+        #expect(b.id == 1 && b.nonFiniteLogits)
         let t = sampleOnce(&s, [-.infinity, -.infinity])
-        #expect(t.id == 0 || t.id == 1)
+        #expect((t.id == 0 || t.id == 1) && t.nonFiniteLogits)
+        // Finite rows, greedy or not, are not flagged (the check rides on the max pass every sample makes).
+        #expect(!sampleOnce(&s, [0, -3e38, 3e38]).nonFiniteLogits)
+        var g = Sampler(params: params(temperature: 0))
+        #expect(!sampleOnce(&g, Array(repeating: 1.5, count: 37)).nonFiniteLogits)
+        #expect(sampleOnce(&g, Array(repeating: 1.5, count: 36) + [.nan]).nonFiniteLogits)
         var empty: [Float] = []
         let e = empty.withUnsafeMutableBufferPointer { s.sample($0, history: []) }
         #expect(e.id == 0)

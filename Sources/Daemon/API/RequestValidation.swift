@@ -44,6 +44,8 @@ public struct RequestValidator: Sendable {
     public static let maxLogprobs = 20
     /// Largest number of stop strings.
     public static let maxStopStrings = 16
+    /// Largest number of `logit_bias` entries (each costs a little per sampled token).
+    public static let maxLogitBiasEntries = 1024
 
     public init(backend: any InferenceBackend, contextSize: Int) {
         self.backend = backend
@@ -53,15 +55,45 @@ public struct RequestValidator: Sendable {
     // MARK: - JSON
 
     /// Decodes a JSON body, mapping syntax errors to 400 `invalid_json` and type errors to 400 with `param`.
+    /// - Throws: ``APIError``: `invalid_json` for an empty body, bytes that are not UTF-8 (RFC 8259 §8.1) or not
+    ///   JSON; `invalid_type` / `invalid_value` / `missing_required_parameter` naming the field otherwise.
     public static func decode<T: Decodable>(_ type: T.Type, from body: [UInt8]) throws -> T {
         if body.isEmpty { throw APIError.malformedJSON("the body is empty") }
+        if String(validating: body, as: UTF8.self) == nil {
+            throw APIError.malformedJSON("the body is not valid UTF-8")
+        }
         do {
             return try JSONDecoder().decode(T.self, from: Data(body))
         } catch let error as DecodingError {
+            if case .dataCorrupted(let ctx) = error, ctx.codingPath.isEmpty, let e = valueError(T.self, body) {
+                throw e
+            }
             throw map(error)
         } catch {
             throw APIError.malformedJSON(String(describing: error))
         }
+    }
+
+    /// When a body is valid JSON but the decoder still reports it corrupted without a field (Foundation does so for a
+    /// number its field's type cannot hold: `2.5` or `1e300` for an integer, `-1` for an unsigned one), finds the
+    /// top-level field whose removal lets the body decode. Only runs on that error path.
+    static func valueError<T: Decodable>(_ type: T.Type, _ body: [UInt8]) -> APIError? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else { return nil }
+        for key in object.keys.sorted() {
+            var rest = object
+            rest.removeValue(forKey: key)
+            guard let data = try? JSONSerialization.data(withJSONObject: rest),
+                (try? JSONDecoder().decode(T.self, from: data)) != nil
+            else { continue }
+            let shown = (try? JSONSerialization.data(withJSONObject: [object[key]!], options: [.fragmentsAllowed]))
+                .map { String(decoding: $0.dropFirst().dropLast(), as: UTF8.self) } ?? "the value"
+            return .invalidRequest(
+                "Invalid value for '\(key)': \(shown) does not fit the field's type (integers must be whole numbers "
+                    + "within range).", param: key, code: "invalid_value")
+        }
+        return .invalidRequest(
+            "A value in the request does not fit its field's type (integers must be whole numbers within range).",
+            code: "invalid_value")
     }
 
     static func path(_ codingPath: [CodingKey]) -> String? {
@@ -279,6 +311,34 @@ public struct RequestValidator: Sendable {
             p.frequencyPenalty = Float(v)
         }
         if let s = f.seed { p.seed = UInt64(bitPattern: s) }
+        if let bias = f.logitBias {
+            guard bias.count <= Self.maxLogitBiasEntries else {
+                throw APIError.invalidRequest(
+                    "'logit_bias' may list at most \(Self.maxLogitBiasEntries) tokens, got \(bias.count).",
+                    param: "logit_bias")
+            }
+            let vocab = backend.vocabSize
+            for (key, value) in bias {
+                guard let id = Int(key), id >= 0, id < vocab else {
+                    throw APIError.invalidRequest(
+                        "'logit_bias' keys must be token ids in 0..<\(vocab), got '\(key)'.", param: "logit_bias")
+                }
+                guard value.isFinite, value >= -100, value <= 100 else {
+                    throw APIError.invalidRequest(
+                        "'logit_bias' values must be in [-100, 100], got \(value) for token \(id).", param: "logit_bias")
+                }
+                p.logitBias[Int32(id)] = Float(value)
+            }
+        }
+        if let format = f.responseFormat?.type, format != "text" {
+            throw APIError.invalidRequest(
+                "response_format '\(format)' is not supported (no constrained decoding); use 'text'.",
+                param: "response_format")
+        }
+        if !(f.tools ?? []).isEmpty || !(f.functions ?? []).isEmpty {
+            throw APIError.invalidRequest(
+                "Tool and function calling are not supported.", param: (f.tools ?? []).isEmpty ? "functions" : "tools")
+        }
         p.topLogprobs = topLogprobs ?? 0
         p.logprobs = topLogprobs != nil
         let stops = f.stop?.strings ?? []

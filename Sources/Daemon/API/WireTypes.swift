@@ -80,9 +80,16 @@ public struct SamplingFields: Decodable, Sendable, Equatable {
     public var stream: Bool?
     public var streamOptions: StreamOptions?
     public var returnTokensAsTokenIDs: Bool?
+    /// OpenAI `logit_bias`: token id (as a JSON object key) → bias added to its logit, -100...100.
+    public var logitBias: [String: Double]?
+    /// Chat `response_format`; only `{"type": "text"}` is supported (no constrained decoding).
+    public var responseFormat: ResponseFormat?
+    /// Chat `tools` / `functions`: tool calling is not supported, so a non-empty list is refused.
+    public var tools: [IgnoredJSON]?
+    public var functions: [IgnoredJSON]?
 
     enum CodingKeys: String, CodingKey {
-        case temperature, seed, stop, n, stream
+        case temperature, seed, stop, n, stream, tools, functions
         case topP = "top_p"
         case topK = "top_k"
         case minP = "min_p"
@@ -94,7 +101,19 @@ public struct SamplingFields: Decodable, Sendable, Equatable {
         case bestOf = "best_of"
         case streamOptions = "stream_options"
         case returnTokensAsTokenIDs = "return_tokens_as_token_ids"
+        case logitBias = "logit_bias"
+        case responseFormat = "response_format"
     }
+}
+
+/// Any JSON value, accepted and not kept (only whether a list has entries matters).
+public struct IgnoredJSON: Decodable, Sendable, Equatable {
+    public init(from decoder: Decoder) throws {}
+}
+
+/// `response_format`: `{"type": "text" | "json_object" | "json_schema", ...}`.
+public struct ResponseFormat: Decodable, Sendable, Equatable {
+    public var type: String
 }
 
 /// One entry of a request's `adapters` list: a registered adapter and its scale (default 1).

@@ -3,7 +3,7 @@
 //
 // Order of stages (llama.cpp common sampler default order, restricted to the stages offered here):
 //   1. raw log_softmax bookkeeping (chosen-token logprob and top-N alternatives come from the raw logits)
-//   2. penalties (repetition, presence, frequency) on ids in the history
+//   2. logit bias (OpenAI logit_bias), then penalties (repetition, presence, frequency) on ids in the history
 //   3. top_k → 4. top_p → 5. min_p (all on penalized, pre-temperature logits)
 //   6. temperature → 7. draw one token with probability ∝ exp((logit − max) / temperature)
 // Temperature ≤ 0 is greedy: the argmax of the penalized logits, lowest id on ties (the filters cannot remove it).
@@ -40,7 +40,8 @@ public struct Sampler: Sendable {
     ///   - history: prompt + generated token ids so far; used by the penalties only. Ids outside `0..<n_vocab` are
     ///     ignored.
     /// - Returns: the token, its raw `log_softmax` log-probability and the top `params.topLogprobs` alternatives.
-    ///   An empty `logits` buffer yields id 0 with logprob -inf.
+    ///   An empty `logits` buffer yields id 0 with logprob -inf. `nonFiniteLogits` tells the caller the row held
+    ///   NaN or ±inf (a broken forward pass): the token is then drawn from the sanitized row and means little.
     public mutating func sample(_ logits: UnsafeMutableBufferPointer<Float>, history: [Int32]) -> SampledToken {
         let n = logits.count
         guard n > 0 else { return SampledToken(id: 0, logprob: -.infinity, topLogprobs: []) }
@@ -52,7 +53,7 @@ public struct Sampler: Sendable {
         rng = rngCopy
         scratch = buffer
         let lp = raw.logprob(of: token)
-        return SampledToken(id: token.id, logprob: lp, topLogprobs: raw.top)
+        return SampledToken(id: token.id, logprob: lp, topLogprobs: raw.top, nonFiniteLogits: raw.nonFinite)
     }
 
     /// The distribution `sample` would draw from for these inputs, sorted by id: every surviving token with its
@@ -102,6 +103,7 @@ public struct Sampler: Sendable {
         var logZ: Double  // log Σ exp(raw logits)
         var top: [TokenLogprob]
         var rawOfPenalized: [Int32: Float]  // raw logits of ids the penalties changed
+        var nonFinite = false  // the row held NaN or ±inf before sanitizing
 
         func logprob(of token: (id: Int32, rawLogit: Float)) -> Float {
             Float(Double(token.rawLogit) - logZ)
@@ -134,14 +136,22 @@ public struct Sampler: Sendable {
             }
         }
 
-        // Penalties; remember raw values of what they touch.
+        // Logit bias, then penalties; remember raw values of what they touch.
+        var rawOfPenalized: [Int32: Float] = [:]
+        var touched: [Int32] = []
+        for (id, bias) in params.logitBias where id >= 0 && Int(id) < n && bias != 0 {
+            rawOfPenalized[id] = logits[Int(id)]
+            logits[Int(id)] += bias
+            touched.append(id)
+        }
         let penalties = Penalties(repetition: params.repetitionPenalty, presence: params.presencePenalty,
                                   frequency: params.frequencyPenalty)
-        var rawOfPenalized: [Int32: Float] = [:]
         if penalties.isActive {
-            for id in history where id >= 0 && Int(id) < n { rawOfPenalized[id] = logits[Int(id)] }
+            for id in history where id >= 0 && Int(id) < n && rawOfPenalized[id] == nil {
+                rawOfPenalized[id] = logits[Int(id)]
+            }
         }
-        let touched = penalties.apply(to: logits, history: history)
+        touched += penalties.apply(to: logits, history: history)
 
         var m = rawMax
         if !touched.isEmpty {
@@ -153,7 +163,7 @@ public struct Sampler: Sendable {
             }
         }
         let set = CandidateSet(logits: logits, ids: nil, sorted: false, maxLogit: m, weights: w)
-        return (set, RawStats(logZ: logZ, top: top, rawOfPenalized: rawOfPenalized))
+        return (set, RawStats(logZ: logZ, top: top, rawOfPenalized: rawOfPenalized, nonFinite: nonFinite))
     }
 
     private func filter(_ set: inout CandidateSet) {

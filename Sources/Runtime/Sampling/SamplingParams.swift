@@ -3,7 +3,7 @@
 // traps on odd values (see each field for how out-of-range values behave).
 
 /// Per-request sampling settings. The stages run in llama.cpp's common-sampler order:
-/// penalties → top_k → top_p → min_p → temperature → draw (see ``Sampler``).
+/// logit bias → penalties → top_k → top_p → min_p → temperature → draw (see ``Sampler``).
 ///
 /// Decoding with `Codable` accepts missing keys (each keeps its default), so a JSON object may name only the fields it
 /// changes. Keys are the Swift property names (`topK`, `repetitionPenalty`, …).
@@ -36,11 +36,16 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     /// decoding skip the log-sum-exp pass over `n_vocab` logits (about 1 ms per token at n_vocab = 262144); the
     /// token's `logprob` is then NaN. Sampling with a temperature computes it anyway. `topLogprobs > 0` implies it.
     public var logprobs: Bool = true
+    /// OpenAI `logit_bias`: added to the raw logit of each listed token id before every other stage (llama.cpp's
+    /// `llama_sampler_init_logit_bias` comes first in its chain too). Ids outside `0..<n_vocab` are ignored; the
+    /// reported log-probabilities stay those of the raw logits.
+    public var logitBias: [Int32: Float] = [:]
 
     public init() {}
 
     private enum CodingKeys: String, CodingKey {
         case temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, seed, topLogprobs, logprobs
+        case logitBias
     }
 
     /// Decodes any subset of the fields; absent keys keep their defaults.
@@ -57,6 +62,7 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         seed = try c.decodeIfPresent(UInt64.self, forKey: .seed)
         topLogprobs = try c.decodeIfPresent(Int.self, forKey: .topLogprobs) ?? topLogprobs
         logprobs = try c.decodeIfPresent(Bool.self, forKey: .logprobs) ?? logprobs
+        logitBias = try c.decodeIfPresent([Int32: Float].self, forKey: .logitBias) ?? logitBias
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -71,6 +77,7 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         try c.encodeIfPresent(seed, forKey: .seed)
         try c.encode(topLogprobs, forKey: .topLogprobs)
         try c.encode(logprobs, forKey: .logprobs)
+        if !logitBias.isEmpty { try c.encode(logitBias, forKey: .logitBias) }
     }
 }
 
@@ -95,11 +102,15 @@ public struct SampledToken: Sendable {
     /// The `SamplingParams.topLogprobs` most likely tokens under the raw logits, most likely first (ties: lower id
     /// first). Empty when `topLogprobs` is 0.
     public let topLogprobs: [TokenLogprob]
+    /// True when the logits row held NaN or ±inf. A sound forward pass never produces them (an adapter or input
+    /// that overflows Float32 does), so callers should treat the step as failed rather than use `id`.
+    public let nonFiniteLogits: Bool
 
-    public init(id: Int32, logprob: Float, topLogprobs: [TokenLogprob]) {
+    public init(id: Int32, logprob: Float, topLogprobs: [TokenLogprob], nonFiniteLogits: Bool = false) {
         self.id = id
         self.logprob = logprob
         self.topLogprobs = topLogprobs
+        self.nonFiniteLogits = nonFiniteLogits
     }
 }
 
