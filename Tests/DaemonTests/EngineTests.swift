@@ -181,6 +181,24 @@ private func prompts() -> [[Int32]] {
         let again = await collect(try engine.submit(greedy(prompts()[0], 5)))
         #expect(again.ids == FakeBackend.referenceGreedy(prompt: prompts()[0], count: 5))
     }
+
+    /// A NaN in a row's logits fails that request with an error instead of streaming tokens drawn from a sanitized
+    /// row; the tokens before it are delivered and the engine keeps serving.
+    @Test func nonFiniteLogitsFinishWithError() async throws {
+        let backend = FakeBackend()
+        let prompt = prompts()[0]
+        backend.nanLogitsAtLength = prompt.count + 2  // the third sampled token sees a NaN
+        let engine = Engine(backend: backend, limits: limits())
+        engine.start()
+        defer { engine.shutdown() }
+        let r = await collect(try engine.submit(greedy(prompt, 8)))
+        #expect(r.summary?.reason == .error)
+        #expect(r.summary?.errorMessage?.contains("non-finite logits") == true)
+        #expect(r.ids == FakeBackend.referenceGreedy(prompt: prompt, count: 2))
+        backend.nanLogitsAtLength = nil
+        let again = await collect(try engine.submit(greedy(prompt, 5)))
+        #expect(again.ids == FakeBackend.referenceGreedy(prompt: prompt, count: 5))
+    }
 }
 
 @Suite struct EngineLimitTests {

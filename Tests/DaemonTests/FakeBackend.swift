@@ -53,6 +53,8 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
     private var batchLog: [(rows: Int, sequences: Int)] = []
     /// Makes `forward` throw once, for error-path tests.
     var failNextForward = false
+    /// Rows whose cache has reached this many tokens get a NaN among their logits (a forward pass that overflowed).
+    var nanLogitsAtLength: Int?
     /// When set (before the engine starts), every forward call first waits for one `signal()`, so a test decides
     /// how many steps can run. `openGate()` lets all further steps run freely.
     var gate: DispatchSemaphore?
@@ -149,7 +151,11 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
             c.tokens.append(batch.tokens[i])
             seen.insert(slot)
             let mix = batch.adapters.count == batch.count ? batch.adapters[i] : nil
-            if batch.wantLogits[i] { out += Self.logits(after: c.tokens, salt: Self.salt(mix)) }
+            if batch.wantLogits[i] {
+                var row = Self.logits(after: c.tokens, salt: Self.salt(mix))
+                if let n = nanLogitsAtLength, c.tokens.count >= n { row[row.count / 2] = .nan }
+                out += row
+            }
         }
         lock.lock()
         batchLog.append((batch.count, seen.count))

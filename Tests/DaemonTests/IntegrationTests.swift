@@ -31,10 +31,13 @@ func matchesReference(_ ids: [Int], _ r: GreedyRecord) -> Bool {
     return agrees(r.generated, r.margins, 1.0) || agrees(r.f64Generated, r.f64Margins, 0.1)
 }
 
-func completionIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> (ids: [Int], text: String, json: [String: Any]) {
-    let r = try d.post(
-        "/v1/completions",
-        json: ["prompt": prompt, "max_tokens": maxTokens, "temperature": 0, "logprobs": 0, "return_tokens_as_token_ids": true])
+func completionIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int, extra: [String: Any] = [:]) throws
+    -> (ids: [Int], text: String, json: [String: Any])
+{
+    let body: [String: Any] = [
+        "prompt": prompt, "max_tokens": maxTokens, "temperature": 0, "logprobs": 0, "return_tokens_as_token_ids": true,
+    ].merging(extra) { $1 }
+    let r = try d.post("/v1/completions", json: body)
     guard r.status == 200 else { throw HarnessError(description: "status \(r.status): \(r.text)") }
     let o = try r.json()
     let choice = try #require((o["choices"] as? [[String: Any]])?.first)
@@ -81,6 +84,16 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
                 #expect(usage["prompt_tokens"] == r.promptIDs.count)
                 #expect(usage["completion_tokens"] == 32)
                 #expect(((byText.json["choices"] as? [[String: Any]])?.first?["finish_reason"]) as? String == "length")
+                // logit_bias: -100 on the reference's first token makes greedy pick another; +100 on an unlikely
+                // token forces it at every step, while the reported logprob stays that of the raw logits.
+                let banned = try completionIDs(
+                    d, prompt: r.promptIDs, maxTokens: 1, extra: ["logit_bias": ["\(r.generated[0])": -100]])
+                #expect(banned.ids.count == 1 && banned.ids[0] != r.generated[0])
+                let forced = try completionIDs(d, prompt: r.promptIDs, maxTokens: 3, extra: ["logit_bias": ["9259": 100]])
+                #expect(forced.ids == [9259, 9259, 9259])
+                let lp = (forced.json["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any]
+                let first = try #require((lp?["token_logprobs"] as? [Double])?.first)
+                #expect(first < -1, "raw logprob of a forced unlikely token: \(first)")
             }
         }
     }
@@ -338,6 +351,11 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
     @Test func saturationReturns503WithRetryAfter() throws {
         let d = try LoradProcess(extra: ["--max-sequences", "1", "--max-queue", "1"])
         defer { d.stop() }
+        // More prompts than could ever run or wait at once: 400, not a 503 to retry forever.
+        let tooMany = try d.post("/v1/completions", json: ["prompt": ["a", "b", "c"], "max_tokens": 1])
+        #expect(tooMany.status == 400)
+        #expect((try tooMany.json()["error"] as? [String: Any])?["code"] as? String == "too_many_prompts")
+        #expect(try d.post("/v1/completions", json: ["prompt": ["a", "b"], "max_tokens": 1]).status == 200)
         // Occupy the one slot and the one queue place with long streams, then a third request must get 503.
         var holders: [RawConnection] = []
         for _ in 0..<2 {

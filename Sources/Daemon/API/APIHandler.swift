@@ -272,6 +272,14 @@ final class APIHandler: @unchecked Sendable {
         channel: any Channel
     ) async throws -> Int {
         let engine = r.engine
+        let l = engine.currentLimits
+        if prepared.generations.count > l.maxSequences + l.maxQueue {
+            // Even an idle server could never hold them all: a 503 would invite retrying forever.
+            throw APIError.invalidRequest(
+                "The request has \(prepared.generations.count) prompts but the server holds at most "
+                    + "\(l.maxSequences) running and \(l.maxQueue) waiting sequences (max_sequences, max_queue); "
+                    + "send fewer prompts per request.", param: "prompt", code: "too_many_prompts")
+        }
         var handles: [GenerationHandle] = []
         do {
             for g in prepared.generations { handles.append(try engine.submit(g)) }

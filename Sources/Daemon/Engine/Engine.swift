@@ -384,6 +384,17 @@ public final class Engine: @unchecked Sendable {
             }
         }
         for (seq, token) in zip(sampling, sampled) {
+            guard !token!.nonFiniteLogits else {
+                // Float32 overflowed somewhere in this row's forward pass (typically an adapter with an absurd
+                // scale): fail the request rather than stream tokens drawn from garbage.
+                let mix = seq.request.adapters?.entries.map { "\($0.name)@\($0.version)" } ?? []
+                _ = seq.machine.fail()
+                finish(
+                    seq, reason: .error, trailing: "",
+                    error: "the forward pass produced non-finite logits (NaN or infinity)"
+                        + (mix.isEmpty ? "" : " with adapter \(mix.joined(separator: ", "))"))
+                continue
+            }
             handleSampled(seq, token!, now: now)
         }
         metrics?.recordGeneratedTokens(sampling.count)
