@@ -85,6 +85,8 @@ public struct AdapterStats: Sendable, Equatable {
     /// Loads from disk (cache misses) and evictions since start.
     public var loads = 0
     public var evictions = 0
+
+    public init() {}
 }
 
 /// The adapter registry of one daemon (see the file comment).

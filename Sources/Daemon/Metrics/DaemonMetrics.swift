@@ -26,8 +26,11 @@ public final class DaemonMetrics: @unchecked Sendable {
     private let adapterCacheBytes: Gauge
     private let adapterCacheLimit: Gauge
     private let adapterLiveBytes: Gauge
-    private let adapterLoads: Gauge
-    private let adapterEvictions: Gauge
+    private let adapterLoads: Counter
+    private let adapterEvictions: Counter
+    /// The registry's load and eviction counts already added to the counters (guarded by `sourceLock`).
+    private var countedLoads = 0
+    private var countedEvictions = 0
     private let sourceLock = NSLock()
     private var adapterSource: (@Sendable () -> AdapterStats)?
 
@@ -74,8 +77,10 @@ public final class DaemonMetrics: @unchecked Sendable {
             descriptor: d("adapter_cache_limit", "bytes", "Adapter cache budget (--adapter-cache-mb)."))
         adapterLiveBytes = registry.makeGauge(
             descriptor: d("adapter_live", "bytes", "Bytes of adapter weights in memory (cache plus running sequences)."))
-        adapterLoads = registry.makeGauge(descriptor: d("adapter_loads", "", "Adapter loads from disk since start (cache misses)."))
-        adapterEvictions = registry.makeGauge(descriptor: d("adapter_evictions", "", "Adapter versions evicted from the cache since start."))
+        adapterLoads = registry.makeCounter(
+            descriptor: d("adapter_loads", "total", "Adapter loads from disk since start (cache misses)."))
+        adapterEvictions = registry.makeCounter(
+            descriptor: d("adapter_evictions", "total", "Adapter versions evicted from the cache since start."))
     }
 
     func recordAdapterRegistration() { adapterRegistrations.increment() }
@@ -114,8 +119,13 @@ public final class DaemonMetrics: @unchecked Sendable {
             adapterCacheBytes.set(Double(a.cachedBytes))
             adapterCacheLimit.set(Double(a.cacheLimitBytes))
             adapterLiveBytes.set(Double(a.liveBytes))
-            adapterLoads.set(Double(a.loads))
-            adapterEvictions.set(Double(a.evictions))
+            // The registry counts since start; the counters advance by what is new since the last scrape.
+            let (loads, evictions) = sourceLock.withLock { () -> (Int, Int) in
+                defer { (countedLoads, countedEvictions) = (max(countedLoads, a.loads), max(countedEvictions, a.evictions)) }
+                return (a.loads - countedLoads, a.evictions - countedEvictions)
+            }
+            if loads > 0 { adapterLoads.increment(by: Int64(loads)) }
+            if evictions > 0 { adapterEvictions.increment(by: Int64(evictions)) }
         }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
