@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import Foundation
+import NIOCore
 import Logging
 
 /// `lorad`: serve one GGUF model over a Unix socket.
@@ -124,6 +125,12 @@ public struct ServeCommand: AsyncParsableCommand {
             try await LoradServer.run(config: resolved, flags: flags)
         } catch let e as SocketPathError {
             FileHandle.standardError.write(Data("lorad: \(e)\n".utf8))
+            throw ExitCode(1)
+        } catch let e as IOError {
+            // A socket call failed (bind, listen, adopting a passed fd): strerror text rather than NIO's signature.
+            let reason = String(cString: strerror(e.errnoCode))
+            FileHandle.standardError.write(
+                Data("lorad: cannot serve on \(resolved.socket): \(reason) (errno \(e.errnoCode))\n".utf8))
             throw ExitCode(1)
         }
     }

@@ -241,8 +241,9 @@ struct Status: AsyncParsableCommand {
             for key in order {
                 guard let v = obj[key] else { continue }
                 var text = "\(v)"
-                if key == "uptime_seconds", let d = v as? Double { text = formatUptime(d) }
-                writeOut("\(key.replacingOccurrences(of: "_", with: " ")): \(text)\n")
+                var label = key.replacingOccurrences(of: "_", with: " ")
+                if key == "uptime_seconds", let d = v as? Double { (label, text) = ("uptime", formatUptime(d)) }
+                writeOut("\(label): \(text)\n")
             }
             if (obj["status"] as? String) != "ok" { throw ExitCode(2) }
         } catch let e as ClientError {

@@ -5,8 +5,18 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct ClientError: Error, CustomStringConvertible {
     let description: String
+}
+
+/// A system call's failure as strerror(3) text with its errno (NIO's own description repeats the call signature).
+func describe(_ error: any Error) -> String {
+    if let io = error as? IOError { return "\(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))" }
+    return "\(error)"
 }
 
 struct UnixHTTPClient {
@@ -29,7 +39,7 @@ struct UnixHTTPClient {
                     }
                 }
         } catch {
-            throw ClientError(description: "cannot connect to lorad at \(socketPath): \(error)")
+            throw ClientError(description: "cannot connect to lorad at \(socketPath): \(describe(error))")
         }
         try await channel.executeThenClose { inbound, outbound in
             var headers = HTTPHeaders()
