@@ -127,6 +127,15 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         #expect(big.status == 413)
         let method = try d.get("/v1/completions")
         #expect(method.status == 405)
+        // Requests the HTTP parser rejects get the same JSON error body: 400, or 431 for oversized header fields
+        // (NIO's limit is 80 KiB; 100 KB fits the socket buffer, so the send completes before the server closes).
+        let badLength = try d.raw(Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}".utf8))
+        #expect(badLength.status == 400)
+        #expect((try badLength.json()["error"] as? [String: Any])?["code"] as? String == "invalid_http")
+        let hugeHeader = try d.raw(
+            Array("GET /health HTTP/1.1\r\nHost: x\r\nX-A: \(String(repeating: "a", count: 100_000))\r\n\r\n".utf8))
+        #expect(hugeHeader.status == 431)
+        #expect((try hugeHeader.json()["error"] as? [String: Any])?["code"] as? String == "headers_too_large")
         #expect(method.header("Allow") == "POST")
         #expect(try d.get("/v2/whatever").status == 404)
         let browser = try d.post("/v1/completions", json: ["prompt": "hi"], headers: [("Origin", "http://evil.example")])

@@ -144,9 +144,9 @@ final class HTTPServer: @unchecked Sendable {
 
     private static func initChild(_ ch: any Channel, readTimeout: TimeAmount) -> EventLoopFuture<AcceptedConnection> {
         ch.eventLoop.makeCompletedFuture {
-            try ch.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            try ch.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
             try ch.pipeline.syncOperations.addHandlers([
-                IdleStateHandler(readTimeout: readTimeout), RequestReadTimeoutHandler(),
+                ProtocolErrorHandler(), IdleStateHandler(readTimeout: readTimeout), RequestReadTimeoutHandler(),
             ])
             let a = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: ch)
             return AcceptedConnection(channel: ch, async: a)
@@ -254,6 +254,55 @@ final class HTTPServer: @unchecked Sendable {
 
     static func routeLabel(_ head: HTTPRequestHead) -> String {
         (try? Route.resolve(method: head.method.rawValue, uri: head.uri).template) ?? "other"
+    }
+}
+
+/// Answers a request NIO's HTTP parser rejects (bad Content-Length, oversized headers, garbage request line) with
+/// the API's JSON error body: 431 for header fields too large (RFC 6585 §5), 400 otherwise, then the connection
+/// closes (the parser's state is lost). In the place and with the bookkeeping of NIO's
+/// `HTTPServerProtocolErrorHandler`, whose bare 400 it replaces: nothing is written while a response is unfinished.
+final class ProtocolErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var responding = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parserError = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        if !responding {
+            let tooLarge = parserError == .headerOverflow
+            let err = APIError(
+                status: tooLarge ? 431 : 400,
+                message: tooLarge
+                    ? "The request's header fields are too large."
+                    : "The request is not valid HTTP/1.1 (\(parserError)).",
+                type: "invalid_request_error", code: tooLarge ? "headers_too_large" : "invalid_http")
+            let body = context.channel.allocator.buffer(string: err.body.serialized)
+            let head = HTTPResponseHead(
+                version: .http1_1, status: HTTPResponseStatus(statusCode: err.status),
+                headers: HTTPHeaders([
+                    ("Connection", "close"), ("Content-Type", "application/json"),
+                    ("Content-Length", String(body.readableBytes)), ("Server", "lorad"),
+                ]))
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        context.fireErrorCaught(error)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let h) where h.status.code >= 200: responding = true
+        case .end: responding = false
+        default: break
+        }
+        context.write(data, promise: promise)
     }
 }
 
