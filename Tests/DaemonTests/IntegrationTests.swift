@@ -127,6 +127,12 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         #expect(big.status == 413)
         let method = try d.get("/v1/completions")
         #expect(method.status == 405)
+        // HEAD: a GET's status and headers, no body.
+        let hc = try RawConnection(path: d.socket)
+        try hc.send(HTTP.request(method: "HEAD", path: "/health"))
+        let headReply = String(decoding: try hc.readToEOF(), as: UTF8.self)
+        #expect(headReply.hasPrefix("HTTP/1.1 200") && headReply.lowercased().contains("content-length: "))
+        #expect(headReply.hasSuffix("\r\n\r\n"), "\(headReply)")
         // Requests the HTTP parser rejects get the same JSON error body: 400, or 431 for oversized header fields
         // (NIO's limit is 80 KiB; 100 KB fits the socket buffer, so the send completes before the server closes).
         let badLength = try d.raw(Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}".utf8))

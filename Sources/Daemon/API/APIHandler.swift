@@ -94,12 +94,13 @@ final class APIHandler: @unchecked Sendable {
         var keep = true
         do {
             try Route.checkNotBrowser(headerNames: head.headers.map(\.name))
-            let route = try Route.resolve(method: head.method.rawValue, uri: head.uri)
+            // HEAD is GET without the body (RFC 9110 §9.3.2); the writer drops the body bytes.
+            let method = head.method == .HEAD ? "GET" : head.method.rawValue
+            let route = try Route.resolve(method: method, uri: head.uri)
             label = route.template
             switch route {
             case .adapters, .adapter, .loadLoRAAdapter, .unloadLoRAAdapter:
-                status = try await dispatchAdapters(
-                    route, method: head.method.rawValue, body: body, peer: peer, writer: writer)
+                status = try await dispatchAdapters(route, method: method, body: body, peer: peer, writer: writer)
             default:
                 status = try await dispatch(route, body: body, writer: writer, channel: channel)
             }

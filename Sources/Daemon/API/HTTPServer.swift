@@ -30,6 +30,8 @@ struct ResponseWriter {
     let version: HTTPVersion
     let keepAlive: Bool
     let allocator: ByteBufferAllocator
+    /// A HEAD request: headers (with the Content-Length a GET would get) but no body bytes.
+    var headOnly = false
 
     private func head(_ status: Int, _ headers: [(String, String)]) -> HTTPResponseHead {
         var h = HTTPHeaders(headers)
@@ -48,7 +50,7 @@ struct ResponseWriter {
         all.append(("Content-Type", contentType))
         all.append(("Content-Length", String(body.count)))
         try await outbound.write(.head(head(status, all)))
-        if !body.isEmpty { try await outbound.write(.body(.byteBuffer(allocator.buffer(bytes: body)))) }
+        if !body.isEmpty && !headOnly { try await outbound.write(.body(.byteBuffer(allocator.buffer(bytes: body)))) }
         try await outbound.write(.end(nil))
     }
 
@@ -68,6 +70,7 @@ struct ResponseWriter {
     }
 
     func write(_ text: String) async throws {
+        guard !headOnly else { return }
         try await outbound.write(.body(.byteBuffer(allocator.buffer(string: text))))
     }
 
@@ -234,7 +237,9 @@ final class HTTPServer: @unchecked Sendable {
                         return
                     }
                     let keepAlive = head.isKeepAlive && !handler.state.isDraining
-                    let writer = ResponseWriter(outbound: outbound, version: head.version, keepAlive: keepAlive, allocator: allocator)
+                    let writer = ResponseWriter(
+                        outbound: outbound, version: head.version, keepAlive: keepAlive, allocator: allocator,
+                        headOnly: head.method == .HEAD)
                     let keep = await handler.handle(head: head, body: body, writer: writer, channel: conn.channel, peer: peer)
                     guard keepAlive && keep else { return }
                     guard connections.setBusy(conn.channel, false) else { return }
