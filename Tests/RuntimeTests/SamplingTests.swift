@@ -385,6 +385,15 @@ struct SamplingTests {
         let z = shifted.map(exp).reduce(0, +)
         for e in got { #expect(abs(e.probability - exp(shifted[Int(e.id)]) / z) < 1e-6) }
         #expect(got.count == 4)
+        // A bias that leaves the maximum where it was (only the biased weights are recomputed), with a penalty too.
+        var r = params(temperature: 1)
+        r.logitBias = [1: 0.5]
+        r.presencePenalty = 0.25
+        let small = distributionOf(r, logits, history: [2])
+        let expected = [2.0, 1.5, 0.25, -1]
+        let ze = expected.map(exp).reduce(0, +)
+        #expect(small.count == 4)
+        for e in small { #expect(abs(e.probability - exp(expected[Int(e.id)]) / ze) < 1e-6, "\(e)") }
     }
 
     @Test func nonFiniteLogitsDoNotTrap() {
