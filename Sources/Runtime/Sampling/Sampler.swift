@@ -102,7 +102,7 @@ public struct Sampler: Sendable {
     private struct RawStats {
         var logZ: Double  // log Σ exp(raw logits)
         var top: [TokenLogprob]
-        var rawOfPenalized: [Int32: Float]  // raw logits of ids the penalties changed
+        var rawOfPenalized: [Int32: Float]  // raw logits of ids the bias or the penalties changed
         var nonFinite = false  // the row held NaN or ±inf before sanitizing
 
         func logprob(of token: (id: Int32, rawLogit: Float)) -> Float {
