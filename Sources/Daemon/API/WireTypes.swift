@@ -108,6 +108,7 @@ public struct SamplingFields: Decodable, Sendable, Equatable {
 
 /// Any JSON value, accepted and not kept (only whether a list has entries matters).
 public struct IgnoredJSON: Decodable, Sendable, Equatable {
+    /// Accepts any value without reading it; never throws.
     public init(from decoder: Decoder) throws {}
 }
 

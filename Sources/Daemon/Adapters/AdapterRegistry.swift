@@ -86,6 +86,7 @@ public struct AdapterStats: Sendable, Equatable {
     public var loads = 0
     public var evictions = 0
 
+    /// All counts and byte sizes zero (an empty registry).
     public init() {}
 }
 
