@@ -8,6 +8,7 @@
 //   CCrypto            system library: OpenSSL libcrypto (SHA-256 of adapter files)
 //   SentencePieceShim  C++ with an extern "C" API over libsentencepiece
 //   Runtime            GGUF, quant types, tokenizer, model forward, KV cache, sampling, LoRA application
+//   Train              LoRA training on the frozen quantized base: forward/backward, losses, AdamW, data, export
 //   Daemon             the lorad server as a library (API, scheduler, engine, adapters, systemd)
 //   lorad / loractl    executables
 import PackageDescription
@@ -47,9 +48,13 @@ let package = Package(
             dependencies: ["CKernels", "COpenBLAS", "SentencePieceShim"]
         ),
         .target(
+            name: "Train",
+            dependencies: ["Runtime", "CKernels", "COpenBLAS"]
+        ),
+        .target(
             name: "Daemon",
             dependencies: [
-                "Runtime", "CSystemd", "CCrypto",
+                "Runtime", "Train", "CSystemd", "CCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -73,6 +78,7 @@ let package = Package(
         ),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Runtime"]),
+        .testTarget(name: "TrainTests", dependencies: ["Train", "Runtime"]),
     ],
     swiftLanguageModes: [.v5],
     cxxLanguageStandard: .cxx17
