@@ -96,24 +96,40 @@ int ck_repack(int type, size_t cols, const void *w, size_t w_stride, size_t rows
 int ck_quantize_rows(int type, const float *src, size_t src_stride, void *dst, size_t dst_stride,
                      size_t rows, size_t cols);
 
-// Float helpers for attention and the KV cache (AVX-512 / AVX2 / scalar, picked at run time).
+// Float helpers for attention and the KV cache. Every path (scalar, AVX2, AVX-512) computes bitwise the same
+// result: the AVX2 arithmetic below, with every product-sum a fused multiply-add (fmaf in the scalar path).
+//   dot(a, b, n): four 8-lane accumulators s0..s3; chunk c of 32 elements adds a[32c+8k+l]*b[..] into sk lane l;
+//     then 8-element chunks into s0; v = (s0 + s1) + (s2 + s3); t_l = v_l + v_(l+4); r = (t0 + t2) + (t1 + t3);
+//     the last n % 8 products are added to r one by one, in order.
+//   axpy(a, x, y, n): y[i] = fma(a, x[i], y[i]), elementwise (no summation order).
+// The `_p` forms take a path (CK_PATH_*; clamped to ck_best_path()); the others use ck_best_path().
 /// sum_i a[i]*b[i]
 float ck_dot_f32(const float *a, const float *b, size_t n);
+float ck_dot_f32_p(int path, const float *a, const float *b, size_t n);
 /// sum_i a[i]*half(b[i])
 float ck_dot_f32_f16(const float *a, const uint16_t *b, size_t n);
+float ck_dot_f32_f16_p(int path, const float *a, const uint16_t *b, size_t n);
 /// y[i] += a*x[i]
 void ck_axpy_f32(float a, const float *x, float *y, size_t n);
+void ck_axpy_f32_p(int path, float a, const float *x, float *y, size_t n);
 /// y[i] += a*half(x[i])
 void ck_axpy_f16(float a, const uint16_t *x, float *y, size_t n);
+void ck_axpy_f16_p(int path, float a, const uint16_t *x, float *y, size_t n);
 /// out[h] = ck_dot_f32_f16(a + h*a_stride, b, n) for h < na, bitwise, converting b once for the heads
 /// (grouped-query attention: the query heads of a group against one f16 key row).
 void ck_dot_f32_f16_heads(const float *a, size_t a_stride, size_t na, const uint16_t *b, size_t n, float *out);
+void ck_dot_f32_f16_heads_p(int path, const float *a, size_t a_stride, size_t na, const uint16_t *b, size_t n,
+                            float *out);
 /// ck_axpy_f16(alpha[h], x, y + h*y_stride, n) for h < na, bitwise, converting x once (one f16 value row
 /// into the outputs of a group's query heads).
 void ck_axpy_f16_heads(const float *alpha, size_t na, const uint16_t *x, float *y, size_t y_stride, size_t n);
+void ck_axpy_f16_heads_p(int path, const float *alpha, size_t na, const uint16_t *x, float *y, size_t y_stride,
+                         size_t n);
 /// IEEE binary16, round to nearest even.
 void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void ck_f32_to_f16_p(int path, const float *src, uint16_t *dst, size_t n);
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+void ck_f16_to_f32_p(int path, const uint16_t *src, float *dst, size_t n);
 
 #ifdef __cplusplus
 }
