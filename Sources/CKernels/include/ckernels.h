@@ -9,7 +9,8 @@
 // Integer products inside a block are exact; the float accumulation order of the fast paths is fixed per
 // (weight row, activation row) pair, so a result never depends on the batch it was computed in.
 //
-// Every fast path is selected at run time (CPUID): AVX-512 (F/BW/VL/VNNI), AVX2 (+FMA, F16C), or portable C.
+// Every fast path is selected at run time (CPUID and the OS-enabled state in XCR0): AVX-512 (F/BW/VL/VNNI), AVX2
+// (+FMA, F16C), or portable C.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -38,8 +39,34 @@ size_t ck_type_size(int type);
 /// The activation type the fused dot of `type` consumes (see above), or -1 when `type` is not a weight type.
 int ck_vec_dot_type(int type);
 
-/// The best path this CPU supports, capped by the environment variable LORAD_KERNELS (reference|avx2|avx512)
-/// when it is set. Detected once.
+/// What the path decision reads: CPUID words and the register state the OS enabled.
+typedef struct {
+    uint32_t leaf1_ecx;   ///< CPUID.1:ECX (FMA 12, OSXSAVE 27, AVX 28, F16C 29)
+    uint32_t leaf7_ebx;   ///< CPUID.(7,0):EBX (AVX2 5, AVX512F 16, AVX512BW 30, AVX512VL 31)
+    uint32_t leaf7_ecx;   ///< CPUID.(7,0):ECX (AVX512_VNNI 11)
+    uint32_t leaf7_edx;   ///< CPUID.(7,0):EDX (AMX-TILE 24, AMX-INT8 25)
+    uint64_t xcr0;        ///< XGETBV(0) when OSXSAVE is set, else 0
+    int amx_permitted;    ///< Linux granted XFEATURE_XTILEDATA (arch_prctl ARCH_REQ_XCOMP_PERM / ARCH_GET_XCOMP_PERM)
+} ck_cpu_state;
+
+/// XCR0 bits: SSE + YMM (AVX state), those + opmask + ZMM_Hi256 + Hi16_ZMM (AVX-512 state), XTILECFG + XTILEDATA.
+#define CK_XCR0_YMM 0x6ull
+#define CK_XCR0_ZMM 0xe6ull
+#define CK_XCR0_TILE 0x60000ull
+
+/// The fastest path a CPU in state `s` can run (pure; no environment cap). A path needs both its CPUID feature
+/// bits and the OS-enabled register state in XCR0 (Intel SDM vol. 1, 13.3 and 15.2): AVX2 = AVX2 + FMA + F16C +
+/// AVX + OSXSAVE and XCR0 SSE|YMM; AVX-512 = that + AVX-512 F/BW/VL/VNNI and XCR0 opmask|ZMM_Hi256|Hi16_ZMM.
+int ck_path_for(const ck_cpu_state *s);
+/// 1 when AMX tiles may be used in state `s` (AMX-TILE + AMX-INT8, XCR0 XTILECFG|XTILEDATA, OSXSAVE, and the
+/// Linux permission), else 0. lorad has no AMX kernel; this is what one would have to check.
+int ck_amx_usable(const ck_cpu_state *s);
+/// Reads this CPU's state (CPUID, XGETBV when OSXSAVE is set; on Linux asks for the AMX permission only when CPUID
+/// and XCR0 offer AMX). Zeroes on other architectures.
+void ck_cpu_detect(ck_cpu_state *out);
+
+/// The best path this CPU supports (ck_path_for of ck_cpu_detect), capped by the environment variable
+/// LORAD_KERNELS (reference|avx2|avx512) when it is set. Detected once.
 int ck_best_path(void);
 /// 1 if `path` can run on this CPU.
 int ck_path_available(int path);
