@@ -203,6 +203,20 @@ CK_T_AVX512 static void axpy_f16_avx512(float a, const uint16_t *x, float *y, si
         _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, vx, _mm512_maskz_loadu_ps(m, y + i)));
     }
 }
+// y_h += alpha[h] * x for na heads, x converted once per 16 elements (elementwise fma: the same bits as AVX2).
+CK_T_AVX512 static void axpy_f16_heads_avx512(const float *alpha, size_t na, const uint16_t *x, float *y, size_t ys,
+                                              size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 vx = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i)));
+        for (size_t h = 0; h < na; h++) {
+            float *yh = y + h * ys + i;
+            _mm512_storeu_ps(yh, _mm512_fmadd_ps(_mm512_set1_ps(alpha[h]), vx, _mm512_loadu_ps(yh)));
+        }
+    }
+    if (i < n)
+        for (size_t h = 0; h < na; h++) axpy_f16_avx512(alpha[h], x + i, y + h * ys + i, n - i);
+}
 #endif
 
 // Scalar path: the canonical order written out (fmaf is exact fused multiply-add: an instruction where the
@@ -274,7 +288,8 @@ void ck_axpy_f16_p(int path, float a, const uint16_t *x, float *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = fmaf(a, ck_h2f(x[i]), y[i]);
 }
 
-// Heads: the two-head AVX2 kernels give bitwise the single-head results, so the AVX-512 path uses them too.
+// Heads: the two-head AVX2 dot gives bitwise the single-head results (and is faster here than per-head AVX-512),
+// so the AVX-512 path uses it too.
 void ck_dot_f32_f16_heads_p(int path, const float *a, size_t a_stride, size_t na, const uint16_t *b, size_t n,
                             float *out) {
     size_t h = 0;
@@ -288,7 +303,12 @@ void ck_dot_f32_f16_heads_p(int path, const float *a, size_t a_stride, size_t na
 void ck_axpy_f16_heads_p(int path, const float *alpha, size_t na, const uint16_t *x, float *y, size_t y_stride,
                          size_t n) {
 #if defined(__x86_64__)
-    if (fpath(path) >= CK_PATH_AVX2) {
+    const int p = fpath(path);
+    if (p >= CK_PATH_AVX512) {
+        axpy_f16_heads_avx512(alpha, na, x, y, y_stride, n);
+        return;
+    }
+    if (p >= CK_PATH_AVX2) {
         axpy_f16_heads_avx2(alpha, na, x, y, y_stride, n);
         return;
     }
