@@ -1,6 +1,7 @@
 // Element-wise activations for the forward pass: GELU (tanh form, via an f16-indexed table as in
 // ggml's CPU backend), SiLU, softmax. See ck_activations.h for the sources of the math.
 #include "ck_activations.h"
+#include "ckernels.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -106,7 +107,7 @@ static void gelu_mul_f16c(const float *g, const float *u, float *o, size_t n, in
 static void gelu_mul_any(const float *g, const float *u, float *o, size_t n, int with_up) {
     pthread_once(&gelu_once, gelu_table_init);
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma")) {
+    if (ck_best_path() >= CK_PATH_AVX2) {  // the lookup is exact: same table entries on every path
         gelu_mul_f16c(g, u, o, n, with_up);
         return;
     }

@@ -3,17 +3,68 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+int ck_path_for(const ck_cpu_state *s) {
+    // CPUID.1:ECX FMA (12), OSXSAVE (27), AVX (28), F16C (29); CPUID.(7,0):EBX AVX2 (5).
+    const uint32_t need1 = (1u << 12) | (1u << 27) | (1u << 28) | (1u << 29);
+    if ((s->leaf1_ecx & need1) != need1 || !(s->leaf7_ebx & (1u << 5))) return CK_PATH_REFERENCE;
+    // With OSXSAVE set, XCR0 says which register state the OS saves: SSE (bit 1) and YMM (bit 2) for AVX2.
+    if ((s->xcr0 & CK_XCR0_YMM) != CK_XCR0_YMM) return CK_PATH_REFERENCE;
+    // AVX-512 F (EBX 16), BW (EBX 30), VL (EBX 31), VNNI (ECX 11), and opmask + ZMM state (XCR0 bits 5, 6, 7).
+    const uint32_t need7 = (1u << 16) | (1u << 30) | (1u << 31);
+    if ((s->leaf7_ebx & need7) == need7 && (s->leaf7_ecx & (1u << 11)) &&
+        (s->xcr0 & CK_XCR0_ZMM) == CK_XCR0_ZMM) return CK_PATH_AVX512;
+    return CK_PATH_AVX2;
+}
+
+int ck_amx_usable(const ck_cpu_state *s) {
+    // AMX-TILE (CPUID.(7,0):EDX 24) and AMX-INT8 (EDX 25), XCR0 XTILECFG (17) + XTILEDATA (18), OSXSAVE, and
+    // the Linux per-process permission for XTILEDATA.
+    const uint32_t need = (1u << 24) | (1u << 25);
+    return (s->leaf1_ecx & (1u << 27)) && (s->leaf7_edx & need) == need &&
+           (s->xcr0 & CK_XCR0_TILE) == CK_XCR0_TILE && s->amx_permitted;
+}
+
+void ck_cpu_detect(ck_cpu_state *out) {
+    memset(out, 0, sizeof *out);
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d)) out->leaf1_ecx = c;
+    if (__get_cpuid_max(0, NULL) >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        out->leaf7_ebx = b;
+        out->leaf7_ecx = c;
+        out->leaf7_edx = d;
+    }
+    if (out->leaf1_ecx & (1u << 27)) {  // XGETBV is only defined when the OS set CR4.OSXSAVE
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        out->xcr0 = ((uint64_t)hi << 32) | lo;
+    }
+#if defined(__linux__)
+    // Linux grants AMX tile data per process (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 18); ask only when the
+    // CPU and XCR0 have it, and record whether the grant is in place.
+    if ((out->leaf7_edx & (1u << 24)) && (out->xcr0 & CK_XCR0_TILE) == CK_XCR0_TILE) {
+        unsigned long perm = 0;
+        if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18) == 0 &&
+            syscall(SYS_arch_prctl, 0x1022 /* ARCH_GET_XCOMP_PERM */, &perm) == 0)
+            out->amx_permitted = (perm & CK_XCR0_TILE) == CK_XCR0_TILE;
+    }
+#endif
+#endif
+}
 
 static int detect_path(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    if (avx512) return CK_PATH_AVX512;
-    if (avx2) return CK_PATH_AVX2;
-#endif
-    return CK_PATH_REFERENCE;
+    ck_cpu_state s;
+    ck_cpu_detect(&s);
+    return ck_path_for(&s);
 }
 
 static int g_best = -1;

@@ -11,8 +11,9 @@ import Testing
 @Suite(.serialized) struct ReferenceGreedyTests {
     static let tolerance: Float = 1.0
 
-    static func check(_ records: [GreedyRecord], adapter: (Model) throws -> AdapterSet?) throws {
-        let model = try SharedModel.get()
+    static func check(_ records: [GreedyRecord], model shared: Model? = nil,
+                      adapter: (Model) throws -> AdapterSet?) throws {
+        let model = try shared ?? SharedModel.get()
         let set = try adapter(model)
         var worst: Float = 0
         for rec in records {
@@ -35,9 +36,9 @@ import Testing
             let agreeing = zip(run.ids, rec.generated_ids).prefix { $0 == $1 }.count
             #expect(agreeing >= limit,
                     "\(rec.name): greedy ids diverge at step \(agreeing), reference margin stays ≥ \(tolerance) until step \(limit); ours \(run.ids.prefix(limit)), reference \(rec.generated_ids.prefix(limit))")
-            print("[reference] \(rec.name): prompt \(rec.prompt_ids.count) tokens, max |Δlogit| \(maxDiff), top-20 shared \(shared), greedy agree \(agreeing)/\(rec.generated_ids.count) (required \(limit))")
+            print("[reference] \(model.options.kernels) \(rec.name): prompt \(rec.prompt_ids.count) tokens, max |Δlogit| \(maxDiff), top-20 shared \(shared), greedy agree \(agreeing)/\(rec.generated_ids.count) (required \(limit))")
         }
-        print("[reference] largest top-20 logit difference over \(records.count) prompts: \(worst)")
+        print("[reference] \(model.options.kernels): largest top-20 logit difference over \(records.count) prompts: \(worst)")
     }
 
     @Test func greedyMatchesLlamaCpp() throws {
@@ -45,6 +46,27 @@ import Testing
         #expect(records.count == 12)
         #expect(records.contains { $0.name == "long_over_window" && $0.prompt_ids.count > 512 })
         try Self.check(records) { _ in nil }
+    }
+
+    /// The same comparison on every other kernel path this CPU has, selected per model (no environment variable):
+    /// all prompts on the SIMD paths, three on the slow scalar reference. The SIMD paths share their arithmetic
+    /// (matmul and attention), so their logits must also be bitwise those of the default path.
+    @Test func greedyMatchesLlamaCppOnEveryPath() throws {
+        let records = try GreedyRecord.load("greedy.jsonl")
+        let best = try SharedModel.get()
+        for path in KernelPath.available where path != best.options.kernels {
+            let model = try Model.load(path: TestPaths.modelPath, options: ModelOptions(threads: 2, kernels: path))
+            let subset = path == .reference
+                ? records.filter { ["capital", "translate", "chat_template"].contains($0.name) } : records
+            try Self.check(subset, model: model) { _ in nil }
+            if path != .reference && best.options.kernels != .reference {
+                let rec = records.first { $0.name == "chat_template" }!
+                let a = try greedyRun(model, prompt: rec.prompt_ids, steps: 1).firstLogits
+                let b = try greedyRun(best, prompt: rec.prompt_ids, steps: 1).firstLogits
+                #expect(a.map(\.bitPattern) == b.map(\.bitPattern),
+                        "\(path) and \(best.options.kernels) logits differ")
+            }
+        }
     }
 }
 

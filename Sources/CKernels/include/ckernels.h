@@ -9,7 +9,8 @@
 // Integer products inside a block are exact; the float accumulation order of the fast paths is fixed per
 // (weight row, activation row) pair, so a result never depends on the batch it was computed in.
 //
-// Every fast path is selected at run time (CPUID): AVX-512 (F/BW/VL/VNNI), AVX2 (+FMA, F16C), or portable C.
+// Every fast path is selected at run time (CPUID and the OS-enabled state in XCR0): AVX-512 (F/BW/VL/VNNI), AVX2
+// (+FMA, F16C), or portable C.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -38,8 +39,34 @@ size_t ck_type_size(int type);
 /// The activation type the fused dot of `type` consumes (see above), or -1 when `type` is not a weight type.
 int ck_vec_dot_type(int type);
 
-/// The best path this CPU supports, capped by the environment variable LORAD_KERNELS (reference|avx2|avx512)
-/// when it is set. Detected once.
+/// What the path decision reads: CPUID words and the register state the OS enabled.
+typedef struct {
+    uint32_t leaf1_ecx;   ///< CPUID.1:ECX (FMA 12, OSXSAVE 27, AVX 28, F16C 29)
+    uint32_t leaf7_ebx;   ///< CPUID.(7,0):EBX (AVX2 5, AVX512F 16, AVX512BW 30, AVX512VL 31)
+    uint32_t leaf7_ecx;   ///< CPUID.(7,0):ECX (AVX512_VNNI 11)
+    uint32_t leaf7_edx;   ///< CPUID.(7,0):EDX (AMX-TILE 24, AMX-INT8 25)
+    uint64_t xcr0;        ///< XGETBV(0) when OSXSAVE is set, else 0
+    int amx_permitted;    ///< Linux granted XFEATURE_XTILEDATA (arch_prctl ARCH_REQ_XCOMP_PERM / ARCH_GET_XCOMP_PERM)
+} ck_cpu_state;
+
+/// XCR0 bits: SSE + YMM (AVX state), those + opmask + ZMM_Hi256 + Hi16_ZMM (AVX-512 state), XTILECFG + XTILEDATA.
+#define CK_XCR0_YMM 0x6ull
+#define CK_XCR0_ZMM 0xe6ull
+#define CK_XCR0_TILE 0x60000ull
+
+/// The fastest path a CPU in state `s` can run (pure; no environment cap). A path needs both its CPUID feature
+/// bits and the OS-enabled register state in XCR0 (Intel SDM vol. 1, 13.3 and 15.2): AVX2 = AVX2 + FMA + F16C +
+/// AVX + OSXSAVE and XCR0 SSE|YMM; AVX-512 = that + AVX-512 F/BW/VL/VNNI and XCR0 opmask|ZMM_Hi256|Hi16_ZMM.
+int ck_path_for(const ck_cpu_state *s);
+/// 1 when AMX tiles may be used in state `s` (AMX-TILE + AMX-INT8, XCR0 XTILECFG|XTILEDATA, OSXSAVE, and the
+/// Linux permission), else 0. lorad has no AMX kernel; this is what one would have to check.
+int ck_amx_usable(const ck_cpu_state *s);
+/// Reads this CPU's state (CPUID, XGETBV when OSXSAVE is set; on Linux asks for the AMX permission only when CPUID
+/// and XCR0 offer AMX). Zeroes on other architectures.
+void ck_cpu_detect(ck_cpu_state *out);
+
+/// The best path this CPU supports (ck_path_for of ck_cpu_detect), capped by the environment variable
+/// LORAD_KERNELS (reference|avx2|avx512) when it is set. Detected once.
 int ck_best_path(void);
 /// 1 if `path` can run on this CPU.
 int ck_path_available(int path);
@@ -96,24 +123,40 @@ int ck_repack(int type, size_t cols, const void *w, size_t w_stride, size_t rows
 int ck_quantize_rows(int type, const float *src, size_t src_stride, void *dst, size_t dst_stride,
                      size_t rows, size_t cols);
 
-// Float helpers for attention and the KV cache (AVX-512 / AVX2 / scalar, picked at run time).
+// Float helpers for attention and the KV cache. Every path (scalar, AVX2, AVX-512) computes bitwise the same
+// result: the AVX2 arithmetic below, with every product-sum a fused multiply-add (fmaf in the scalar path).
+//   dot(a, b, n): four 8-lane accumulators s0..s3; chunk c of 32 elements adds a[32c+8k+l]*b[..] into sk lane l;
+//     then 8-element chunks into s0; v = (s0 + s1) + (s2 + s3); t_l = v_l + v_(l+4); r = (t0 + t2) + (t1 + t3);
+//     the last n % 8 products are added to r one by one, in order.
+//   axpy(a, x, y, n): y[i] = fma(a, x[i], y[i]), elementwise (no summation order).
+// The `_p` forms take a path (CK_PATH_*; clamped to ck_best_path()); the others use ck_best_path().
 /// sum_i a[i]*b[i]
 float ck_dot_f32(const float *a, const float *b, size_t n);
+float ck_dot_f32_p(int path, const float *a, const float *b, size_t n);
 /// sum_i a[i]*half(b[i])
 float ck_dot_f32_f16(const float *a, const uint16_t *b, size_t n);
+float ck_dot_f32_f16_p(int path, const float *a, const uint16_t *b, size_t n);
 /// y[i] += a*x[i]
 void ck_axpy_f32(float a, const float *x, float *y, size_t n);
+void ck_axpy_f32_p(int path, float a, const float *x, float *y, size_t n);
 /// y[i] += a*half(x[i])
 void ck_axpy_f16(float a, const uint16_t *x, float *y, size_t n);
+void ck_axpy_f16_p(int path, float a, const uint16_t *x, float *y, size_t n);
 /// out[h] = ck_dot_f32_f16(a + h*a_stride, b, n) for h < na, bitwise, converting b once for the heads
 /// (grouped-query attention: the query heads of a group against one f16 key row).
 void ck_dot_f32_f16_heads(const float *a, size_t a_stride, size_t na, const uint16_t *b, size_t n, float *out);
+void ck_dot_f32_f16_heads_p(int path, const float *a, size_t a_stride, size_t na, const uint16_t *b, size_t n,
+                            float *out);
 /// ck_axpy_f16(alpha[h], x, y + h*y_stride, n) for h < na, bitwise, converting x once (one f16 value row
 /// into the outputs of a group's query heads).
 void ck_axpy_f16_heads(const float *alpha, size_t na, const uint16_t *x, float *y, size_t y_stride, size_t n);
+void ck_axpy_f16_heads_p(int path, const float *alpha, size_t na, const uint16_t *x, float *y, size_t y_stride,
+                         size_t n);
 /// IEEE binary16, round to nearest even.
 void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void ck_f32_to_f16_p(int path, const float *src, uint16_t *dst, size_t n);
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+void ck_f16_to_f32_p(int path, const uint16_t *src, float *dst, size_t n);
 
 #ifdef __cplusplus
 }

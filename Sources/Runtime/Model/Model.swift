@@ -10,13 +10,19 @@ public struct ModelOptions: Sendable {
     /// Memory the layer projections' batch copies may take, bytes (see `WeightMatrix.withBatchCopy`): layers get
     /// theirs in order until the next would exceed it; 0 turns them off. The default model needs 85 MB.
     public var batchCopyBytes: Int
+    /// Kernel path of the matmuls and attention dot products (`KernelPath.best` by default; an unavailable path
+    /// runs as the best available one below it). Every path gives bitwise the same attention arithmetic and AVX2 /
+    /// AVX-512 bitwise the same matmuls; the scalar reference matmul sums in ggml's order instead.
+    public var kernels: KernelPath
 
     /// - Parameters: threads: compute threads (clamped to ≥ 1); kvCacheType: KV cache element type;
-    ///   batchCopyBytes: budget of the batch copies, bytes (default 1 GiB).
-    public init(threads: Int = 1, kvCacheType: KVCacheType = .f16, batchCopyBytes: Int = 1 << 30) {
+    ///   batchCopyBytes: budget of the batch copies, bytes (default 1 GiB); kernels: kernel path (default best).
+    public init(threads: Int = 1, kvCacheType: KVCacheType = .f16, batchCopyBytes: Int = 1 << 30,
+                kernels: KernelPath = .best) {
         self.threads = max(1, threads)
         self.kvCacheType = kvCacheType
         self.batchCopyBytes = max(0, batchCopyBytes)
+        self.kernels = kernels
     }
 }
 
@@ -80,7 +86,7 @@ public final class Model: @unchecked Sendable {
         // The forward pass parallelises itself; OpenBLAS (LoRA terms) runs single-threaded inside it.
         openblas_set_num_threads(1)
         self.pool = ComputePool(threads: options.threads)
-        self.transformer = Transformer(config: config, weights: weights, pool: pool)
+        self.transformer = Transformer(config: config, weights: weights, pool: pool, kernels: options.kernels)
     }
 
     /// Bytes held by the layer projections' batch copies (bounded by `ModelOptions.batchCopyBytes`).

@@ -64,11 +64,14 @@ final class Transformer: @unchecked Sendable {
     let config: ModelConfig
     let weights: TransformerWeights
     let pool: ComputePool
+    /// Kernel path of the matmuls and the attention dot products.
+    let kernels: KernelPath
 
-    init(config: ModelConfig, weights: TransformerWeights, pool: ComputePool) {
+    init(config: ModelConfig, weights: TransformerWeights, pool: ComputePool, kernels: KernelPath = .best) {
         self.config = config
         self.weights = weights
         self.pool = pool
+        self.kernels = kernels
     }
 
     // MARK: - Validation
@@ -218,7 +221,7 @@ final class Transformer: @unchecked Sendable {
         }
         var logits = [Float](repeating: 0, count: outRows.count * c.nVocab)
         logits.withUnsafeMutableBufferPointer {
-            matmul(weights.output, xo.pointer, n: outRows.count, $0.baseAddress!, pool: pool, logits: true)
+            matmul(weights.output, xo.pointer, n: outRows.count, $0.baseAddress!, pool: pool, path: kernels, logits: true)
         }
         return logits
     }
@@ -251,7 +254,7 @@ final class Transformer: @unchecked Sendable {
     @inline(__always)
     func project(_ p: Projection, layer: Int, _ w: WeightMatrix, _ x: UnsafePointer<Float>, n: Int,
                  _ y: UnsafeMutablePointer<Float>, segments: [AdapterSegment]) {
-        matmul(w, x, n: n, y, pool: pool)
+        matmul(w, x, n: n, y, pool: pool, path: kernels)
         guard !segments.isEmpty else { return }
         let key = ModuleKey(layer: layer, projection: p)
         // Segments own disjoint rows of y, so they run in parallel. Within a segment each row is its own
@@ -309,6 +312,7 @@ final class Transformer: @unchecked Sendable {
         let maxKeys = spans.map { $0.startPosition + $0.rowCount }.max() ?? 1
         let rowBytes = c.kvDim * (spans.first?.cache.type.bytesPerValue ?? 2)
         let isF16 = (spans.first?.cache.type ?? .f16) == .f16
+        let path = kernels.rawValue
         // Work items: one (row, KV head) with all `group` query heads of that KV head when there are enough of
         // them to keep every thread busy (each f16 key/value row is then converted once for the group), else one
         // (row, query head). The arithmetic per head is the same either way (bitwise).
@@ -344,13 +348,13 @@ final class Transformer: @unchecked Sendable {
                             ? UnsafeRawPointer(store.keyRow(p))
                             : UnsafeRawPointer(kNew + (span.firstRow + p - span.startPosition) * rowBytes)
                         if headsPerItem > 1 {
-                            ck_dot_f32_f16_heads(qv, headDim, headsPerItem,
+                            ck_dot_f32_f16_heads_p(path, qv, headDim, headsPerItem,
                                                  kRow.assumingMemoryBound(to: UInt16.self) + kvOff, headDim, tmp)
                             for h in 0..<headsPerItem { scores[h * maxKeys + j] = tmp[h] * scale }
                         } else {
                             let dot = isF16
-                                ? ck_dot_f32_f16(qv, kRow.assumingMemoryBound(to: UInt16.self) + kvOff, headDim)
-                                : ck_dot_f32(qv, kRow.assumingMemoryBound(to: Float.self) + kvOff, headDim)
+                                ? ck_dot_f32_f16_p(path, qv, kRow.assumingMemoryBound(to: UInt16.self) + kvOff, headDim)
+                                : ck_dot_f32_p(path, qv, kRow.assumingMemoryBound(to: Float.self) + kvOff, headDim)
                             scores[j] = dot * scale
                         }
                     }
@@ -362,7 +366,7 @@ final class Transformer: @unchecked Sendable {
                                 ? UnsafeRawPointer(store.valueRow(p))
                                 : UnsafeRawPointer(vNew + (span.firstRow + p - span.startPosition) * rowBytes)
                             for h in 0..<headsPerItem { tmp[h] = scores[h * maxKeys + j] }
-                            ck_axpy_f16_heads(tmp, headsPerItem, vRow.assumingMemoryBound(to: UInt16.self) + kvOff, o,
+                            ck_axpy_f16_heads_p(path, tmp, headsPerItem, vRow.assumingMemoryBound(to: UInt16.self) + kvOff, o,
                                               headDim, headDim)
                         }
                         continue
@@ -373,9 +377,9 @@ final class Transformer: @unchecked Sendable {
                             ? UnsafeRawPointer(store.valueRow(p))
                             : UnsafeRawPointer(vNew + (span.firstRow + p - span.startPosition) * rowBytes)
                         if isF16 {
-                            ck_axpy_f16(scores[j], vRow.assumingMemoryBound(to: UInt16.self) + kvOff, o, headDim)
+                            ck_axpy_f16_p(path, scores[j], vRow.assumingMemoryBound(to: UInt16.self) + kvOff, o, headDim)
                         } else {
-                            ck_axpy_f32(scores[j], vRow.assumingMemoryBound(to: Float.self) + kvOff, o, headDim)
+                            ck_axpy_f32_p(path, scores[j], vRow.assumingMemoryBound(to: Float.self) + kvOff, o, headDim)
                         }
                     }
                 }

@@ -35,6 +35,7 @@ public enum KernelBench {
     public static func run(threads: [Int] = [1, 2], quick: Bool = false) -> String {
         var lines: [String] = []
         lines.append("kernel path: \(KernelPath.best)")
+        lines.append("cpu: \(CPUState.detect().summary)")
         for t in threads {
             let results = measure(threads: t, quick: quick)
             lines.append("threads: \(t)")
@@ -56,7 +57,45 @@ public enum KernelBench {
             lines.append(String(format: "  gemma-3-270m projections at n=512: %.2f ms/token (%.0f tokens/s, matmul only)",
                                 perToken * 1e3, 1 / perToken))
         }
+        lines.append("attention helpers, one thread (head_dim 256, 1024 f16 keys, 4 query heads per key head):")
+        for path in KernelPath.available {
+            let (dot, axpy) = attention(path: path, quick: quick)
+            lines.append("  " + path.description.padding(toLength: 10, withPad: " ", startingAt: 0)
+                         + String(format: " scores %7.1f ns/key   values %7.1f ns/key", dot * 1e9, axpy * 1e9))
+        }
         return lines.joined(separator: "\n")
+    }
+
+    /// Best seconds per key of the grouped-query attention inner loops on `path`: the scores of 4 query heads
+    /// against one f16 key row (`ck_dot_f32_f16_heads_p`) and the weighted sum of one f16 value row into 4 outputs
+    /// (`ck_axpy_f16_heads_p`), over 1024 keys of head_dim 256.
+    public static func attention(path: KernelPath, quick: Bool = false) -> (scores: Double, values: Double) {
+        let keys = 1024, dim = 256, heads = 4
+        var state: UInt64 = 0x9e37
+        func next() -> Float {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(Int64(bitPattern: state >> 11) % 2_000_001 - 1_000_000) / 1e6
+        }
+        let q = (0..<(heads * dim)).map { _ in next() }
+        var kv = [UInt16](repeating: 0, count: keys * dim)
+        let f = (0..<(keys * dim)).map { _ in next() }
+        ck_f32_to_f16(f, &kv, keys * dim)
+        let alpha = (0..<heads).map { _ in next() / 1024 }
+        var out = [Float](repeating: 0, count: heads), acc = [Float](repeating: 0, count: heads * dim)
+        var bestDot = Double.infinity, bestAxpy = Double.infinity
+        for _ in 0..<(quick ? 2 : 20) {
+            var t0 = DispatchTime.now().uptimeNanoseconds
+            kv.withUnsafeBufferPointer { k in
+                for j in 0..<keys { ck_dot_f32_f16_heads_p(path.rawValue, q, dim, heads, k.baseAddress! + j * dim, dim, &out) }
+            }
+            bestDot = min(bestDot, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 / Double(keys))
+            t0 = DispatchTime.now().uptimeNanoseconds
+            kv.withUnsafeBufferPointer { v in
+                for j in 0..<keys { ck_axpy_f16_heads_p(path.rawValue, alpha, heads, v.baseAddress! + j * dim, &acc, dim, dim) }
+            }
+            bestAxpy = min(bestAxpy, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 / Double(keys))
+        }
+        return (bestDot, bestAxpy)
     }
 
     /// Measures all configurations with a pool of `threads`.

@@ -3,14 +3,16 @@ import CKernels
 
 /// Which implementation of the quantized kernels runs.
 ///
-/// `.reference` is the plain scalar C code every fast path is tested against; `.avx2` needs AVX2 + FMA + F16C;
-/// `.avx512` needs AVX-512 F/BW/VL/VNNI. The AVX2 and AVX-512 paths give bitwise identical results.
+/// `.reference` is the plain scalar C code every fast path is tested against; `.avx2` needs AVX2 + FMA + F16C
+/// and the OS-enabled YMM state; `.avx512` needs AVX-512 F/BW/VL/VNNI and the opmask/ZMM state (see `CPUState`).
+/// The AVX2 and AVX-512 paths give bitwise identical results; the attention helpers (`ck_dot_f32*`,
+/// `ck_axpy_*`) are bitwise identical on all three paths; the reference matmul sums in ggml's order.
 public enum KernelPath: Int32, Sendable, CaseIterable, CustomStringConvertible {
     case reference = 0
     case avx2 = 1
     case avx512 = 2
 
-    /// The fastest path this CPU supports (detected once, via CPUID), capped by the environment variable
+    /// The fastest path this CPU supports (detected once: CPUID and XCR0, see `CPUState`), capped by the environment variable
     /// `LORAD_KERNELS` (`reference`, `avx2`, `avx512`) when it is set.
     public static var best: KernelPath { KernelPath(rawValue: ck_best_path()) ?? .reference }
 
@@ -27,6 +29,91 @@ public enum KernelPath: Int32, Sendable, CaseIterable, CustomStringConvertible {
         case .avx2: return "avx2"
         case .avx512: return "avx512"
         }
+    }
+}
+
+/// The CPU facts the kernel path is chosen from: CPUID feature words and the register state the OS enabled
+/// (XCR0 via XGETBV), plus the Linux permission for AMX tile data.
+///
+/// A feature listed by CPUID is only usable when the OS saves its registers: AVX2 needs XCR0 bits 1-2
+/// (SSE, YMM), AVX-512 bits 5-7 (opmask, ZMM_Hi256, Hi16_ZMM), AMX bits 17-18 (XTILECFG, XTILEDATA) and on Linux
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)` (Intel SDM vol. 1 ch. 13; Linux Documentation/arch/x86/xstate.rst).
+public struct CPUState: Sendable, Equatable {
+    /// CPUID.1:ECX.
+    public var leaf1ECX: UInt32
+    /// CPUID.(EAX=7, ECX=0):EBX.
+    public var leaf7EBX: UInt32
+    /// CPUID.(EAX=7, ECX=0):ECX.
+    public var leaf7ECX: UInt32
+    /// CPUID.(EAX=7, ECX=0):EDX.
+    public var leaf7EDX: UInt32
+    /// XCR0 (0 when OSXSAVE is clear).
+    public var xcr0: UInt64
+    /// Whether Linux granted this process AMX tile data.
+    public var amxPermitted: Bool
+
+    /// A synthetic state (tests of the path decision).
+    public init(leaf1ECX: UInt32 = 0, leaf7EBX: UInt32 = 0, leaf7ECX: UInt32 = 0, leaf7EDX: UInt32 = 0,
+                xcr0: UInt64 = 0, amxPermitted: Bool = false) {
+        self.leaf1ECX = leaf1ECX
+        self.leaf7EBX = leaf7EBX
+        self.leaf7ECX = leaf7ECX
+        self.leaf7EDX = leaf7EDX
+        self.xcr0 = xcr0
+        self.amxPermitted = amxPermitted
+    }
+
+    /// This CPU's state (`ck_cpu_detect`: CPUID, XGETBV when OSXSAVE is set, the AMX permission when offered).
+    public static func detect() -> CPUState {
+        var s = ck_cpu_state()
+        ck_cpu_detect(&s)
+        return CPUState(c: s)
+    }
+
+    init(c s: ck_cpu_state) {
+        self.init(leaf1ECX: s.leaf1_ecx, leaf7EBX: s.leaf7_ebx, leaf7ECX: s.leaf7_ecx, leaf7EDX: s.leaf7_edx,
+                  xcr0: s.xcr0, amxPermitted: s.amx_permitted != 0)
+    }
+
+    var c: ck_cpu_state {
+        ck_cpu_state(leaf1_ecx: leaf1ECX, leaf7_ebx: leaf7EBX, leaf7_ecx: leaf7ECX, leaf7_edx: leaf7EDX, xcr0: xcr0,
+                     amx_permitted: amxPermitted ? 1 : 0)
+    }
+
+    /// The fastest kernel path this state allows (`ck_path_for`; no `LORAD_KERNELS` cap).
+    public var path: KernelPath {
+        var s = c
+        return KernelPath(rawValue: ck_path_for(&s)) ?? .reference
+    }
+
+    /// Whether AMX tiles could be used (lorad has no AMX kernel; reported for diagnosis).
+    public var amxUsable: Bool {
+        var s = c
+        return ck_amx_usable(&s) != 0
+    }
+
+    /// One line for logs, e.g. "cpuid avx2 fma f16c avx512f avx512bw avx512vl avx512vnni; xcr0 0xe7 (ymm zmm);
+    /// amx no; path avx512".
+    public var summary: String {
+        func bit(_ w: UInt32, _ b: UInt32) -> Bool { w & (1 << b) != 0 }
+        var f: [String] = []
+        if bit(leaf7EBX, 5) { f.append("avx2") }
+        if bit(leaf1ECX, 12) { f.append("fma") }
+        if bit(leaf1ECX, 29) { f.append("f16c") }
+        if bit(leaf1ECX, 27) { f.append("osxsave") }
+        if bit(leaf7EBX, 16) { f.append("avx512f") }
+        if bit(leaf7EBX, 30) { f.append("avx512bw") }
+        if bit(leaf7EBX, 31) { f.append("avx512vl") }
+        if bit(leaf7ECX, 11) { f.append("avx512vnni") }
+        if bit(leaf7EDX, 24) { f.append("amx-tile") }
+        if bit(leaf7EDX, 25) { f.append("amx-int8") }
+        var state: [String] = []
+        if xcr0 & 0x6 == 0x6 { state.append("ymm") }
+        if xcr0 & 0xe6 == 0xe6 { state.append("zmm") }
+        if xcr0 & 0x60000 == 0x60000 { state.append("tile") }
+        return "cpuid " + (f.isEmpty ? "-" : f.joined(separator: " ")) + "; xcr0 0x" + String(xcr0, radix: 16)
+            + " (" + (state.isEmpty ? "-" : state.joined(separator: " ")) + "); amx "
+            + (amxUsable ? "usable" : (amxPermitted ? "permitted, unusable" : "no")) + "; path \(path)"
     }
 }
 
