@@ -28,21 +28,29 @@ struct PEFTFixture {
 
     /// Safetensors bytes for modules keyed by GGUF tensor name (`blk.<l>.<proj>.weight`), as PEFT names them:
     /// `<prefix><l>.<hf path>.lora_A<suffix>` with A `[r, n_in]` and B `[n_out, r]` in F32 (or BF16).
+    /// The modules are given in the tiny llama's GGUF row order; PEFT files hold the Hugging Face order, so with
+    /// `toHFLayout` the lora_B rows of attn_q / attn_k are put back in that order (inverse of llama.cpp's converter
+    /// permutation, n_head 4 / n_head_kv 2), and the loader must undo it. Pass false for modules already in HF order.
     static func weights(_ mods: [String: (a: [Float], b: [Float], rank: Int, scale: Float)],
                         prefix: String = "base_model.model.model.layers.", suffix: String = ".weight",
-                        bf16: Bool = false) -> SafetensorsFixture {
+                        bf16: Bool = false, toHFLayout: Bool = true) -> SafetensorsFixture {
         var f = SafetensorsFixture()
         for (name, m) in mods.sorted(by: { $0.key < $1.key }) {
             let parts = name.split(separator: ".")
             let l = parts[1], proj = hfName[String(parts[2])]!
             let nIn = m.a.count / m.rank, nOut = m.b.count / m.rank
             let base = "\(prefix)\(l).\(proj)"
+            var b = m.b
+            if toHFLayout, parts[2] == "attn_q" || parts[2] == "attn_k" {
+                let heads = parts[2] == "attn_q" ? TinyLlama.nHead : TinyLlama.nHeadKV
+                b = LlamaQKPermutation.ggufToHF(b, rows: nOut, cols: m.rank, nHead: heads)
+            }
             if bf16 {
                 f.add(base + ".lora_A" + suffix, dtype: "BF16", shape: [m.rank, nIn], data: SafetensorsFixture.bf16(m.a).bytes)
-                f.add(base + ".lora_B" + suffix, dtype: "BF16", shape: [nOut, m.rank], data: SafetensorsFixture.bf16(m.b).bytes)
+                f.add(base + ".lora_B" + suffix, dtype: "BF16", shape: [nOut, m.rank], data: SafetensorsFixture.bf16(b).bytes)
             } else {
                 f.add(base + ".lora_A" + suffix, shape: [m.rank, nIn], floats: m.a)
-                f.add(base + ".lora_B" + suffix, shape: [nOut, m.rank], floats: m.b)
+                f.add(base + ".lora_B" + suffix, shape: [nOut, m.rank], floats: b)
             }
         }
         return f

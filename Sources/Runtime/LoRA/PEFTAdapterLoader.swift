@@ -350,7 +350,9 @@ extension Model {
     /// must belong to a module the configuration targets (`PEFTLoRAConfig.isTargeted`): PEFT attaches no layer to
     /// the others, so a file holding them does not match its configuration and is refused rather than loaded with
     /// them dropped. Each module's rank must equal its configured rank (`r` or `rank_pattern`), within
-    /// `1...Model.maxLoRARank`, and its `scale` is `PEFTLoRAConfig.scale(forModule:)`.
+    /// `1...Model.maxLoRARank`, and its `scale` is `PEFTLoRAConfig.scale(forModule:)`. On a llama-architecture base,
+    /// the rows of `q_proj` / `k_proj` lora_B are reordered as llama.cpp's converter reordered the base weights
+    /// (`LlamaQKPermutation.hfToGGUF`, with n_head / n_head_kv); Gemma 3 bases are used as they are.
     /// - Parameters: config: the JSON bytes; weights: the safetensors file; name: the adapter's display name.
     /// - Throws: `AdapterError`: `.invalidConfig` / `.unsupported` from `PEFTLoRAConfig(json:)`; `.unsupported` for
     ///   DoRA magnitude vectors, LoRA on the embeddings or the output head, `modules_to_save` copies, lora_B biases
@@ -416,8 +418,16 @@ extension Model {
             }
             let av = weights.floats(of: a)
             guard av.allSatisfy({ $0.isFinite }) else { throw AdapterError.nonFinite(tensor: a.name) }
-            let bv = weights.floats(of: b)
+            var bv = weights.floats(of: b)
             guard bv.allSatisfy({ $0.isFinite }) else { throw AdapterError.nonFinite(tensor: b.name) }
+            if self.config.architecture == Llama.architecture, key.projection == .attnQ || key.projection == .attnK {
+                // llama.cpp's converter permuted the base's Q/K rows; lora_B's rows must follow (LlamaQKPermutation).
+                let heads = key.projection == .attnQ ? self.config.nHead : self.config.nHeadKV
+                guard LlamaQKPermutation.canPermute(rows: shape.nOut, nHead: heads) else {
+                    throw AdapterError.shapeMismatch(tensor: b.name, detail: "lora_B has \(shape.nOut) rows, which do not split into \(heads) heads of an even head_dim")
+                }
+                bv = LlamaQKPermutation.hfToGGUF(bv, rows: shape.nOut, cols: rank, nHead: heads)
+            }
             let scale = Float(cfg.scale(forModule: p.module))
             modules[key] = LoRAModule(rank: rank, nIn: shape.nIn, nOut: shape.nOut, a: av, b: bv, scale: scale)
         }
