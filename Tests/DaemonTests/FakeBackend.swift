@@ -168,9 +168,15 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
         String(UnicodeScalar(UInt8(97 + Int(id) % 26)))
     }
 
-    /// Each character maps to (scalar % 60) + 4; BOS optional.
+    /// Each character maps to (scalar % 60) + 4; BOS optional. With `parseSpecial`, a leading "<bos>" is BOS.
     func encode(_ text: String, addBOS: Bool, parseSpecial: Bool) -> [Int32] {
-        (addBOS ? [Self.bos] : []) + text.unicodeScalars.map { Int32($0.value % 60) + 4 }
+        var rest = Substring(text)
+        var ids: [Int32] = addBOS ? [Self.bos] : []
+        if parseSpecial, rest.hasPrefix("<bos>") {
+            ids.append(Self.bos)
+            rest = rest.dropFirst(5)
+        }
+        return ids + rest.unicodeScalars.map { Int32($0.value % 60) + 4 }
     }
 
     func renderChat(_ messages: [ChatTurn]) throws -> [Int32] {

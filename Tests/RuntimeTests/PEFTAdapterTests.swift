@@ -28,21 +28,29 @@ struct PEFTFixture {
 
     /// Safetensors bytes for modules keyed by GGUF tensor name (`blk.<l>.<proj>.weight`), as PEFT names them:
     /// `<prefix><l>.<hf path>.lora_A<suffix>` with A `[r, n_in]` and B `[n_out, r]` in F32 (or BF16).
+    /// The modules are given in the tiny llama's GGUF row order; PEFT files hold the Hugging Face order, so with
+    /// `toHFLayout` the lora_B rows of attn_q / attn_k are put back in that order (inverse of llama.cpp's converter
+    /// permutation, n_head 4 / n_head_kv 2), and the loader must undo it. Pass false for modules already in HF order.
     static func weights(_ mods: [String: (a: [Float], b: [Float], rank: Int, scale: Float)],
                         prefix: String = "base_model.model.model.layers.", suffix: String = ".weight",
-                        bf16: Bool = false) -> SafetensorsFixture {
+                        bf16: Bool = false, toHFLayout: Bool = true) -> SafetensorsFixture {
         var f = SafetensorsFixture()
         for (name, m) in mods.sorted(by: { $0.key < $1.key }) {
             let parts = name.split(separator: ".")
             let l = parts[1], proj = hfName[String(parts[2])]!
             let nIn = m.a.count / m.rank, nOut = m.b.count / m.rank
             let base = "\(prefix)\(l).\(proj)"
+            var b = m.b
+            if toHFLayout, parts[2] == "attn_q" || parts[2] == "attn_k" {
+                let heads = parts[2] == "attn_q" ? TinyLlama.nHead : TinyLlama.nHeadKV
+                b = LlamaQKPermutation.ggufToHF(b, rows: nOut, cols: m.rank, nHead: heads)
+            }
             if bf16 {
                 f.add(base + ".lora_A" + suffix, dtype: "BF16", shape: [m.rank, nIn], data: SafetensorsFixture.bf16(m.a).bytes)
-                f.add(base + ".lora_B" + suffix, dtype: "BF16", shape: [nOut, m.rank], data: SafetensorsFixture.bf16(m.b).bytes)
+                f.add(base + ".lora_B" + suffix, dtype: "BF16", shape: [nOut, m.rank], data: SafetensorsFixture.bf16(b).bytes)
             } else {
                 f.add(base + ".lora_A" + suffix, shape: [m.rank, nIn], floats: m.a)
-                f.add(base + ".lora_B" + suffix, shape: [nOut, m.rank], floats: m.b)
+                f.add(base + ".lora_B" + suffix, shape: [nOut, m.rank], floats: b)
             }
         }
         return f
@@ -276,20 +284,51 @@ struct PEFTFixture {
         #expect(adapter.modules.count == 13)
     }
 
+    /// Expects `.untargetedTensors` listing exactly the tensors of `modules` (`blk.<l>.<proj>.weight`), both factors.
+    static func expectUntargeted(_ modules: [String], sourceLocation: SourceLocation = #_sourceLocation,
+                                 _ body: () throws -> Void) {
+        let names = modules.flatMap { m -> [String] in
+            let parts = m.split(separator: ".")
+            let base = "base_model.model.model.layers.\(parts[1]).\(PEFTFixture.hfName[String(parts[2])]!)"
+            return [base + ".lora_A.weight", base + ".lora_B.weight"]
+        }.sorted()
+        expectRefusal(.untargetedTensors(names), sourceLocation: sourceLocation, body)
+    }
+
+    static func layer(_ l: Int) -> [String] { Projection.allCases.map { "blk.\(l).\($0.rawValue).weight" } }
+
     @Test func layersToTransform() throws {
         let mods = TinyLlamaLoRATests.modules(seed: 39)
         let w = PEFTFixture.weights(mods)
+        let w0 = PEFTFixture.weights(mods.filter { $0.key.hasPrefix("blk.0.") })
+        let w1 = PEFTFixture.weights(mods.filter { $0.key.hasPrefix("blk.1.") })
         try Self.withBase(seed: 204) { model in
-            let one = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": 1"), weights: w)
+            let one = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": 1"), weights: w1)
             #expect(Set(one.modules.keys) == Self.allKeys(layers: [1]))
-            let list = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": [0], \"layers_pattern\": \"layers\""), weights: w)
+            let list = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": [0], \"layers_pattern\": \"layers\""), weights: w0)
             #expect(Set(list.modules.keys) == Self.allKeys(layers: [0]))
             let both = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": [0, 1, 5]"), weights: w)
             #expect(Set(both.modules.keys) == Self.allKeys(layers: [0, 1]))
-            // A layers_pattern the module names do not contain selects nothing (PEFT: no layer index found).
-            Self.expectRefusal(.empty) {
-                _ = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": [0], \"layers_pattern\": \"h\""), weights: w)
+            // Weights for a layer the configuration leaves out: refused, naming every such tensor (they used to be
+            // dropped silently, serving an adapter that was not the one trained).
+            Self.expectUntargeted(Self.layer(0)) {
+                _ = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": 1"), weights: w)
             }
+            Self.expectUntargeted(Self.layer(1)) {
+                _ = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": [0], \"layers_pattern\": \"layers\""), weights: w)
+            }
+            // A layers_pattern the module names do not contain selects nothing (PEFT: no layer index found).
+            Self.expectUntargeted(Self.layer(0)) {
+                _ = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": [0], \"layers_pattern\": \"h\""), weights: w0)
+            }
+            Self.expectRefusal(.empty) {
+                _ = try Self.load(model, config: PEFTFixture.config(extra: "\"layers_to_transform\": [0], \"layers_pattern\": \"h\""), weights: SafetensorsFixture())
+            }
+            // The message names the tensors (the first 8) and how many there are.
+            let names = (0..<10).map { "base_model.model.model.layers.\($0).mlp.up_proj.lora_A.weight" }
+            let message = AdapterError.untargetedTensors(names).description
+            #expect(message.contains("10 tensor(s)") && message.contains(names[0]) && message.contains(names[7]))
+            #expect(!message.contains(names[8]) && message.contains("and 2 more") && message.contains("layers_to_transform"))
             // PEFT refuses layers_to_transform with a regex target_modules.
             Self.expectMessage("invalidConfig", ["layers_to_transform"]) {
                 _ = try Self.load(model, config: PEFTFixture.config(targets: "\".*q_proj\"", extra: "\"layers_to_transform\": [0]"), weights: w)
@@ -300,22 +339,33 @@ struct PEFTFixture {
     @Test func targetModulesRegexAndExclusions() throws {
         let mods = TinyLlamaLoRATests.modules(seed: 40)
         let w = PEFTFixture.weights(mods)
+        func only(_ names: Set<String>) -> SafetensorsFixture { PEFTFixture.weights(mods.filter { names.contains($0.key) }) }
+        let allNames = mods.keys.sorted()
         try Self.withBase(seed: 205) { model in
-            let re = try Self.load(model, config: PEFTFixture.config(targets: "\".*\\\\.layers\\\\.0\\\\.self_attn\\\\.(q|v)_proj\""), weights: w)
+            let qv0: Set = ["blk.0.attn_q.weight", "blk.0.attn_v.weight"]
+            let reConfig = PEFTFixture.config(targets: "\".*\\\\.layers\\\\.0\\\\.self_attn\\\\.(q|v)_proj\"")
+            let re = try Self.load(model, config: reConfig, weights: only(qv0))
             #expect(Set(re.modules.keys) == [ModuleKey(layer: 0, projection: .attnQ), ModuleKey(layer: 0, projection: .attnV)])
             #expect(re.targets == ["attn_q", "attn_v"])
+            Self.expectUntargeted(allNames.filter { !qv0.contains($0) }) { _ = try Self.load(model, config: reConfig, weights: w) }
             // Full match: "q_proj" alone matches no full module name.
-            Self.expectRefusal(.empty) { _ = try Self.load(model, config: PEFTFixture.config(targets: "\"q_proj\""), weights: w) }
+            Self.expectUntargeted(allNames) { _ = try Self.load(model, config: PEFTFixture.config(targets: "\"q_proj\""), weights: w) }
             let all = try Self.load(model, config: PEFTFixture.config(targets: "\"all-linear\""), weights: w)
             #expect(all.modules.count == 14)
-            let list = try Self.load(model, config: PEFTFixture.config(targets: "[\"q_proj\", \"mlp.down_proj\"]"), weights: w)
+            let qd: Set = ["blk.0.attn_q.weight", "blk.1.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]
+            let listConfig = PEFTFixture.config(targets: "[\"q_proj\", \"mlp.down_proj\"]")
+            let list = try Self.load(model, config: listConfig, weights: only(qd))
             #expect(Set(list.modules.keys) == [ModuleKey(layer: 0, projection: .attnQ), ModuleKey(layer: 1, projection: .attnQ),
                                                ModuleKey(layer: 0, projection: .ffnDown), ModuleKey(layer: 1, projection: .ffnDown)])
-            let excluded = try Self.load(model, config: PEFTFixture.config(extra: "\"exclude_modules\": [\"down_proj\", \"model.layers.1.self_attn.k_proj\"]"), weights: w)
+            Self.expectUntargeted(allNames.filter { !qd.contains($0) }) { _ = try Self.load(model, config: listConfig, weights: w) }
+            let gone: Set = ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight", "blk.1.attn_k.weight"]
+            let exConfig = PEFTFixture.config(extra: "\"exclude_modules\": [\"down_proj\", \"model.layers.1.self_attn.k_proj\"]")
+            let excluded = try Self.load(model, config: exConfig, weights: only(Set(allNames).subtracting(gone)))
             #expect(Set(excluded.modules.keys) == Self.allKeys(layers: [0, 1])
                 .subtracting([ModuleKey(layer: 0, projection: .ffnDown), ModuleKey(layer: 1, projection: .ffnDown), ModuleKey(layer: 1, projection: .attnK)]))
+            Self.expectUntargeted(gone.sorted()) { _ = try Self.load(model, config: exConfig, weights: w) }
             // A pattern that takes exponential time in a backtracking matcher: matches nothing here.
-            Self.expectRefusal(.empty) {
+            Self.expectUntargeted(allNames) {
                 _ = try Self.load(model, config: PEFTFixture.config(targets: "\"(.*.*)*(.*.*)*Z\""), weights: w)
             }
             // Backreferences and lookaround are refused, not misread.

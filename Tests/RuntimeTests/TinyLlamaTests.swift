@@ -408,6 +408,34 @@ struct SplitMix {
         #expect(diff < 1e-3, "adapter vs merged weights: max |Δlogit| = \(diff)")
     }
 
+    /// llama.cpp looks each adapter tensor up by its exact base name ("LoRA tensor ... does not exist in base
+    /// model"): a layer number spelled differently ("blk.00"), a layer the base lacks, or a weight that is no block
+    /// projection is refused, never folded onto another module.
+    @Test func refusesTensorsThatMatchNoBaseWeight() throws {
+        let base = try TinyLlama(seed: 15, type: .f32)
+        defer { unlink(base.path) }
+        let model = try Model.load(path: base.path, options: ModelOptions(threads: 1, kvCacheType: .f32))
+        let layer0 = Self.modules(seed: 16).filter { $0.key.hasPrefix("blk.0.") }
+        for (extra, offending) in [("blk.00.attn_q.weight", "blk.00.attn_q.weight.lora_a"),
+                                   ("blk.+1.attn_q.weight", "blk.+1.attn_q.weight.lora_a"),
+                                   ("blk.2.attn_q.weight", "blk.2.attn_q.weight.lora_a"),
+                                   ("output.weight", "output.weight.lora_a")] {
+            var mods = layer0
+            let q = layer0["blk.0.attn_q.weight"]!
+            mods[extra] = extra == "output.weight"
+                ? ((0..<(Self.rank * TinyLlama.nEmbd)).map { _ in 0.1 }, (0..<(TinyLlama.nVocab * Self.rank)).map { _ in 0.1 }, Self.rank, 2)
+                : q
+            let path = try Self.writeAdapter(mods)
+            defer { unlink(path) }
+            do {
+                _ = try model.loadGGUFAdapter(path: path, name: "t")
+                Issue.record("accepted an adapter with \(extra)")
+            } catch let e as AdapterError {
+                #expect(e == .unknownTarget(tensor: offending), "\(extra)")
+            }
+        }
+    }
+
     @Test func freshAdapterAndScaleZeroEqualBase() throws {
         let base = try TinyLlama(seed: 12, type: .q8_0)
         let fresh = try Self.writeAdapter(Self.modules(seed: 13, zeroB: true))

@@ -183,6 +183,7 @@ final class APIHandler: @unchecked Sendable {
             body.model = nil
             var prepared = try r.validator.prepare(body)
             prepared.attach(mix)
+            for i in prepared.promptsWithOwnBOS { logOwnBOS(prompt: i, route: route) }
             return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
         case .chatCompletions:
             var body = try RequestValidator.decode(ChatRequestBody.self, from: body)
@@ -192,9 +193,39 @@ final class APIHandler: @unchecked Sendable {
             var prepared = try r.validator.prepare(body)
             prepared.attach(mix)
             return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
+        case .tokenize:
+            var body = try RequestValidator.decode(TokenizeRequestBody.self, from: body)
+            let r = try await ready()
+            body.model = try tokenizerModel(body.model, ready: r)
+            let result = try r.validator.tokenize(body)
+            if result.bosFromText { logOwnBOS(prompt: 0, route: route) }
+            try await writer.send(json: result.body)
+            return 200
+        case .detokenize:
+            var body = try RequestValidator.decode(DetokenizeRequestBody.self, from: body)
+            let r = try await ready()
+            body.model = try tokenizerModel(body.model, ready: r)
+            try await writer.send(json: try r.validator.detokenize(body))
+            return 200
         default:
             throw APIError.routeNotFound(method: "GET", path: route.template)
         }
+    }
+
+    /// The model id a tokenize request names, mapped to the base model's when it names a registered adapter (they
+    /// share its tokenizer). Absent stays absent: it decides the answer's shape.
+    /// - Throws: ``APIError`` 404 for any other name.
+    private func tokenizerModel(_ model: String?, ready r: ServerState.Ready) throws -> String? {
+        guard let m = model, !m.isEmpty, m != r.backend.modelID else { return model }
+        guard state.registry?.info(m) != nil else { throw APIError.modelNotFound(m, available: availableModels()) }
+        return r.backend.modelID
+    }
+
+    /// A text prompt began with the BOS token's text: lorad did not add a second BOS (llama.cpp would, and warns).
+    private func logOwnBOS(prompt: Int, route: Route) {
+        logger.warning(
+            "prompt starts with BOS; no second BOS added",
+            metadata: ["route": "\(route.template)", "prompt_index": "\(prompt)"])
     }
 
     /// A registered adapter as an OpenAI model object with vLLM's `parent` (the base model's id).

@@ -24,6 +24,8 @@ public struct PreparedRequest: Sendable {
     public var logprobs: Int?
     /// Render tokens as `token_id:N` (vLLM `return_tokens_as_token_ids`).
     public var tokensAsIDs: Bool
+    /// Indices of text prompts whose first token already was BOS, so no second BOS was added (logged).
+    public var promptsWithOwnBOS: [Int] = []
 }
 
 extension PreparedRequest {
@@ -145,12 +147,20 @@ public struct RequestValidator: Sendable {
                 "'logprobs' must be between 0 and \(Self.maxLogprobs), got \(lp).", param: "logprobs")
         }
         let prompts: [[Int32]]
+        var ownBOS: [Int] = []
+        func encodeTexts(_ texts: [String]) -> [[Int32]] {
+            texts.enumerated().map { i, s in
+                let r = backend.encodePrompt(s, addBOS: true, parseSpecial: true)
+                if r.bosFromText { ownBOS.append(i) }
+                return r.tokens
+            }
+        }
         switch body.prompt {
         case .text(let s):
-            prompts = [backend.encode(s, addBOS: true, parseSpecial: true)]
+            prompts = encodeTexts([s])
         case .texts(let list):
             guard !list.isEmpty else { throw APIError.invalidRequest("'prompt' is empty.", param: "prompt") }
-            prompts = list.map { backend.encode($0, addBOS: true, parseSpecial: true) }
+            prompts = encodeTexts(list)
         case .tokens(let ids):
             prompts = [try tokenIDs(ids, param: "prompt")]
         case .tokenLists(let lists):
@@ -177,7 +187,7 @@ public struct RequestValidator: Sendable {
         return PreparedRequest(
             kind: .completion, generations: generations, stream: body.sampling.stream ?? false,
             includeUsage: body.sampling.streamOptions?.includeUsage ?? false, logprobs: body.logprobs,
-            tokensAsIDs: body.sampling.returnTokensAsTokenIDs ?? false)
+            tokensAsIDs: body.sampling.returnTokensAsTokenIDs ?? false, promptsWithOwnBOS: ownBOS)
     }
 
     // MARK: - Chat

@@ -18,6 +18,10 @@ public enum Route: Sendable, Equatable {
     case loadLoRAAdapter
     /// vLLM's `POST /v1/unload_lora_adapter`.
     case unloadLoRAAdapter
+    /// `POST /tokenize` (llama.cpp's and vLLM's body shapes).
+    case tokenize
+    /// `POST /detokenize` (llama.cpp's and vLLM's body shapes).
+    case detokenize
 
     /// Route template used as the `route` label in metrics.
     public var template: String {
@@ -33,13 +37,16 @@ public enum Route: Sendable, Equatable {
         case .adapter: return "/v1/adapters/{name}"
         case .loadLoRAAdapter: return "/v1/load_lora_adapter"
         case .unloadLoRAAdapter: return "/v1/unload_lora_adapter"
+        case .tokenize: return "/tokenize"
+        case .detokenize: return "/detokenize"
         }
     }
 
     /// The accepted methods.
     public var methods: [String] {
         switch self {
-        case .completions, .chatCompletions, .loadLoRAAdapter, .unloadLoRAAdapter: return ["POST"]
+        case .completions, .chatCompletions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize:
+            return ["POST"]
         case .adapters: return ["GET", "POST"]
         case .adapter: return ["GET", "DELETE"]
         default: return ["GET"]
@@ -73,6 +80,8 @@ public enum Route: Sendable, Equatable {
         case "/v1/adapters": route = .adapters
         case "/v1/load_lora_adapter": route = .loadLoRAAdapter
         case "/v1/unload_lora_adapter": route = .unloadLoRAAdapter
+        case "/tokenize": route = .tokenize
+        case "/detokenize": route = .detokenize
         default:
             let prefix = "/v1/models/"
             if path.hasPrefix(prefix), path.count > prefix.count {

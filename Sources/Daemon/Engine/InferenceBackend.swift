@@ -84,6 +84,14 @@ public protocol InferenceBackend: AnyObject, Sendable {
     func encode(_ text: String, addBOS: Bool, parseSpecial: Bool) -> [Int32]
     /// Renders messages with the model's chat template and a trailing generation prompt (BOS included).
     func renderChat(_ messages: [ChatTurn]) throws -> [Int32]
+    /// Renders messages with the model's chat template, with or without the trailing generation prompt.
+    func renderChat(_ messages: [ChatTurn], addGenerationPrompt: Bool) throws -> [Int32]
+    /// Tokenizes a raw prompt as generation does: BOS prepended when asked for and the model adds one, except when
+    /// the text's own first token already is BOS (no second BOS; llama.cpp keeps both and warns).
+    /// - Returns: the ids, and `bosFromText` = true when that exception applied (callers log it).
+    func encodePrompt(_ text: String, addBOS: Bool, parseSpecial: Bool) -> (tokens: [Int32], bosFromText: Bool)
+    /// Text of `ids` (each in `0..<V`) with special tokens rendered as their text (llama.cpp `/detokenize`).
+    func decode(_ ids: [Int32]) -> String
     /// Whether `id` ends generation (eos, `<end_of_turn>`, ...).
     func isEndOfGeneration(_ id: Int32) -> Bool
     /// Raw bytes the token contributes to the text.
@@ -114,6 +122,29 @@ extension InferenceBackend {
 
     public func loadAdapter(at path: String, format: AdapterFormat, name: String) throws -> any AdapterWeights {
         throw AdapterLoadError("this model backend does not support LoRA adapters")
+    }
+
+    /// Default: the generation prompt is always there; without it the request is refused.
+    public func renderChat(_ messages: [ChatTurn], addGenerationPrompt: Bool) throws -> [Int32] {
+        guard addGenerationPrompt else {
+            throw APIError.invalidRequest(
+                "This model backend always adds the generation prompt.", param: "add_generation_prompt")
+        }
+        return try renderChat(messages)
+    }
+
+    /// Default from `encode`: the BOS id is what `addBOS: true` puts in front; the text is encoded twice.
+    public func encodePrompt(_ text: String, addBOS: Bool, parseSpecial: Bool) -> (tokens: [Int32], bosFromText: Bool) {
+        let bare = encode(text, addBOS: false, parseSpecial: parseSpecial)
+        guard addBOS else { return (bare, false) }
+        let withBOS = encode(text, addBOS: true, parseSpecial: parseSpecial)
+        guard withBOS.count == bare.count + 1, let bos = withBOS.first else { return (withBOS, false) }
+        return bare.first == bos ? (bare, true) : (withBOS, false)
+    }
+
+    /// Default: the tokens' bytes joined (invalid UTF-8 becomes U+FFFD).
+    public func decode(_ ids: [Int32]) -> String {
+        String(decoding: ids.flatMap { tokenBytes($0) }, as: UTF8.self)
     }
 }
 

@@ -74,10 +74,22 @@ public final class RuntimeBackend: InferenceBackend, @unchecked Sendable {
     }
 
     public func renderChat(_ messages: [ChatTurn]) throws -> [Int32] {
+        try renderChat(messages, addGenerationPrompt: true)
+    }
+
+    public func renderChat(_ messages: [ChatTurn], addGenerationPrompt: Bool) throws -> [Int32] {
         try model.chatTemplate.render(
-            messages.map { ChatMessage(role: $0.role, content: $0.content) }, addGenerationPrompt: true,
+            messages.map { ChatMessage(role: $0.role, content: $0.content) }, addGenerationPrompt: addGenerationPrompt,
             tokenizer: model.tokenizer)
     }
+
+    public func encodePrompt(_ text: String, addBOS: Bool, parseSpecial: Bool) -> (tokens: [Int32], bosFromText: Bool) {
+        let r = model.tokenizer.encodeNotingBOS(
+            [.text(text, parseSpecial: parseSpecial)], addBOS: addBOS && model.tokenizer.addBOS)
+        return (r.ids, r.bosFromInput)
+    }
+
+    public func decode(_ ids: [Int32]) -> String { model.tokenizer.decode(ids, renderSpecial: true) }
 
     public func isEndOfGeneration(_ id: Int32) -> Bool { model.tokenizer.isEndOfGeneration(id) }
 

@@ -52,6 +52,7 @@ final class EngineService: Service, @unchecked Sendable {
             SystemdNotifier.status("model failed to load: \(message)")
             throw error
         }
+        for note in backend.model.tokenizer.loadNotes { logger.warning("tokenizer metadata", metadata: ["note": "\(note)"]) }
         if let registry = state.registry {
             registry.attach(backend: backend)
             if registry.scanDir != nil {

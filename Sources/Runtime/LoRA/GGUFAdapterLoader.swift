@@ -33,6 +33,10 @@ public enum AdapterError: Error, CustomStringConvertible, Equatable {
     case unreadable(path: String, reason: String)
     /// Two tensors patch the same projection of the same layer (e.g. under two module-name prefixes).
     case duplicateTarget(tensor: String, other: String)
+    /// Tensors (all of them named, sorted) of modules the adapter's own configuration does not target: PEFT
+    /// `target_modules` does not name them, `layers_to_transform` leaves their layer out, or `exclude_modules`
+    /// excludes them.
+    case untargetedTensors([String])
 
     public var description: String {
         switch self {
@@ -49,6 +53,11 @@ public enum AdapterError: Error, CustomStringConvertible, Equatable {
         case .unsupported(let d): return "unsupported adapter: \(d)"
         case .unreadable(let p, let r): return "cannot read \(p): \(r)"
         case .duplicateTarget(let t, let o): return "tensor '\(t)' patches the same projection as '\(o)'"
+        case .untargetedTensors(let names):
+            let shown = names.prefix(8).map { "'\($0)'" }.joined(separator: ", ")
+            let more = names.count > 8 ? " and \(names.count - 8) more" : ""
+            return "\(names.count) tensor(s) belong to modules adapter_config.json does not target (target_modules, "
+                + "layers_to_transform, exclude_modules): \(shown)\(more); the weights do not match the configuration"
         }
     }
 }
@@ -124,7 +133,10 @@ extension Model {
     /// `blk.<l>.<projection>` → key.
     static func moduleKey(ggufName: String) -> ModuleKey? {
         let parts = ggufName.split(separator: ".")
-        guard parts.count == 3, parts[0] == "blk", let l = Int(parts[1]), let p = Projection(rawValue: String(parts[2]))
+        // The layer number must be spelled as the base's tensor names spell it ("blk.00" or "blk.+0" match no base
+        // weight in llama.cpp, and here they would silently collide with "blk.0").
+        guard parts.count == 3, parts[0] == "blk", let l = Int(parts[1]), l >= 0, String(l) == parts[1],
+              let p = Projection(rawValue: String(parts[2]))
         else { return nil }
         return ModuleKey(layer: l, projection: p)
     }

@@ -346,14 +346,19 @@ extension Model {
     /// before `weight`, e.g. `lora_A.default.weight`, as long as all tensors use the same one), where `<module>` is
     /// `model.layers.<l>.self_attn.{q,k,v,o}_proj` or `model.layers.<l>.mlp.{gate,up,down}_proj`, or the same under
     /// `model.language_model.layers.` or `language_model.model.layers.` (Gemma 3 multimodal checkpoints).
-    /// lora_A is `[r, n_in]` and lora_B `[n_out, r]` (F32, F16 or BF16), row-major like `LoRAModule`. Tensors of
-    /// modules the configuration does not target (`PEFTLoRAConfig.isTargeted`) are skipped, as PEFT attaches no
-    /// layer to them. Each module's rank must equal its configured rank (`r` or `rank_pattern`), within
-    /// `1...Model.maxLoRARank`, and its `scale` is `PEFTLoRAConfig.scale(forModule:)`.
+    /// lora_A is `[r, n_in]` and lora_B `[n_out, r]` (F32, F16 or BF16), row-major like `LoRAModule`. Every tensor
+    /// must belong to a module the configuration targets (`PEFTLoRAConfig.isTargeted`): PEFT attaches no layer to
+    /// the others, so a file holding them does not match its configuration and is refused rather than loaded with
+    /// them dropped. Each module's rank must equal its configured rank (`r` or `rank_pattern`), within
+    /// `1...Model.maxLoRARank`, and its `scale` is `PEFTLoRAConfig.scale(forModule:)`. On a llama-architecture base,
+    /// the rows of `q_proj` / `k_proj` lora_B are reordered as llama.cpp's converter reordered the base weights
+    /// (`LlamaQKPermutation.hfToGGUF`, with n_head / n_head_kv); Gemma 3 bases are used as they are.
     /// - Parameters: config: the JSON bytes; weights: the safetensors file; name: the adapter's display name.
     /// - Throws: `AdapterError`: `.invalidConfig` / `.unsupported` from `PEFTLoRAConfig(json:)`; `.unsupported` for
     ///   DoRA magnitude vectors, LoRA on the embeddings or the output head, `modules_to_save` copies, lora_B biases
-    ///   and tensors of several adapters; `.unknownTarget` for a tensor that names no projection of the base
+    ///   and tensors of several adapters; `.untargetedTensors` naming every tensor of a module the configuration
+    ///   does not target (outside `layers_to_transform`, not in `target_modules`, or excluded);
+    ///   `.unknownTarget` for a tensor that names no projection of the base
     ///   (including a layer the base does not have); `.missingPair`; `.duplicateTarget`; `.shapeMismatch` (2-D
     ///   shapes `[r, n_in]` / `[n_out, r]` against the base weight and the configured rank); `.rankOutOfRange`;
     ///   `.nonFinite`; `.empty` when nothing is patched. Each names the tensor.
@@ -372,7 +377,12 @@ extension Model {
             throw AdapterError.unsupported("the tensors belong to several adapters (\(shown)); save one adapter per directory")
         }
         var pairs: [ModuleKey: (module: String, a: SafetensorsTensorInfo?, b: SafetensorsTensorInfo?)] = [:]
-        for (info, n) in parsed where cfg.isTargeted(module: n.module) {
+        var untargeted: [String] = []
+        for (info, n) in parsed {
+            guard cfg.isTargeted(module: n.module) else {
+                untargeted.append(info.name)
+                continue
+            }
             guard let key = Self.moduleKey(hfModule: n.module) else { throw AdapterError.unknownTarget(tensor: info.name) }
             var p = pairs[key] ?? (n.module, nil, nil)
             if p.module != n.module {
@@ -381,6 +391,9 @@ extension Model {
             if n.isA { p.a = info } else { p.b = info }
             pairs[key] = p
         }
+        // PEFT attaches no layer to these modules, so their weights could only be dropped: the file and its
+        // configuration disagree (a wrong adapter_config.json, or tensors from another training run).
+        guard untargeted.isEmpty else { throw AdapterError.untargetedTensors(untargeted.sorted()) }
         var modules: [ModuleKey: LoRAModule] = [:]
         let projectionOrder = Dictionary(uniqueKeysWithValues: Projection.allCases.enumerated().map { ($1, $0) })
         let order = pairs.sorted {
@@ -405,8 +418,16 @@ extension Model {
             }
             let av = weights.floats(of: a)
             guard av.allSatisfy({ $0.isFinite }) else { throw AdapterError.nonFinite(tensor: a.name) }
-            let bv = weights.floats(of: b)
+            var bv = weights.floats(of: b)
             guard bv.allSatisfy({ $0.isFinite }) else { throw AdapterError.nonFinite(tensor: b.name) }
+            if self.config.architecture == Llama.architecture, key.projection == .attnQ || key.projection == .attnK {
+                // llama.cpp's converter permuted the base's Q/K rows; lora_B's rows must follow (LlamaQKPermutation).
+                let heads = key.projection == .attnQ ? self.config.nHead : self.config.nHeadKV
+                guard LlamaQKPermutation.canPermute(rows: shape.nOut, nHead: heads) else {
+                    throw AdapterError.shapeMismatch(tensor: b.name, detail: "lora_B has \(shape.nOut) rows, which do not split into \(heads) heads of an even head_dim")
+                }
+                bv = LlamaQKPermutation.hfToGGUF(bv, rows: shape.nOut, cols: rank, nHead: heads)
+            }
             let scale = Float(cfg.scale(forModule: p.module))
             modules[key] = LoRAModule(rank: rank, nIn: shape.nIn, nOut: shape.nOut, a: av, b: bv, scale: scale)
         }

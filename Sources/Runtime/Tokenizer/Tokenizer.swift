@@ -39,6 +39,9 @@ public final class Tokenizer: @unchecked Sendable {
     public let addSpacePrefix: Bool
     /// Every id that ends generation, ascending (see `isEndOfGeneration`).
     public let endOfGenerationIDs: [Int32]
+    /// What loading decided that the file did not state (e.g. "tokenizer.ggml.bos_token_id is absent; using the
+    /// CONTROL token \"<bos>\" (id 2)"), one sentence each; empty for a file that states everything. Callers log them.
+    public let loadNotes: [String]
 
     let vocabulary: TokenizerVocabulary
     private let processor: SentencePieceProcessor
@@ -158,6 +161,7 @@ public final class Tokenizer: @unchecked Sendable {
         addBOS = vocab.addBOS
         addSpacePrefix = vocab.addSpacePrefix
         endOfGenerationIDs = vocab.endOfGenerationIDs.sorted()
+        loadNotes = vocab.notes
     }
 
     /// `tokenizer.model` in the directory of the GGUF file at `ggufPath`, if such a file exists.
@@ -169,7 +173,8 @@ public final class Tokenizer: @unchecked Sendable {
 
     // MARK: - Encoding
 
-    /// Token ids of `text` (llama.cpp `llama_tokenize(vocab, text, add_special: addBOS, parse_special:)`).
+    /// Token ids of `text` (llama.cpp `llama_tokenize(vocab, text, add_special: addBOS, parse_special:)`, except that
+    /// BOS is not prepended when the text's own first token already is BOS; see `encodeNotingBOS`).
     /// - Parameters:
     ///   - addBOS: prepend `bosID` (pass `tokenizer.addBOS` for a prompt). EOS is never appended.
     ///   - parseSpecial: match control-token texts such as `<start_of_turn>` as those tokens (llama.cpp's default for
@@ -184,6 +189,18 @@ public final class Tokenizer: @unchecked Sendable {
     /// across segment boundaries, but control-token texts are only matched inside segments with `parseSpecial`.
     /// Chat templates use this to parse markup while keeping message content literal.
     public func encode(_ segments: [Segment], addBOS: Bool) -> [Int32] {
+        encodeNotingBOS(segments, addBOS: addBOS).ids
+    }
+
+    /// `encode(segments, addBOS:)`, also saying whether BOS came from the input itself.
+    ///
+    /// With `addBOS`, BOS is prepended only when the input's first token is not BOS already: a raw prompt that
+    /// starts with the BOS text (`<bos>` with `parseSpecial`, or a `.token(bos)` segment) gets one BOS, not two.
+    /// llama.cpp keeps both and only logs a warning (llama-vocab.cpp, `llama_vocab::impl::tokenize`); two BOS
+    /// tokens put the model off its training distribution, so lorad drops its own.
+    /// - Returns: the ids, and `bosFromInput` = true when `addBOS` was asked for, the model has a BOS, and the
+    ///   input's first token already was it (so none was added; callers log this).
+    public func encodeNotingBOS(_ segments: [Segment], addBOS: Bool) -> (ids: [Int32], bosFromInput: Bool) {
         var output: [Int32] = []
         if addBOS, let bos = bosID { output.append(bos) }
         var previousWasToken = true  // llama.cpp: the first text fragment gets the space prefix
@@ -210,7 +227,11 @@ public final class Tokenizer: @unchecked Sendable {
             }
         }
         flush()
-        return output
+        if addBOS, let bos = bosID, output.count >= 2, output[1] == bos {
+            output.removeFirst()
+            return (output, true)
+        }
+        return (output, false)
     }
 
     private func encodeRun(

@@ -17,6 +17,11 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case sentencePieceLoadFailed(String)
     /// A companion `tokenizer.model` could not be read (`reason`), or its piece count differs from the GGUF vocabulary.
     case companionModelUnusable(path: String, reason: String)
+    /// A special-token id in the metadata (`key`, e.g. `tokenizer.ggml.bos_token_id`) is `id`, outside `0..<vocabSize`.
+    case specialTokenIDOutOfRange(key: String, id: Int, vocabSize: Int)
+    /// `key` is absent, the token is needed (EOS always; BOS when `add_bos_token` is true), and no CONTROL token
+    /// has one of the `candidates` texts.
+    case specialTokenNotFound(key: String, candidates: [String])
 
     public var description: String {
         switch self {
@@ -35,6 +40,12 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
             return "libsentencepiece rejected the tokenizer model: \(message)"
         case .companionModelUnusable(let path, let reason):
             return "tokenizer model \(path) cannot be used: \(reason)"
+        case .specialTokenIDOutOfRange(let key, let id, let vocabSize):
+            return "GGUF metadata \(key) is \(id), outside the vocabulary (0..<\(vocabSize)); the file is refused "
+                + "rather than using another token in its place"
+        case .specialTokenNotFound(let key, let candidates):
+            return "GGUF metadata \(key) is absent and no CONTROL token is named "
+                + candidates.joined(separator: ", ") + "; the token cannot be determined"
         }
     }
 }

@@ -57,6 +57,9 @@ struct TokenizerVocabulary {
     var addBOS: Bool
     var addEOS: Bool
     var addSpacePrefix: Bool
+    /// What loading decided without the file saying so (a BOS/EOS id taken from the token types, or a special id
+    /// naming a token that is not CONTROL), one sentence each, for the log.
+    var notes: [String]
 
     var count: Int { tokens.count }
 
@@ -89,6 +92,11 @@ struct TokenizerVocabulary {
         "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
         "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
     ]
+    /// CONTROL-token texts that stand for BOS when `tokenizer.ggml.bos_token_id` is absent (Gemma, Llama 2 / SPM,
+    /// Llama 3, GPT-NeoX style), in the order they are tried.
+    static let bosTexts: [String] = ["<bos>", "<s>", "<|begin_of_text|>", "<|startoftext|>"]
+    /// CONTROL-token texts that stand for EOS when `tokenizer.ggml.eos_token_id` is absent, in the order tried.
+    static let eosTexts: [String] = ["<eos>", "</s>", "<|end_of_text|>", "<|endoftext|>"]
     /// Texts llama.cpp forces to USER_DEFINED (always rendered).
     static let alwaysRenderedTexts: [String] = ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"]
 
@@ -96,7 +104,9 @@ struct TokenizerVocabulary {
 
     /// Reads the tokenizer metadata of `gguf`.
     /// - Throws: `TokenizerError.unsupportedTokenizerModel` unless `tokenizer.ggml.model` is `llama`;
-    ///   `missingMetadata` / `arrayLengthMismatch` / `invalidVocabularySize` for malformed arrays.
+    ///   `missingMetadata` / `arrayLengthMismatch` / `invalidVocabularySize` for malformed arrays;
+    ///   `specialTokenIDOutOfRange` for a BOS/EOS id outside the vocabulary (`missingMetadata` when it is not an
+    ///   integer); `specialTokenNotFound` when a needed BOS/EOS id is absent and no CONTROL token has its text.
     init(gguf: GGUFFile) throws {
         guard let model = gguf.string(GGUFKeys.tokenizerModel) else {
             throw TokenizerError.missingMetadata(key: GGUFKeys.tokenizerModel)
@@ -129,15 +139,48 @@ struct TokenizerVocabulary {
             for i in 0..<n { attributes[i] = TokenAttributes(ggufTokenType: t[i]) }
         }
 
-        // Special ids: llama.cpp's SPM defaults, disabled when out of range, overridden by in-range metadata.
+        addBOS = gguf.bool(GGUFKeys.addBOSToken) ?? true
+        addEOS = gguf.bool(GGUFKeys.addEOSToken) ?? false
+        addSpacePrefix = gguf.bool(GGUFKeys.addSpacePrefix) ?? true
+
+        // BOS and EOS are never guessed by position. llama.cpp falls back to ids 1 and 2 when the metadata is absent
+        // or out of range; in Gemma's vocabulary id 1 is <eos>, so a missing BOS would silently start every prompt
+        // with EOS. An id that is present must be an integer inside the vocabulary (else the file is refused); an
+        // absent one is taken from a CONTROL-typed token with the family's text (<bos>, <s>, ...), and the choice
+        // is recorded in `notes` for the log. With no such token: refused, unless the id is not needed (BOS with
+        // add_bos_token false).
+        var notes: [String] = []
+        let fileAttributes = attributes
+        func namedSpecialID(_ key: String, texts: [String], required: Bool) throws -> Int32? {
+            if let value = gguf.metadata[key] {
+                guard let v = value.intValue else { throw TokenizerError.missingMetadata(key: key) }
+                guard v >= 0, v < n else { throw TokenizerError.specialTokenIDOutOfRange(key: key, id: v, vocabSize: n) }
+                if !fileAttributes[v].contains(.control) {
+                    notes.append("\(key) = \(v) names \(String(reflecting: tokens[v])), which is not a CONTROL token")
+                }
+                return Int32(v)
+            }
+            for text in texts {
+                if let i = tokens.firstIndex(of: text), fileAttributes[i].contains(.control) {
+                    notes.append("\(key) is absent; using the CONTROL token \(String(reflecting: text)) (id \(i))")
+                    return Int32(i)
+                }
+            }
+            if required { throw TokenizerError.specialTokenNotFound(key: key, candidates: texts) }
+            notes.append("\(key) is absent and no CONTROL token is named \(texts.joined(separator: " or ")); none is used")
+            return nil
+        }
+        bosID = try namedSpecialID(GGUFKeys.bosTokenID, texts: Self.bosTexts, required: addBOS)
+        eosID = try namedSpecialID(GGUFKeys.eosTokenID, texts: Self.eosTexts, required: true)
+        self.notes = notes
+
+        // Other special ids: llama.cpp's SPM defaults, disabled when out of range, overridden by in-range metadata.
         func specialID(_ key: String, default def: Int32?) -> Int32? {
             var id = def.flatMap { Int($0) < n ? $0 : nil }
             if let v = gguf.int(key), v >= 0, v < n { id = Int32(v) }
             return id
         }
         let prefix = "tokenizer.ggml."
-        bosID = specialID(GGUFKeys.bosTokenID, default: 1)
-        eosID = specialID(GGUFKeys.eosTokenID, default: 2)
         unkID = specialID(GGUFKeys.unknownTokenID, default: 0)
         padID = specialID(GGUFKeys.paddingTokenID, default: nil)
         var eot = specialID(GGUFKeys.eotTokenID, default: nil)
@@ -148,10 +191,6 @@ struct TokenizerVocabulary {
         var fimPad = specialID(prefix + "fim_pad_token_id", default: nil)
         var fimRep = specialID(prefix + "fim_rep_token_id", default: nil)
         var fimSep = specialID(prefix + "fim_sep_token_id", default: nil)
-
-        addBOS = gguf.bool(GGUFKeys.addBOSToken) ?? true
-        addEOS = gguf.bool(GGUFKeys.addEOSToken) ?? false
-        addSpacePrefix = gguf.bool(GGUFKeys.addSpacePrefix) ?? true
 
         // Find the few tokens whose text matters, in one pass (lowest id wins when a text repeats).
         let tables = [
