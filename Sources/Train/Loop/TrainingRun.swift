@@ -153,10 +153,13 @@ public struct TrainingLoopOptions: Sendable, Equatable {
     public var checkpointEvery: Int
     /// Eval every N steps (0: only at the end).
     public var evalEvery: Int
+    /// Also eval before the first step of a fresh run (the starting adapter's loss, as a baseline).
+    public var evalAtStart: Bool
 
     /// - Parameters: see the properties.
     public init(length: Length, batchSize: Int = 4, gradAccum: Int = 1, shuffle: Bool = true,
-                checkpointEvery: Int = 0, evalEvery: Int = 0) {
+                checkpointEvery: Int = 0, evalEvery: Int = 0, evalAtStart: Bool = false) {
+        self.evalAtStart = evalAtStart
         self.length = length
         self.batchSize = batchSize
         self.gradAccum = gradAccum
@@ -292,7 +295,7 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
     ///
     /// With `resume`, continues from the store's latest checkpoint (if any) after checking it belongs to this run.
     /// A checkpoint is written every `checkpointEvery` steps, after the last step and when cancelled; eval runs
-    /// every `evalEvery` steps and at the end.
+    /// every `evalEvery` steps and at the end (and before the first step of a fresh run with `evalAtStart`).
     /// - Throws: `TrainingRunError` for bad settings, a foreign checkpoint or a bad objective result; the
     ///   objective's, optimizer's and store's errors unchanged. A failed checkpoint save stops the run.
     public func run(resume: Bool, isCancelled: () -> Bool = { false },
@@ -335,6 +338,9 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
             progress(.checkpoint(step: step))
         }
 
+        if options.evalAtStart, step == 0, let e = try objective.evalLoss(params: params) {
+            progress(.eval(step: 0, loss: e))
+        }
         let session0 = DispatchTime.now().uptimeNanoseconds
         let firstStep = step
         var lastLoss: Double?
