@@ -125,6 +125,11 @@ public final class LoRATrainer: @unchecked Sendable {
     /// `SCHED_IDLE` (5 in linux/sched.h; glibc declares it only under _GNU_SOURCE).
     static let schedIdle: Int32 = 5
 
+    /// The kernel set OpenBLAS chose at load time (`openblas_get_corename`, e.g. "SkylakeX", "Haswell").
+    /// OpenBLAS 0.3.21 does not recognise every recent CPU and then falls back to "Prescott" (SSE3, ~4x slower
+    /// sgemm); `OPENBLAS_CORETYPE=SkylakeX` in the environment of the process fixes that on AVX-512 machines.
+    public static var blasCoreName: String { openblas_get_corename().map { String(cString: $0) } ?? "unknown" }
+
     // MARK: - Public API
 
     /// SFT: mean cross-entropy over every scored token of the batch (one mean over the batch's tokens, not a mean

@@ -71,9 +71,10 @@ public enum TrainBench {
                             meanSeconds: times.reduce(0, +) / Double(times.count), peakRSSBytes: peakRSS())
         if doPrint {
             Swift.print("train bench: \(model.name), " + String(format: "%d threads, rank %d, batch %d x %d tokens, %d scored/step: "
-                                   + "best %.2f s/step, mean %.2f s, %.1f tokens/s, peak RSS %.0f MiB",
+                                   + "best %.2f s/step, mean %.2f s, %.1f tokens/s, peak RSS %.0f MiB, OpenBLAS ",
                                threads, rank, batch, seqLen, scored, result.bestSeconds,
-                               result.meanSeconds, result.tokensPerSecond, Double(result.peakRSSBytes) / 1048576))
+                               result.meanSeconds, result.tokensPerSecond, Double(result.peakRSSBytes) / 1048576)
+                            + LoRATrainer.blasCoreName)
         }
         return result
     }
