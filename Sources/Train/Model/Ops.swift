@@ -200,9 +200,11 @@ package func rmsnormBackward(_ pool: ComputePool, _ dy: UnsafePointer<Float>, _ 
 
 // MARK: - RoPE
 
-/// cos/sin of the RoPE angles for positions `0..<positions`, `[positions, rope_dims/2]` each, computed exactly as
-/// serving does (`RopeAngles`: theta_i = p/scale · base^(-2i/n_dims) by repeated multiplication, optional Llama 3
-/// frequency factors). Math: Su et al. 2021 (arXiv:2104.09864).
+/// cos/sin of the RoPE angles for positions `0..<positions`, `[positions, rope_dims/2]` each:
+/// theta_i = p/scale · base^(-2i/n_dims) (divided by the Llama 3 frequency factor when given), evaluated in double
+/// and rounded once. Serving (`RopeAngles`, as ggml) builds the angles by repeated float multiplication, whose error
+/// grows with the position (~2e-4 rad at 700); the reference trainers (PyTorch) do not, and the gradients of long
+/// sequences follow them more closely this way. Math: Su et al. 2021 (arXiv:2104.09864).
 package struct RopeTable {
     let half: Int
     let cos: [Float]
@@ -213,10 +215,16 @@ package struct RopeTable {
         var c = [Float](), s = [Float]()
         c.reserveCapacity(positions * half)
         s.reserveCapacity(positions * half)
+        let inv = (0..<half).map { i -> Double in
+            let f = Foundation.pow(Double(base), -2 * Double(i) / Double(dims))
+            return freqFactors.map { f / Double($0[i]) } ?? f
+        }
         for p in 0..<positions {
-            let a = RopeAngles(position: p, base: base, dims: dims, scale: scale, freqFactors: freqFactors)
-            c += a.cos
-            s += a.sin
+            for i in 0..<half {
+                let t = Double(p) / Double(scale) * inv[i]
+                c.append(Float(Foundation.cos(t)))
+                s.append(Float(Foundation.sin(t)))
+            }
         }
         cos = c
         sin = s
