@@ -76,9 +76,11 @@ struct TrainReference: Decodable {
     }
 
     /// Compares every tensor's gradient with the reference file; returns the worst cosine and norm ratio.
-    static func compareGradients(_ grad: [Float], _ p: LoRAParameters, file: URL) throws -> (cos: Double, ratio: Double) {
+    static func compareGradients(_ grad: [Float], _ p: LoRAParameters, file: URL) throws
+        -> (cos: Double, ratio: Double, ratioTensor: String)
+    {
         let ref = try SafetensorsFile(path: file.path)
-        var worstCos = 1.0, worstRatio = 1.0
+        var worstCos = 1.0, worstRatio = 1.0, worstName = ""
         for s in p.slots {
             let base = "base_model.model.model.layers.\(s.key.layer).\(hfName(s.key.projection))"
             for (suffix, off, n) in [("lora_A", s.offsetA, s.countA), ("lora_B", s.offsetB, s.countB)] {
@@ -92,12 +94,15 @@ struct TrainReference: Decodable {
                 let cos = dot / (na.squareRoot() * nb.squareRoot())
                 let ratio = (na / nb).squareRoot()
                 if cos < worstCos { worstCos = cos }
-                if abs(ratio - 1) > abs(worstRatio - 1) { worstRatio = ratio }
+                if abs(ratio - 1) > abs(worstRatio - 1) {
+                    worstRatio = ratio
+                    worstName = "\(base).\(suffix) (norm \(nb.squareRoot()))"
+                }
                 #expect(cos >= 0.999, "\(base).\(suffix): cosine \(cos)")
                 #expect(abs(ratio - 1) <= 0.01, "\(base).\(suffix): norm ratio \(ratio)")
             }
         }
-        return (worstCos, worstRatio)
+        return (worstCos, worstRatio, worstName)
     }
 
     static func setup() throws -> (Model, URL)? {
@@ -119,9 +124,9 @@ struct TrainReference: Decodable {
         let r = try trainer.sftLossAndGradient(params: params, batch: batch.examples.map(\.sequence))
         let seconds = Date().timeIntervalSince(t0)
         let rel = abs(r.loss - ref.sft.loss) / ref.sft.loss
-        let (cos, ratio) = try Self.compareGradients(r.grad, params, file: dir.appendingPathComponent("sft-grads.safetensors"))
+        let (cos, ratio, name) = try Self.compareGradients(r.grad, params, file: dir.appendingPathComponent("sft-grads.safetensors"))
         print(String(format: "SFT vs PEFT: loss %.9f (reference %.9f, rel %.2e), %d tokens, worst cosine %.7f, worst norm ratio %.5f, %.1f s",
-                     r.loss, ref.sft.loss, rel, r.tokens, cos, ratio, seconds))
+                     r.loss, ref.sft.loss, rel, r.tokens, cos, ratio, seconds) + " (\(name))")
         #expect(rel <= 1e-4)
     }
 
@@ -143,9 +148,9 @@ struct TrainReference: Decodable {
             }
         }
         let rel = abs(r.loss - ref.dpo.loss) / ref.dpo.loss
-        let (cos, ratio) = try Self.compareGradients(r.grad, params, file: dir.appendingPathComponent("dpo-grads.safetensors"))
+        let (cos, ratio, name) = try Self.compareGradients(r.grad, params, file: dir.appendingPathComponent("dpo-grads.safetensors"))
         print(String(format: "DPO vs PEFT: loss %.9f (reference %.9f, rel %.2e), worst log-prob difference %.2e, worst cosine %.7f, worst norm ratio %.5f",
-                     r.loss, ref.dpo.loss, rel, worst, cos, ratio))
+                     r.loss, ref.dpo.loss, rel, worst, cos, ratio) + " (\(name))")
         #expect(rel <= 1e-4)
     }
 

@@ -1,7 +1,8 @@
 // LoRATrainer: the training forward/backward of a LoRA adapter over the frozen, memory-mapped quantized base, and
 // the SFT and DPO losses. Same function as serving (Runtime/Model/Transformer.swift), in float32 over dequantized
-// weights (LEARNING-DECISIONS #1); only the gated activation differs in evaluation (exact GELU-tanh, as PyTorch,
-// instead of serving's f16 table).
+// weights (LEARNING-DECISIONS #1), with float activations throughout (serving quantizes them for its integer dot
+// products); two evaluations differ at rounding level: GELU-tanh is exact (as PyTorch) rather than serving's
+// f16 table, and RoPE angles are computed in double (see `RopeTable`).
 //
 // Memory strategy: the forward keeps every activation the backward needs for the layers at and above the first
 // patched layer (about 37 KB per token per layer for Gemma 3 270M: 0.7 GB for 4 × 256 tokens), because
@@ -124,6 +125,11 @@ public final class LoRATrainer: @unchecked Sendable {
 
     /// `SCHED_IDLE` (5 in linux/sched.h; glibc declares it only under _GNU_SOURCE).
     static let schedIdle: Int32 = 5
+
+    /// The kernel set OpenBLAS chose at load time (`openblas_get_corename`, e.g. "SkylakeX", "Haswell").
+    /// OpenBLAS 0.3.21 does not recognise every recent CPU and then falls back to "Prescott" (SSE3, ~4x slower
+    /// sgemm); `OPENBLAS_CORETYPE=SkylakeX` in the environment of the process fixes that on AVX-512 machines.
+    public static var blasCoreName: String { openblas_get_corename().map { String(cString: $0) } ?? "unknown" }
 
     // MARK: - Public API
 

@@ -200,9 +200,11 @@ package func rmsnormBackward(_ pool: ComputePool, _ dy: UnsafePointer<Float>, _ 
 
 // MARK: - RoPE
 
-/// cos/sin of the RoPE angles for positions `0..<positions`, `[positions, rope_dims/2]` each, computed exactly as
-/// serving does (`RopeAngles`: theta_i = p/scale · base^(-2i/n_dims) by repeated multiplication, optional Llama 3
-/// frequency factors). Math: Su et al. 2021 (arXiv:2104.09864).
+/// cos/sin of the RoPE angles for positions `0..<positions`, `[positions, rope_dims/2]` each:
+/// theta_i = p/scale · base^(-2i/n_dims) (divided by the Llama 3 frequency factor when given), evaluated in double
+/// and rounded once. Serving (`RopeAngles`, as ggml) builds the angles by repeated float multiplication, whose error
+/// grows with the position (~2e-4 rad at 700); the reference trainers (PyTorch) do not, and the gradients of long
+/// sequences follow them more closely this way. Math: Su et al. 2021 (arXiv:2104.09864).
 package struct RopeTable {
     let half: Int
     let cos: [Float]
@@ -213,10 +215,16 @@ package struct RopeTable {
         var c = [Float](), s = [Float]()
         c.reserveCapacity(positions * half)
         s.reserveCapacity(positions * half)
+        let inv = (0..<half).map { i -> Double in
+            let f = Foundation.pow(Double(base), -2 * Double(i) / Double(dims))
+            return freqFactors.map { f / Double($0[i]) } ?? f
+        }
         for p in 0..<positions {
-            let a = RopeAngles(position: p, base: base, dims: dims, scale: scale, freqFactors: freqFactors)
-            c += a.cos
-            s += a.sin
+            for i in 0..<half {
+                let t = Double(p) / Double(scale) * inv[i]
+                c.append(Float(Foundation.cos(t)))
+                s.append(Float(Foundation.sin(t)))
+            }
         }
         cos = c
         sin = s
@@ -277,16 +285,17 @@ private let geluC: Float = 0.797_884_560_802_865_4  // √(2/π)
 private let geluK: Float = 0.044_715
 
 /// `y = act(g) · u` element-wise. GELU is the tanh form `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))` evaluated
-/// exactly (PyTorch `gelu(approximate="tanh")`, Hendrycks & Gimpel 2016), not serving's f16 table; SiLU is
-/// `x·σ(x)` (Elfwing et al. 2017).
+/// exactly (PyTorch `gelu(approximate="tanh")`, Hendrycks & Gimpel 2016), not serving's f16 table, through the
+/// identity `0.5·(1 + tanh(z)) = σ(2z)`: `gelu(x) = x·σ(2z)` (one expf, no cancellation); SiLU is `x·σ(x)`
+/// (Elfwing et al. 2017).
 package func gluForward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                 count: Int, activation: FFNActivation) {
     switch activation {
     case .geluTanh:
         for i in 0..<count {
             let x = g[i]
-            let t = tanhf(geluC * (x + geluK * x * x * x))
-            y[i] = 0.5 * x * (1 + t) * u[i]
+            let s = 1 / (1 + expf(-2 * geluC * (x + geluK * x * x * x)))
+            y[i] = x * s * u[i]
         }
     case .silu:
         for i in 0..<count {
@@ -296,7 +305,8 @@ package func gluForward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ 
     }
 }
 
-/// Backward of `gluForward`: `dg = dy·u·act'(g)`, `du = dy·act(g)` (both overwritten).
+/// Backward of `gluForward`: `dg = dy·u·act'(g)`, `du = dy·act(g)` (both overwritten). For GELU with
+/// `s = σ(2z)`, `z = √(2/π)(x + 0.044715x³)`: `act' = s + x·s·(1 − s)·2·√(2/π)(1 + 3·0.044715x²)`.
 package func gluBackward(_ dy: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
                  dg: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>, count: Int,
                  activation: FFNActivation) {
@@ -304,12 +314,11 @@ package func gluBackward(_ dy: UnsafePointer<Float>, _ g: UnsafePointer<Float>, 
     case .geluTanh:
         for i in 0..<count {
             let x = g[i]
-            let t = tanhf(geluC * (x + geluK * x * x * x))
-            let act = 0.5 * x * (1 + t)
-            let d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * geluC * (1 + 3 * geluK * x * x)
+            let s = 1 / (1 + expf(-2 * geluC * (x + geluK * x * x * x)))
+            let d = s + x * s * (1 - s) * 2 * geluC * (1 + 3 * geluK * x * x)
             let dyi = dy[i]
             dg[i] = dyi * u[i] * d
-            du[i] = dyi * act
+            du[i] = dyi * x * s
         }
     case .silu:
         for i in 0..<count {

@@ -21,6 +21,9 @@ public enum TrainBench {
         public var tokensPerSecond: Double { Double(tokensPerStep) / bestSeconds }
         /// Peak resident set of the process, bytes (`VmHWM`).
         public let peakRSSBytes: Int
+        /// CPU time (user + system, all threads) of the best step, seconds: on a busy machine wall time
+        /// overstates the cost, `tokensPerStep / cpuSeconds × threads` is what the threads would do alone.
+        public let cpuSeconds: Double
     }
 
     /// Runs `steps` SFT steps (plus one warm-up) on random token ids with an adapter of `rank` on all 7 projections
@@ -60,22 +63,39 @@ public enum TrainBench {
         }
         _ = try trainer.sftLossAndGradient(params: params, batch: seqs)
         var times: [Double] = []
+        var cpu: [Double] = []
         var scored = 0
         for _ in 0..<steps {
             let t0 = DispatchTime.now().uptimeNanoseconds
+            let c0 = cpuSeconds()
             let r = try trainer.sftLossAndGradient(params: params, batch: seqs)
             times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            cpu.append(cpuSeconds() - c0)
             scored = r.tokens
         }
-        let result = Result(tokensPerStep: batch * seqLen, scoredPerStep: scored, bestSeconds: times.min()!,
-                            meanSeconds: times.reduce(0, +) / Double(times.count), peakRSSBytes: peakRSS())
+        let best = times.indices.min { times[$0] < times[$1] }!
+        let result = Result(tokensPerStep: batch * seqLen, scoredPerStep: scored, bestSeconds: times[best],
+                            meanSeconds: times.reduce(0, +) / Double(times.count), peakRSSBytes: peakRSS(),
+                            cpuSeconds: cpu[best])
         if doPrint {
             Swift.print("train bench: \(model.name), " + String(format: "%d threads, rank %d, batch %d x %d tokens, %d scored/step: "
-                                   + "best %.2f s/step, mean %.2f s, %.1f tokens/s, peak RSS %.0f MiB",
+                                   + "best %.2f s/step, mean %.2f s, %.1f tokens/s, CPU %.1f s/step (%.1f tokens/s if the threads had "
+                                   + "their cores), peak RSS %.0f MiB, OpenBLAS ",
                                threads, rank, batch, seqLen, scored, result.bestSeconds,
-                               result.meanSeconds, result.tokensPerSecond, Double(result.peakRSSBytes) / 1048576))
+                               result.meanSeconds, result.tokensPerSecond, result.cpuSeconds,
+                               Double(result.tokensPerStep) * Double(threads) / max(result.cpuSeconds, 1e-9),
+                               Double(result.peakRSSBytes) / 1048576)
+                            + LoRATrainer.blasCoreName)
         }
         return result
+    }
+
+    /// User + system CPU time of this process so far, seconds (`getrusage(RUSAGE_SELF)`).
+    public static func cpuSeconds() -> Double {
+        var u = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
+        return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec)
+            + Double(u.ru_stime.tv_usec) / 1e6
     }
 
     /// Peak resident set size of this process, bytes (`VmHWM` of /proc/self/status; 0 when unreadable).
