@@ -1,5 +1,5 @@
 import Testing
-@testable import Train
+import Train
 
 /// The Train target links against Runtime (the base model it trains on).
 @Test func trainTargetBuilds() {
