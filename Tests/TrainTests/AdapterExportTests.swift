@@ -18,7 +18,7 @@ func expectSameAdapter(_ x: LoRAAdapter, _ y: LoRAAdapter, sourceLocation: Sourc
 
 @Suite("Adapter init")
 struct AdapterInitTests {
-    /// Gemma 3 270M's shapes, written out so the test needs no model file.
+    /// The default model's shapes.
     static func config() throws -> ModelConfig { try TrainTestSupport.model().config }
 
     @Test("fresh adapter: lora_A ~ U(±1/√n_in) (kaiming_uniform a=√5), lora_B = 0, reproducible from the seed",

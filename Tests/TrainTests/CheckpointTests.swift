@@ -82,6 +82,11 @@ struct CheckpointTests {
             _ = try CheckpointStore.load(path: newest, model: model)
         }
         #expect(try store.loadLatest(model: model).checkpoint.step == 3)
+        // Cut inside the header, and cut right after the magic.
+        for length in [40, 12, 0] {
+            try Data(good.prefix(length)).write(to: URL(fileURLWithPath: newest))
+            #expect(throws: CheckpointError.self) { _ = try CheckpointStore.load(path: newest, model: model) }
+        }
         // Not a checkpoint at all.
         try Data("hello".utf8).write(to: URL(fileURLWithPath: newest))
         #expect(throws: CheckpointError.self) { _ = try CheckpointStore.load(path: newest, model: model) }
