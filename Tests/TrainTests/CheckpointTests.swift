@@ -124,6 +124,9 @@ struct CheckpointTests {
         #expect(throws: CheckpointError.settingsMismatch(path: dir + "/" + CheckpointStore.fileName(step: 1), fields: ["schedule", "seed"])) {
             _ = try CheckpointStore(directory: dir).loadLatest(model: model, settings: other)
         }
+        // FNV-1a 64 test vectors (Fowler–Noll–Vo reference: "" → cbf29ce484222325, "a" → af63dc4c8601ec8c).
+        #expect(RunSettings.dataDigest([]) == "fnv1a64:cbf29ce484222325")
+        #expect(RunSettings.dataDigest(Array("a".utf8)) == "fnv1a64:af63dc4c8601ec8c")
         #expect(throws: CheckpointError.none(directory: dir + "/empty")) {
             _ = try CheckpointStore(directory: dir + "/empty").loadLatest(model: model)
         }

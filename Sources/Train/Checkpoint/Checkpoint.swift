@@ -58,6 +58,14 @@ public struct RunSettings: Sendable, Equatable, Codable {
         self.baseModel = baseModel
     }
 
+    /// A digest of a training file's bytes for `dataDigest`: `"fnv1a64:"` + 16 hex digits (FNV-1a 64, not a
+    /// cryptographic hash: it tells a changed file from the same one, nothing more).
+    public static func dataDigest(_ bytes: [UInt8]) -> String {
+        let h = bytes.withUnsafeBytes { CheckpointCodec.fnv1a($0) }
+        let hex = String(h, radix: 16)
+        return "fnv1a64:" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
     /// Names of the settings that differ from `other` (empty when a resume may proceed).
     public func differences(from other: RunSettings) -> [String] {
         var d: [String] = []
