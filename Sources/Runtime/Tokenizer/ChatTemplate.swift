@@ -161,10 +161,11 @@ public struct ChatTemplate: Sendable, Equatable {
     /// The ids of `render(_:addGenerationPrompt:tokenizer:)`, cut into labelled pieces, so a trainer can score the
     /// assistant's tokens and nothing else. Concatenating the pieces' `ids` gives exactly `render`'s ids.
     ///
-    /// Gemma: each piece is tokenized on its own (see `render`). Other formats: a piece's ids are the difference
-    /// between the tokenization of the text up to its end and up to its start.
-    /// - Throws: `ChatTemplateError` as `render`, and `.unstableBoundary` when a piece boundary of a non-Gemma
-    ///   format falls inside a token (the text before it does not tokenize to a prefix of the whole).
+    /// Gemma: each piece is tokenized on its own (see `render`). Other formats: the whole text is tokenized once
+    /// and cut where the text before a boundary tokenizes to a prefix of the whole; pieces whose boundary falls
+    /// inside a token are merged (an assistant message's content with its end token, or two unscored pieces).
+    /// - Throws: `ChatTemplateError` as `render`, and `.unstableBoundary` when a token spans the boundary between
+    ///   an assistant message's tokens and other tokens (the mask would be ambiguous).
     public func renderPieces(_ messages: [ChatMessage], addGenerationPrompt: Bool, tokenizer: Tokenizer) throws
         -> [ChatPiece]
     {
@@ -181,18 +182,43 @@ public struct ChatTemplate: Sendable, Equatable {
             }
             return pieces
         }
-        var segments: [Tokenizer.Segment] = []
-        var previous = tokenizer.encode([], addBOS: tokenizer.addBOS)
+        // A boundary is clean when the text up to it tokenizes to a prefix of the whole. Pieces between clean
+        // boundaries are merged; that is harmless unless it mixes scored and unscored text (an assistant message's
+        // tokens with anything else), which is an error.
+        let all = groups.flatMap(\.segments)
+        let full = tokenizer.encode(all, addBOS: tokenizer.addBOS)
+        var cut = tokenizer.encode([], addBOS: tokenizer.addBOS).count
+        var prefix: [Tokenizer.Segment] = []
+        var run: [ChatPiece.Kind] = []
         for (k, g) in groups.enumerated() {
-            segments += g.segments
-            let ids = tokenizer.encode(segments, addBOS: tokenizer.addBOS)
-            guard ids.count >= previous.count, Array(ids[..<previous.count]) == previous else {
-                throw ChatTemplateError.unstableBoundary(piece: k)
-            }
-            pieces.append(ChatPiece(kind: g.kind, ids: Array(ids[previous.count...])))
-            previous = ids
+            prefix += g.segments
+            run.append(g.kind)
+            let ids = k == groups.count - 1 ? full : tokenizer.encode(prefix, addBOS: tokenizer.addBOS)
+            guard ids.count <= full.count, full[..<ids.count].elementsEqual(ids) else { continue }
+            guard let kind = Self.mergedKind(run) else { throw ChatTemplateError.unstableBoundary(piece: k) }
+            pieces.append(ChatPiece(kind: kind, ids: Array(full[cut..<ids.count])))
+            cut = ids.count
+            run = []
         }
         return pieces
+    }
+
+    /// The kind of several adjacent pieces merged into one, or nil when they mix an assistant message's tokens
+    /// with other tokens.
+    private static func mergedKind(_ kinds: [ChatPiece.Kind]) -> ChatPiece.Kind? {
+        guard let first = kinds.first else { return nil }
+        if kinds.allSatisfy({ $0 == first }) { return first }
+        func assistant(_ k: ChatPiece.Kind) -> Int? {
+            switch k {
+            case .assistantContent(let m), .assistantEnd(let m): return m
+            case .markup, .content: return nil
+            }
+        }
+        let messages = kinds.map(assistant)
+        if let m = messages[0], messages.allSatisfy({ $0 == m }) { return .assistantContent(message: m) }
+        guard messages.allSatisfy({ $0 == nil }) else { return nil }
+        for k in kinds { if case .content = k { return k } }
+        return .markup
     }
 
     /// Segments of one piece and what they hold.

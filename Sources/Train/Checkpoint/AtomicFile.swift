@@ -29,8 +29,12 @@ public struct FileIOError: Error, CustomStringConvertible, Equatable {
 /// Atomic whole-file writes and plain reads.
 public enum AtomicFile {
     /// Injects failures into `write`: called before each `write(2)` with the temporary file's path and the number
-    /// of bytes already written; a non-nil result makes that write fail with this errno (tests use ENOSPC).
+    /// of bytes already written (writes are at most `chunkSize` bytes); a non-nil result makes that write fail
+    /// with this errno (tests use ENOSPC).
     public typealias WriteFault = @Sendable (_ path: String, _ offset: Int) -> Int32?
+
+    /// Largest single `write(2)`, in bytes.
+    public static let chunkSize = 1 << 16
 
     /// Replaces `path` with `bytes` atomically (temporary file, fsync, rename, fsync of the directory).
     /// - Parameter fault: failure injection for tests; nil in production.
@@ -48,7 +52,7 @@ public enum AtomicFile {
                 var written = 0
                 while written < buffer.count {
                     if let e = fault?(temp, written) { throw FileIOError(operation: "write", path: temp, errno: e) }
-                    let n = Glibc.write(fd, buffer.baseAddress! + written, buffer.count - written)
+                    let n = Glibc.write(fd, buffer.baseAddress! + written, min(chunkSize, buffer.count - written))
                     if n < 0 {
                         if errno == EINTR { continue }
                         throw FileIOError(operation: "write", path: temp, errno: errno)

@@ -58,6 +58,14 @@ public struct RunSettings: Sendable, Equatable, Codable {
         self.baseModel = baseModel
     }
 
+    /// A digest of a training file's bytes for `dataDigest`: `"fnv1a64:"` + 16 hex digits (FNV-1a 64, not a
+    /// cryptographic hash: it tells a changed file from the same one, nothing more).
+    public static func dataDigest(_ bytes: [UInt8]) -> String {
+        let h = bytes.withUnsafeBytes { CheckpointCodec.fnv1a($0) }
+        let hex = String(h, radix: 16)
+        return "fnv1a64:" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
     /// Names of the settings that differ from `other` (empty when a resume may proceed).
     public func differences(from other: RunSettings) -> [String] {
         var d: [String] = []
@@ -185,15 +193,15 @@ public enum CheckpointCodec {
         let version = bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) }
         guard version == Self.version else { throw corrupt("unsupported version \(version)") }
         let headerLength = u64(12)
-        guard headerLength < UInt64(bytes.count) else {
-            throw CheckpointError.truncated(path: path, expected: Int(clamping: headerLength) + fixed + 8, actual: bytes.count)
+        guard headerLength <= UInt64(bytes.count), fixed + Int(headerLength) + 8 <= bytes.count else {
+            throw CheckpointError.truncated(path: path, expected: fixed + Int(clamping: min(headerLength, 1 << 40)) + 8,
+                                            actual: bytes.count)
         }
         let hEnd = fixed + Int(headerLength)
         let header: Header
         do {
             header = try JSONDecoder().decode(Header.self, from: Data(bytes[fixed..<hEnd]))
         } catch {
-            // A cut inside the header shows as bad JSON; report it as truncation when the checksum is missing too.
             throw corrupt("unreadable header")
         }
         guard header.count >= 0, header.count < Int.max / 16 else { throw corrupt("bad parameter count") }

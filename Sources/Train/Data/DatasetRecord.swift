@@ -149,8 +149,8 @@ extension DatasetRecord {
                     guard case .number(let d) = w, d == 0 || d == 1 else { throw fail(f + ".weight", "must be 0 or 1") }
                     weight = Int(d)
                 }
-                if let n = m["name"], case .string = n {} else if m["name"] != nil {
-                    throw fail(f + ".name", "must be a string")
+                if let n = m["name"] {  // a participant name (OpenAI's format); accepted and not rendered
+                    guard case .string = n else { throw fail(f + ".name", "must be a string") }
                 }
                 out.append(TrainingMessage(role: role, content: content, weight: weight))
             }

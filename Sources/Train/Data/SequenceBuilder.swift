@@ -81,9 +81,9 @@ public struct SequenceBuilder: Sendable {
 
     // MARK: - Records
 
-    /// The sequence of an SFT record (chat or prompt/completion).
-    /// - Throws: `SequenceError`; a preference record is `.template(.emptyConversation)`-free but refused by the
-    ///   loader before it gets here (use `pair(_:)`).
+    /// The sequence of an SFT record: a chat or prompt/completion line; a preference line gives its prompt
+    /// followed by the preferred answer (the SFT loader refuses preference lines; DPO uses `pair(_:)`).
+    /// - Throws: `SequenceError`.
     public func example(_ record: DatasetRecord) throws -> TokenizedExample {
         switch record {
         case .chat(let messages): return try chat(messages)

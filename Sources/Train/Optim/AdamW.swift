@@ -87,7 +87,10 @@ public struct AdamW: Sendable {
         let stepSize = Float(lr / bc1)
         let bc2Sqrt = Float(bc2.squareRoot())
         let decay = Float(1 - lr * config.weightDecay)
+        // As PyTorch, `1 − β` is formed in f64 before it meets the f32 tensors (Float(1 − 0.999) is 1e-3 to f32
+        // precision; 1 − Float(0.999) would be off by 1.3e-5 relative).
         let b1 = Float(config.beta1), b2 = Float(config.beta2), eps = Float(config.eps)
+        let oneMinusB1 = Float(1 - config.beta1), oneMinusB2 = Float(1 - config.beta2)
         params.withUnsafeMutableBufferPointer { p in
             grad.withUnsafeBufferPointer { g in
                 state.m.withUnsafeMutableBufferPointer { m in
@@ -95,8 +98,8 @@ public struct AdamW: Sendable {
                         for i in 0..<p.count {
                             let gi = g[i]
                             p[i] *= decay
-                            m[i] = b1 * m[i] + (1 - b1) * gi
-                            v[i] = b2 * v[i] + (1 - b2) * gi * gi
+                            m[i] = b1 * m[i] + oneMinusB1 * gi
+                            v[i] = b2 * v[i] + oneMinusB2 * gi * gi
                             let denom = v[i].squareRoot() / bc2Sqrt + eps
                             p[i] -= stepSize * m[i] / denom
                         }
