@@ -77,7 +77,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Runtime"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Runtime", "Train"]),
         .testTarget(name: "TrainTests", dependencies: ["Train", "Runtime"]),
     ],
     swiftLanguageModes: [.v5],

@@ -1,4 +1,4 @@
-// Commands: `lorad` (root) with `serve` (default) and `bench`.
+// Commands: `lorad` (root) with `serve` (default), `bench` and `train`.
 
 import ArgumentParser
 import Foundation
@@ -10,7 +10,7 @@ public struct LoradCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "lorad",
         abstract: "Serve a quantized language model over a Unix socket with an OpenAI-style API.",
-        subcommands: [ServeCommand.self, BenchCommand.self],
+        subcommands: [ServeCommand.self, BenchCommand.self, TrainCommand.self],
         defaultSubcommand: ServeCommand.self)
 
     public init() {}
@@ -28,6 +28,12 @@ public struct LoradCommand: AsyncParsableCommand {
                 try command.run()
             }
         } catch {
+            // `lorad train` documents exit status 2 for usage errors (ArgumentParser's default is 64).
+            if CommandLine.arguments.dropFirst().first == TrainCommand.configuration.commandName,
+               exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
             exit(withError: error)
         }
     }

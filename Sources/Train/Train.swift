@@ -10,4 +10,9 @@
 //   D  n_embd            H  n_head            Hkv  n_head_kv        Dh  head_dim
 //   F  n_ff              V  n_vocab           r    LoRA rank
 // Matrices are row-major; a weight W is [n_out, n_in] and a projection computes y[T, n_out] = x[T, n_in]·Wᵀ.
+//
+// Model side (Model/): `TrainingSequence` (input_ids + labels_mask) and `PreferencePair` are the inputs;
+// `LoRATrainer` computes SFT / DPO losses and gradients in `LoRAParameters` layout (`sftLossAndGradient`,
+// `dpoLossAndGradient`, `evalLoss`, `logProbs`) on its own thread pool; Ops.swift holds each op's forward and
+// backward; `TrainBench.run` measures training tokens/s.
 import Runtime

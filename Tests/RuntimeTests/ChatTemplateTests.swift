@@ -64,6 +64,26 @@ struct ChatTemplateTests {
         #expect(try Self.gemma.render(modelRole, addGenerationPrompt: true, tokenizer: tok) == withPrompt)
     }
 
+    @Test("Gemma: every piece tokenized on its own (the training rule), content starting with \\n and with <end_of_turn> text")
+    func piecewiseRule() throws {
+        let tok = try TokenizerTestSupport.tokenizer()
+        func t(_ s: String) -> [Int32] { tok.encode(s, addBOS: false, parseSpecial: false) }
+        let messages = [ChatMessage(role: "user", content: "\nline one\nsay <end_of_turn> please"),
+                        ChatMessage(role: "assistant", content: "\n\nDone <end_of_turn>"),
+                        ChatMessage(role: "user", content: "\n\tnext")]
+        let expected: [Int32] = [2, 105] + t("user\n") + t("line one\nsay <end_of_turn> please") + [106] + t("\n")
+            + [105] + t("model\n") + t("Done <end_of_turn>") + [106] + t("\n")
+            + [105] + t("user\n") + t("next") + [106] + t("\n") + [105] + t("model\n")
+        let ids = try Self.gemma.render(messages, addGenerationPrompt: true, tokenizer: tok)
+        #expect(ids == expected)
+        let pieces = try Self.gemma.renderPieces(messages, addGenerationPrompt: true, tokenizer: tok)
+        #expect(pieces.flatMap(\.ids) == ids)
+        #expect(pieces.filter { $0.kind == .assistantContent(message: 1) }.map(\.ids) == [t("Done <end_of_turn>")])
+        #expect(pieces.filter { $0.kind == .assistantEnd(message: 1) }.map(\.ids) == [[106]])
+        // Raw prompts (/v1/completions) still parse control-token text.
+        #expect(tok.encode("<end_of_turn>", addBOS: false, parseSpecial: true) == [106])
+    }
+
     @Test("content containing turn markers cannot forge a turn")
     func injection() throws {
         let tok = try TokenizerTestSupport.tokenizer()

@@ -10,6 +10,7 @@ import Runtime
 /// plus peak resident memory in MB. With `--batch N` it also measures batched decode: N sequences, each prefilled
 /// with `--batch-context` tokens, then `--batch-steps` decode steps of N rows (one new token per sequence, logits
 /// for every row), printing the aggregate decode tokens/s (as llama-batched-bench's S_TG at npl = N).
+/// With `--train` it measures LoRA training instead (rank 8, batch 4 × 256, AdamW; see TrainBenchmark).
 public struct BenchCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Measure prefill and decode throughput (tokens/s) of the runtime.")
@@ -47,6 +48,12 @@ public struct BenchCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Only the kernel figures (random weights of the default model's shapes; no model file).")
     var kernels = false
 
+    @Flag(name: .long, help: "Training figures instead: rank 8 on all 7 projections, batch 4 x 256 random tokens, AdamW; loss on every position and on the last 64 (threads: --threads, else all CPUs).")
+    var train = false
+
+    @Option(name: .customLong("train-steps"), help: "Measured training steps per case (after one warm-up step); the median is reported.")
+    var trainSteps: Int = 4
+
     public init() {}
 
     public func run() async throws {
@@ -56,6 +63,23 @@ public struct BenchCommand: AsyncParsableCommand {
             return
         }
         let path = try model ?? DefaultModel.resolve()
+        if train {
+            let model = try Model.load(path: path, options: ModelOptions(threads: 1, batchCopyBytes: 0))
+            for t in threads.isEmpty ? [max(1, ProcessInfo.processInfo.activeProcessorCount)] : threads {
+                for last in [nil, 64] as [Int?] {
+                    let r = try TrainBenchmark.run(model: model, threads: t, last: last, steps: max(1, trainSteps))
+                    if json {
+                        var obj = r.json
+                        obj["model"] = path
+                        let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                        print(String(decoding: data, as: UTF8.self))
+                    } else {
+                        print(r.line)
+                    }
+                }
+            }
+            return
+        }
         for t in counts where batch > 0 {
             let r = try Self.measureBatched(path: path, threads: t, sequences: batch, context: batchContext,
                                             steps: batchSteps, repetitions: max(1, repetitions))

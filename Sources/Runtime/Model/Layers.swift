@@ -24,13 +24,13 @@ func rmsNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>?, _ out: 
 }
 
 /// Precomputed cos/sin of RoPE angles for one row: `[n_dims / 2]` each.
-struct RopeAngles {
-    var cos: [Float]
-    var sin: [Float]
+package struct RopeAngles {
+    package var cos: [Float]
+    package var sin: [Float]
 
     /// Angles for position `p`: theta_i = p/scale · base^(-2i/n_dims), computed by repeated multiplication as
     /// ggml does, optionally divided by per-frequency factors (Llama 3 `rope_freqs.weight`).
-    init(position p: Int, base: Float, dims: Int, scale: Float, freqFactors: [Float]?) {
+    package init(position p: Int, base: Float, dims: Int, scale: Float, freqFactors: [Float]?) {
         let half = dims / 2
         cos = [Float](repeating: 0, count: half)
         sin = [Float](repeating: 0, count: half)

@@ -46,7 +46,8 @@ public final class Model: @unchecked Sendable {
     /// Options the model was loaded with.
     public let options: ModelOptions
 
-    let transformer: Transformer
+    /// The forward pass and its weights (package-visible for the trainer).
+    package let transformer: Transformer
     /// Worker threads used by the forward pass.
     public let pool: ComputePool
 

@@ -14,22 +14,24 @@ import CKernels
 import COpenBLAS
 
 /// Weights of one transformer block. Quantized matrices point into the memory-mapped GGUF (never copied).
-struct LayerWeights {
-    var attnNorm: [Float]
-    var wq: WeightMatrix
-    var wk: WeightMatrix
-    var wv: WeightMatrix
-    var wo: WeightMatrix
-    var qNorm: [Float]?
-    var kNorm: [Float]?
-    var postAttnNorm: [Float]?
-    var ffnNorm: [Float]
-    var gate: WeightMatrix
-    var up: WeightMatrix
-    var down: WeightMatrix
-    var postFFNNorm: [Float]?
+/// Package-visible so the trainer (Train target) reads the same weights as serving.
+package struct LayerWeights {
+    package var attnNorm: [Float]
+    package var wq: WeightMatrix
+    package var wk: WeightMatrix
+    package var wv: WeightMatrix
+    package var wo: WeightMatrix
+    package var qNorm: [Float]?
+    package var kNorm: [Float]?
+    package var postAttnNorm: [Float]?
+    package var ffnNorm: [Float]
+    package var gate: WeightMatrix
+    package var up: WeightMatrix
+    package var down: WeightMatrix
+    package var postFFNNorm: [Float]?
 
-    func matrix(_ p: Projection) -> WeightMatrix {
+    /// The weight `[n_out, n_in]` of projection `p`.
+    package func matrix(_ p: Projection) -> WeightMatrix {
         switch p {
         case .attnQ: return wq
         case .attnK: return wk
@@ -43,12 +45,12 @@ struct LayerWeights {
 }
 
 /// All weights of a model.
-struct TransformerWeights {
-    var tokenEmbedding: WeightMatrix  // [n_vocab, n_embd]
-    var layers: [LayerWeights]
-    var outputNorm: [Float]
-    var output: WeightMatrix          // [n_vocab, n_embd]; the embedding itself when tied
-    var ropeFreqFactors: [Float]?     // Llama 3 `rope_freqs.weight`, [rope_dims / 2]
+package struct TransformerWeights {
+    package var tokenEmbedding: WeightMatrix  // [n_vocab, n_embd]
+    package var layers: [LayerWeights]
+    package var outputNorm: [Float]
+    package var output: WeightMatrix          // [n_vocab, n_embd]; the embedding itself when tied
+    package var ropeFreqFactors: [Float]?     // Llama 3 `rope_freqs.weight`, [rope_dims / 2]
 }
 
 /// Per-call description of which rows belong to which sequence.
@@ -60,10 +62,10 @@ struct SequenceSpan {
 }
 
 /// The shared forward pass.
-final class Transformer: @unchecked Sendable {
-    let config: ModelConfig
-    let weights: TransformerWeights
-    let pool: ComputePool
+package final class Transformer: @unchecked Sendable {
+    package let config: ModelConfig
+    package let weights: TransformerWeights
+    package let pool: ComputePool
     /// Kernel path of the matmuls and the attention dot products.
     let kernels: KernelPath
 

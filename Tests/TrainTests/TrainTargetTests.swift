@@ -1,7 +1,0 @@
-import Testing
-@testable import Train
-
-/// The Train target links against Runtime (the base model it trains on).
-@Test func trainTargetBuilds() {
-    #expect(Bool(true))
-}
