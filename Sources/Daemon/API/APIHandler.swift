@@ -385,13 +385,15 @@ final class APIHandler: @unchecked Sendable {
                 }
             }
         }
+        // The closing events and the end of the chunked body in one write (see ResponseWriter).
+        var tail: [String] = []
         if let failure {
-            try await writer.write(SSE.event(APIError.internalError(failure).body))
+            tail.append(SSE.event(APIError.internalError(failure).body))
         }
         if prepared.includeUsage {
-            try await writer.write(SSE.event(renderer.usageChunk(prompt: prompt, completion: completion)))
+            tail.append(SSE.event(renderer.usageChunk(prompt: prompt, completion: completion)))
         }
-        try await writer.write(SSE.done)
-        try await writer.end()
+        tail.append(SSE.done)
+        try await writer.end(after: tail)
     }
 }
