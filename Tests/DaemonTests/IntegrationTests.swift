@@ -315,7 +315,8 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         #expect(try status()["max_sequences"] as? Int == 16)
         let big = String(repeating: "a", count: 3000)
         #expect(try d.post("/v1/completions", json: ["prompt": big, "max_tokens": 1]).status == 200)
-        try "log_level: warning\nmax_sequences: 3\nmax_body_bytes: 2000\n".write(toFile: config, atomically: true, encoding: .utf8)
+        try "log_level: warning\nmax_sequences: 3\nmax_body_bytes: 2000\ndefault_max_tokens: 3\n".write(
+            toFile: config, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)
         var applied = false
         for _ in 0..<50 where !applied {
@@ -324,6 +325,13 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         }
         #expect(applied)
         #expect(try d.post("/v1/completions", json: ["prompt": big, "max_tokens": 1]).status == 413)
+        // default_max_tokens: a request without max_tokens generates at most 3 tokens (ignore_eos: exactly 3).
+        let chat = try d.post(
+            "/v1/chat/completions",
+            json: ["messages": [["role": "user", "content": "Tell me a long story."]], "ignore_eos": true] as [String: Any])
+        #expect(chat.status == 200, "\(chat.text)")
+        let usage = try chat.json()["usage"] as? [String: Any]
+        #expect(usage?["completion_tokens"] as? Int == 3, "\(chat.text)")
         // A file that does not parse leaves everything as it was.
         try "max_sequences: [\n".write(toFile: config, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)

@@ -30,6 +30,7 @@ public final class ServerState: @unchecked Sendable {
     private var maxUploadBytesValue: Int = 256 << 20
     private var registryValue: AdapterRegistry?
     private var adminPolicyValue = AdminPolicy()
+    private var defaultMaxTokensValue: Int?
     public let metrics: DaemonMetrics
     public let modelPath: String
     public let started = Date()
@@ -66,6 +67,11 @@ public final class ServerState: @unchecked Sendable {
     public var adminPolicy: AdminPolicy {
         get { lock.withLock { adminPolicyValue } }
         set { lock.withLock { adminPolicyValue = newValue } }
+    }
+    /// `max_tokens` for generation requests that give none (`--default-max-tokens`; nil = the API's defaults).
+    public var defaultMaxTokens: Int? {
+        get { lock.withLock { defaultMaxTokensValue } }
+        set { lock.withLock { defaultMaxTokensValue = newValue } }
     }
 
     /// The model id: the file stem (known before the model is loaded).
@@ -181,7 +187,7 @@ final class APIHandler: @unchecked Sendable {
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
             body.model = nil
-            var prepared = try r.validator.prepare(body)
+            var prepared = try validator(r).prepare(body)
             prepared.attach(mix)
             return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
         case .chatCompletions:
@@ -189,12 +195,19 @@ final class APIHandler: @unchecked Sendable {
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
             body.model = nil
-            var prepared = try r.validator.prepare(body)
+            var prepared = try validator(r).prepare(body)
             prepared.attach(mix)
             return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
         default:
             throw APIError.routeNotFound(method: "GET", path: route.template)
         }
+    }
+
+    /// The ready model's validator with the current `default_max_tokens` (a reload may change it).
+    private func validator(_ r: ServerState.Ready) -> RequestValidator {
+        var v = r.validator
+        v.defaultMaxTokens = state.defaultMaxTokens
+        return v
     }
 
     /// A registered adapter as an OpenAI model object with vLLM's `parent` (the base model's id).

@@ -62,12 +62,13 @@ final class EngineService: Service, @unchecked Sendable {
                 }
             }
         }
-        let limits = config.engineLimits(trainedContext: backend.trainedContextLength)
+        let limits = config.engineLimits(trainedContext: backend.trainedContextLength, watchdog: watchdog)
         let engine = Engine(
             backend: backend, limits: limits, metrics: state.metrics, heartbeat: { pinger.ping() },
             idleWakeInterval: watchdog.map { min(1, Self.seconds($0) / 4) } ?? 1)
         engine.start()
         lock.withLock { self.engine = engine }
+        state.defaultMaxTokens = config.defaultMaxTokens
         state.phase = .ready(
             ServerState.Ready(engine: engine, validator: RequestValidator(backend: backend, contextSize: limits.contextSize)))
         logger.info(
@@ -76,6 +77,8 @@ final class EngineService: Service, @unchecked Sendable {
                 "model": "\(backend.modelID)", "load_seconds": "\(String(format: "%.2f", Date().timeIntervalSince(loadStart)))",
                 "context_size": "\(limits.contextSize)", "kv_bytes_per_token": "\(backend.kvBytesPerToken)",
                 "max_sequences": "\(limits.maxSequences)", "batch_copy_bytes": "\(backend.model.batchCopyBytes)",
+                "max_prefill_tokens_per_step": "\(limits.maxPrefillTokensPerStep)",
+                "step_time_target": "\(limits.stepTimeTarget.map { String($0) } ?? "none")",
             ])
         SystemdNotifier.ready(status: Self.statusLine(engine.snapshot))
 
@@ -105,14 +108,18 @@ final class EngineService: Service, @unchecked Sendable {
     }
 }
 
-/// Rate-limited WATCHDOG=1 pings (at most every interval/4), a no-op when systemd set no watchdog.
+/// Rate-limited WATCHDOG=1 pings (at most one per interval/8), a no-op when systemd set no watchdog.
+///
+/// Called from the engine's heartbeat, i.e. after every step: the gap between two pings is at most interval/8
+/// plus one step, and steps are kept under interval/4 (``DaemonConfig/stepTimeTarget(watchdog:)``), so pings
+/// come well within interval/2 (sd_watchdog_enabled(3)) while the engine makes progress, and stop when it hangs.
 final class Watchdog: @unchecked Sendable {
     private let minGap: Double?
     private let lock = NSLock()
     private var last = Date.distantPast
 
     init(interval: Duration?) {
-        minGap = interval.map { EngineService.seconds($0) / 4 }
+        minGap = interval.map { EngineService.seconds($0) / 8 }
     }
 
     func ping() {
