@@ -156,6 +156,15 @@ struct SystemdServiceTests {
         // Something was said while loading, before READY=1.
         #expect(lorad.received.dropLast().contains { $0.value("STATUS") != nil }, "\(lorad.received.map(\.text))")
         #expect(ready.uid == getuid())
+        // Every loading step asked for more start-up time (EXTEND_TIMEOUT_USEC=), so a slow start that makes
+        // progress outlives TimeoutStartSec=: opening, reading the weights (at least the final report), building,
+        // warm-up.
+        let extensions = lorad.received.dropLast().compactMap { $0.value("EXTEND_TIMEOUT_USEC").flatMap { UInt64($0) } }
+        #expect(extensions.count >= 4, "\(lorad.received.map(\.text))")
+        #expect(extensions.allSatisfy { $0 >= 1_000_000 }, "\(extensions)")
+        #expect(
+            lorad.received.contains { $0.value("STATUS")?.contains("reading weights 100%") == true },
+            "\(lorad.received.map(\.text))")
 
         // READY=1 promises a listening socket and a loaded model: the first request right after it is served.
         let health = try HTTP.parse(try {

@@ -23,29 +23,32 @@ final class EngineService: Service, @unchecked Sendable {
 
     var currentEngine: Engine? { lock.withLock { engine } }
 
+    /// Time asked of systemd with every loading step (`EXTEND_TIMEOUT_USEC=`): how long the next step may take
+    /// before a start-up that has run past `TimeoutStartSec=` counts as hung. Generous, because one step (building
+    /// a large model's tokenizer, a chunk of weights from a slow disk) must fit in it.
+    static let loadStepAllowance: Duration = .seconds(30)
+
     func run() async throws {
         let watchdog = SystemdNotifier.watchdogInterval
         let pinger = Watchdog(interval: watchdog)
         SystemdNotifier.status("loading model \(config.model)")
         logger.info("loading model", metadata: ["model": "\(config.model)", "threads": "\(config.threads)"])
         let loadStart = Date()
-        // Load off the cooperative pool; ping the watchdog meanwhile (mmap + tokenizer setup take a moment).
-        let loadTask = Task.detached { [config] in
-            try RuntimeBackend(
-                path: config.model, options: .init(threads: config.threads, batchCopyBytes: config.batchCopyMB << 20))
-        }
-        let pingTask = Task {
-            while !Task.isCancelled {
-                pinger.ping()
-                try? await Task.sleep(for: .milliseconds(500))
+        // Load off the cooperative pool. Every loading step reports progress: STATUS= for `systemctl status`, and
+        // EXTEND_TIMEOUT_USEC= so that a slow but progressing start-up is not killed at TimeoutStartSec=. (The
+        // watchdog only runs once READY=1 is sent.)
+        let loadTask = Task.detached { [config, logger] in
+            try ModelLoading.load(
+                path: config.model, options: .init(threads: config.threads, batchCopyBytes: config.batchCopyMB << 20)
+            ) { step in
+                SystemdNotifier.extendTimeout(by: Self.loadStepAllowance, status: "loading model \(config.model): \(step)")
+                logger.debug("loading", metadata: ["step": "\(step)"])
             }
         }
         let backend: RuntimeBackend
         do {
             backend = try await loadTask.value
-            pingTask.cancel()
         } catch {
-            pingTask.cancel()
             let message = "\(error)"
             state.phase = .failed(message)
             logger.critical("model failed to load", metadata: ["model": "\(config.model)", "error": "\(message)"])
