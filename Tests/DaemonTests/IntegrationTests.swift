@@ -250,9 +250,8 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         let recs = Array(try loadGreedy().filter { $0.promptIDs.count < 200 }.prefix(8))
         var solo: [[Int]] = []
         for r in recs { solo.append(try completionIDs(d, prompt: r.promptIDs, maxTokens: 24).ids) }
-        var together = [[Int]](repeating: [], count: recs.count)
-        var failures: [String] = []
-        let lock = NSLock()
+        let together = Box([[Int]](repeating: [], count: recs.count))
+        let failures = Box([String]())
         // One thread per client (a dispatch pool would cap concurrency at the core count).
         let group = DispatchGroup()
         for i in recs.indices {
@@ -261,20 +260,16 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
                 defer { group.leave() }
                 do {
                     let ids = try streamedIDs(d, prompt: recs[i].promptIDs, maxTokens: 24)
-                    lock.lock()
-                    together[i] = ids
-                    lock.unlock()
+                    together.with { $0[i] = ids }
                 } catch {
-                    lock.lock()
-                    failures.append("\(error)")
-                    lock.unlock()
+                    failures.with { $0.append("\(error)") }
                 }
             }
             t.start()
         }
         group.wait()
-        #expect(failures.isEmpty)
-        #expect(together == solo)
+        #expect(failures.with { $0 }.isEmpty)
+        #expect(together.with { $0 } == solo)
         // Steps with more than one sequence were observed.
         let metrics = try d.get("/metrics").text
         let line = metrics.split(separator: "\n").first { $0.hasPrefix("lorad_step_batch_sequences_bucket{le=\"1.0\"}") }

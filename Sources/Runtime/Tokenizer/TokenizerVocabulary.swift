@@ -166,7 +166,7 @@ struct TokenizerVocabulary {
             return k
         }
         var wantedKeys = Set<UInt64>()
-        for var w in wanted { w.withUTF8 { wantedKeys.insert(key($0)) } }
+        for var w in wanted { w.withUTF8 { _ = wantedKeys.insert(key($0)) } }
         var found: [String: Int32] = [:]
         for i in 0..<n {
             var t = tokens[i]
