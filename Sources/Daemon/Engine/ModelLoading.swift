@@ -66,9 +66,9 @@ public enum ModelLoading {
 
     /// Loads the GGUF model at `path` and checks that it runs.
     ///
-    /// Calls `progress` on the calling thread: once with `.opening`, with `.paging` after every ``pagingChunk``
-    /// bytes of tensor data and after the last byte, once with `.building` and once with `.warmingUp`, in that
-    /// order. The warm-up prefills the tokens of "Hello" (BOS first) into a fresh kv_cache and requires
+    /// Calls `progress` on the calling thread: once with `.opening`; with `.paging` before reading, after every
+    /// ``pagingChunk`` bytes of tensor data and after the last byte; once with `.building` and once with
+    /// `.warmingUp`, in that order. The warm-up prefills the tokens of "Hello" (BOS first) into a fresh kv_cache and requires
     /// `n_vocab` finite logits.
     /// - Parameters:
     ///   - path: the GGUF file.
