@@ -92,6 +92,18 @@ public struct ServeCommand: AsyncParsableCommand {
     var readTimeout: Double?
     @Option(name: .customLong("batch-copy-mb"), help: "Memory for batch copies of q4_0/q5_0 projections, MiB; 0: none (default 1024).")
     var batchCopyMB: Int?
+    @Option(
+        name: .customLong("max-prefill-tokens-per-step"),
+        help: "Prompt tokens one forward step may prefill; longer prompts go in chunks (default 256).")
+    var maxPrefillTokensPerStep: Int?
+    @Option(
+        name: .customLong("step-time-target"),
+        help: "Seconds one forward step should take; prefill chunks are sized to fit (0: no bound; default 0.5).")
+    var stepTimeTarget: Double?
+    @Option(
+        name: .customLong("default-max-tokens"),
+        help: "max_tokens for requests without one (default: 16 for completions, the rest of the context for chat).")
+    var defaultMaxTokens: Int?
 
     public init() {}
 
@@ -116,6 +128,9 @@ public struct ServeCommand: AsyncParsableCommand {
         l.maxUploadBytes = maxUploadBytes
         l.readTimeout = readTimeout
         l.batchCopyMB = batchCopyMB
+        l.maxPrefillTokensPerStep = maxPrefillTokensPerStep
+        l.stepTimeTarget = stepTimeTarget
+        l.defaultMaxTokens = defaultMaxTokens
         return l
     }
 

@@ -111,6 +111,39 @@ import Testing
         #expect(!policy.allows(nil))
     }
 
+    @Test func stepBoundsAndDefaultMaxTokens() throws {
+        let defaults = try DaemonConfig.resolve(layer: ConfigLayer(), environment: [:])
+        #expect(defaults.maxPrefillTokensPerStep == 256)
+        #expect(defaults.stepTimeTarget == 0.5)
+        #expect(defaults.defaultMaxTokens == nil)
+        let plain = defaults.engineLimits(trainedContext: 32768)
+        #expect(plain.maxPrefillTokensPerStep == 256)
+        #expect(plain.stepTimeTarget == 0.5)
+        // Under a watchdog the step target is at most a quarter of WatchdogSec=.
+        #expect(defaults.engineLimits(trainedContext: 32768, watchdog: .seconds(1)).stepTimeTarget == 0.25)
+        #expect(defaults.engineLimits(trainedContext: 32768, watchdog: .seconds(30)).stepTimeTarget == 0.5)
+
+        let layer = try ConfigFile.parse(
+            "max_prefill_tokens_per_step: 64\nstep_time_target: 0\ndefault_max_tokens: 200\n", path: "t.yaml")
+        var flags = ConfigLayer()
+        flags.maxPrefillTokensPerStep = 48
+        let c = try DaemonConfig.resolve(layer: flags.over(layer), environment: [:])
+        #expect(c.maxPrefillTokensPerStep == 48)
+        #expect(c.stepTimeTarget == 0)
+        #expect(c.defaultMaxTokens == 200)
+        // 0 turns the time bound off, except for the watchdog's own.
+        #expect(c.engineLimits(trainedContext: 4096).stepTimeTarget == nil)
+        #expect(c.engineLimits(trainedContext: 4096, watchdog: .seconds(2)).stepTimeTarget == 0.5)
+        #expect(c.engineLimits(trainedContext: 4096).maxPrefillTokensPerStep == 48)
+
+        for bad in [
+            "max_prefill_tokens_per_step: 0", "step_time_target: -1", "step_time_target: .nan", "default_max_tokens: 0",
+        ] {
+            let l = try ConfigFile.parse(bad + "\n", path: "t.yaml")
+            #expect(throws: ConfigError.self, "\(bad)") { try DaemonConfig.resolve(layer: l, environment: [:]) }
+        }
+    }
+
     @Test func engineLimitsCapContextAtTraining() throws {
         var l = ConfigLayer()
         l.contextSize = 100_000

@@ -59,6 +59,8 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
     /// how many steps can run. `openGate()` lets all further steps run freely.
     var gate: DispatchSemaphore?
     private var gateOpen = false
+    /// Seconds every forward call sleeps per row, so steps take time in proportion to their rows as a real model's do.
+    var secondsPerRow: Double = 0
 
     func openGate() {
         lock.lock()
@@ -138,6 +140,7 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
             failNextForward = false
             throw FakeError.badBatch("injected failure")
         }
+        if secondsPerRow > 0 { usleep(UInt32(secondsPerRow * Double(batch.count) * 1e6)) }
         var out: [Float] = []
         var seen = Set<Int>()
         for i in 0..<batch.count {

@@ -250,9 +250,8 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         let recs = Array(try loadGreedy().filter { $0.promptIDs.count < 200 }.prefix(8))
         var solo: [[Int]] = []
         for r in recs { solo.append(try completionIDs(d, prompt: r.promptIDs, maxTokens: 24).ids) }
-        var together = [[Int]](repeating: [], count: recs.count)
-        var failures: [String] = []
-        let lock = NSLock()
+        let together = Box([[Int]](repeating: [], count: recs.count))
+        let failures = Box([String]())
         // One thread per client (a dispatch pool would cap concurrency at the core count).
         let group = DispatchGroup()
         for i in recs.indices {
@@ -261,20 +260,16 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
                 defer { group.leave() }
                 do {
                     let ids = try streamedIDs(d, prompt: recs[i].promptIDs, maxTokens: 24)
-                    lock.lock()
-                    together[i] = ids
-                    lock.unlock()
+                    together.with { $0[i] = ids }
                 } catch {
-                    lock.lock()
-                    failures.append("\(error)")
-                    lock.unlock()
+                    failures.with { $0.append("\(error)") }
                 }
             }
             t.start()
         }
         group.wait()
-        #expect(failures.isEmpty)
-        #expect(together == solo)
+        #expect(failures.with { $0 }.isEmpty)
+        #expect(together.with { $0 } == solo)
         // Steps with more than one sequence were observed.
         let metrics = try d.get("/metrics").text
         let line = metrics.split(separator: "\n").first { $0.hasPrefix("lorad_step_batch_sequences_bucket{le=\"1.0\"}") }
@@ -315,7 +310,8 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         #expect(try status()["max_sequences"] as? Int == 16)
         let big = String(repeating: "a", count: 3000)
         #expect(try d.post("/v1/completions", json: ["prompt": big, "max_tokens": 1]).status == 200)
-        try "log_level: warning\nmax_sequences: 3\nmax_body_bytes: 2000\n".write(toFile: config, atomically: true, encoding: .utf8)
+        try "log_level: warning\nmax_sequences: 3\nmax_body_bytes: 2000\ndefault_max_tokens: 3\n".write(
+            toFile: config, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)
         var applied = false
         for _ in 0..<50 where !applied {
@@ -324,6 +320,13 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         }
         #expect(applied)
         #expect(try d.post("/v1/completions", json: ["prompt": big, "max_tokens": 1]).status == 413)
+        // default_max_tokens: a request without max_tokens generates at most 3 tokens (ignore_eos: exactly 3).
+        let chat = try d.post(
+            "/v1/chat/completions",
+            json: ["messages": [["role": "user", "content": "Tell me a long story."]], "ignore_eos": true] as [String: Any])
+        #expect(chat.status == 200, "\(chat.text)")
+        let usage = try chat.json()["usage"] as? [String: Any]
+        #expect(usage?["completion_tokens"] as? Int == 3, "\(chat.text)")
         // A file that does not parse leaves everything as it was.
         try "max_sequences: [\n".write(toFile: config, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)

@@ -264,3 +264,36 @@ private func rejection(_ body: () throws -> PreparedRequest) -> APIError? {
         #expect(e.headers.contains { $0.0 == "Retry-After" && $0.1 == "3" })
     }
 }
+
+@Suite struct DefaultMaxTokensTests {
+    /// FakeBackend's chat rendering of one user message "hi": BOS, 3, "user:hi" (7 tokens), 3 = 10 tokens.
+    static let chatBody = #"{"messages":[{"role":"user","content":"hi"}]}"#
+
+    @Test("without --default-max-tokens: 16 for completions, the rest of the context for chat")
+    func apiDefaults() throws {
+        let v = RequestValidator(backend: FakeBackend(), contextSize: 100)
+        let c = try v.prepare(RequestValidator.decode(CompletionRequestBody.self, from: Array(#"{"prompt":"AB"}"#.utf8)))
+        #expect(c.generations[0].maxTokens == 16)
+        let chat = try v.prepare(RequestValidator.decode(ChatRequestBody.self, from: Array(Self.chatBody.utf8)))
+        #expect(chat.generations[0].maxTokens == 100 - chat.generations[0].promptTokens.count)
+    }
+
+    @Test("--default-max-tokens applies to requests without max_tokens, cut to what the context leaves")
+    func configuredDefault() throws {
+        let v = RequestValidator(backend: FakeBackend(), contextSize: 100, defaultMaxTokens: 40)
+        let c = try v.prepare(RequestValidator.decode(CompletionRequestBody.self, from: Array(#"{"prompt":"AB"}"#.utf8)))
+        #expect(c.generations[0].maxTokens == 40)
+        let chat = try v.prepare(RequestValidator.decode(ChatRequestBody.self, from: Array(Self.chatBody.utf8)))
+        #expect(chat.generations[0].maxTokens == 40)
+        // An explicit max_tokens wins (also above the default).
+        let explicit = try v.prepare(
+            RequestValidator.decode(CompletionRequestBody.self, from: Array(#"{"prompt":"AB","max_tokens":70}"#.utf8)))
+        #expect(explicit.generations[0].maxTokens == 70)
+        // A 90-token prompt leaves 10 tokens of the 100-token context: the default shrinks instead of failing.
+        let long = String(repeating: "A", count: 89)
+        let near = try v.prepare(
+            RequestValidator.decode(CompletionRequestBody.self, from: Array("{\"prompt\":\"\(long)\"}".utf8)))
+        #expect(near.generations[0].promptTokens.count == 90)
+        #expect(near.generations[0].maxTokens == 10)
+    }
+}

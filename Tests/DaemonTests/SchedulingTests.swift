@@ -68,6 +68,29 @@ import Testing
         #expect(small == [PlannedRows(id: 1, rows: 10), PlannedRows(id: 3, rows: 22)])
     }
 
+    @Test func prefillCapLimitsPrefillRowsOverAllSequences() {
+        let entries = [
+            PlannerEntry(id: 1, decoding: true, remainingPrompt: 0),
+            PlannerEntry(id: 2, decoding: false, remainingPrompt: 30),
+            PlannerEntry(id: 3, decoding: false, remainingPrompt: 500),
+            PlannerEntry(id: 4, decoding: true, remainingPrompt: 0),
+        ]
+        // Decode rows are not counted against the prefill cap; prefill rows are, over all prefilling sequences.
+        let plan = StepPlanner.plan(entries, tokenBudget: 512, maxPrefillTokens: 64)
+        #expect(plan == [
+            PlannedRows(id: 1, rows: 1), PlannedRows(id: 4, rows: 1), PlannedRows(id: 2, rows: 30),
+            PlannedRows(id: 3, rows: 34),
+        ])
+        // The cap also bounds the minimum chunk that prefill gets when decode rows fill the budget.
+        let decoders = (0..<8).map { PlannerEntry(id: UInt64($0), decoding: true, remainingPrompt: 0) }
+        let tight = StepPlanner.plan(
+            decoders + [PlannerEntry(id: 99, decoding: false, remainingPrompt: 100)], tokenBudget: 8, maxPrefillTokens: 5)
+        #expect(tight.last == PlannedRows(id: 99, rows: 5))
+        // A cap below 1 still lets prefill progress.
+        let zero = StepPlanner.plan([PlannerEntry(id: 7, decoding: false, remainingPrompt: 9)], tokenBudget: 64, maxPrefillTokens: 0)
+        #expect(zero == [PlannedRows(id: 7, rows: 1)])
+    }
+
     @Test func prefillAlwaysProgresses() {
         let decoders = (0..<8).map { PlannerEntry(id: UInt64($0), decoding: true, remainingPrompt: 0) }
         let plan = StepPlanner.plan(decoders + [PlannerEntry(id: 99, decoding: false, remainingPrompt: 100)], tokenBudget: 8)

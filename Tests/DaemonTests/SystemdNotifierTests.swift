@@ -20,11 +20,14 @@ struct SystemdTestError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// One notification datagram and the credentials the kernel attached to it.
+/// One notification datagram and the credentials and arrival time the kernel attached to it.
 struct NotifyDatagram {
     var text: String
     var pid: pid_t
     var uid: uid_t
+    /// When the kernel queued the datagram (SO_TIMESTAMP, CLOCK_REALTIME seconds): unaffected by how late the
+    /// test gets to read it.
+    var arrival: Double
     /// The `KEY=value` lines, in order.
     var assignments: [String] { text.split(separator: "\n").map(String.init) }
     func value(_ key: String) -> String? {
@@ -53,6 +56,9 @@ final class NotifyListener {
         guard setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
             throw SystemdTestError("SO_PASSCRED failed: errno \(errno)")
         }
+        guard setsockopt(fd, SOL_SOCKET, Self.soTimestamp, &on, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            throw SystemdTestError("SO_TIMESTAMP failed: errno \(errno)")
+        }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -74,6 +80,10 @@ final class NotifyListener {
         rmdir(directory)
     }
 
+    /// SO_TIMESTAMP (= SCM_TIMESTAMP, a `struct timeval`) from <asm-generic/socket.h>; Glibc maps the macro to
+    /// SO_TIMESTAMP_OLD through a conditional Swift does not import.
+    static let soTimestamp: Int32 = 29
+
     /// The next datagram, or `nil` if none arrives within `seconds` (a safety bound, not a measured time).
     func receive(within seconds: Double) throws -> NotifyDatagram? {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -82,9 +92,9 @@ final class NotifyListener {
         guard rc > 0 else { throw SystemdTestError("poll failed: errno \(errno)") }
 
         var data = [UInt8](repeating: 0, count: 4096)
-        // Control buffer: one cmsghdr (16 bytes on LP64) followed by struct ucred (pid, uid, gid: 12 bytes),
-        // padded to 8 bytes (CMSG_SPACE(sizeof(struct ucred)) = 32).
-        var control = [UInt8](repeating: 0, count: 64)
+        // Control buffer: cmsghdrs (16 bytes on LP64) each followed by its data, padded to 8 bytes: struct ucred
+        // (pid, uid, gid: CMSG_SPACE = 32) and struct timeval (CMSG_SPACE = 32).
+        var control = [UInt8](repeating: 0, count: 128)
         let n: Int = data.withUnsafeMutableBytes { dataRaw in
             control.withUnsafeMutableBytes { controlRaw in
                 var iov = iovec(iov_base: dataRaw.baseAddress, iov_len: dataRaw.count)
@@ -106,6 +116,7 @@ final class NotifyListener {
         let scmCredentials: Int32 = 2
         var pid: pid_t = 0
         var uid: uid_t = 0
+        var arrival = 0.0
         let headerSize = MemoryLayout<cmsghdr>.size
         let align = MemoryLayout<Int>.size
         var offset = 0
@@ -119,10 +130,15 @@ final class NotifyListener {
                     pid = raw.loadUnaligned(fromByteOffset: offset + headerSize, as: pid_t.self)
                     uid = raw.loadUnaligned(fromByteOffset: offset + headerSize + 4, as: uid_t.self)
                 }
+                if level == SOL_SOCKET && type == Self.soTimestamp && offset + headerSize + 16 <= raw.count {
+                    let sec = raw.loadUnaligned(fromByteOffset: offset + headerSize, as: Int.self)
+                    let usec = raw.loadUnaligned(fromByteOffset: offset + headerSize + 8, as: Int.self)
+                    arrival = Double(sec) + Double(usec) * 1e-6
+                }
                 offset += (len + align - 1) / align * align
             }
         }
-        return NotifyDatagram(text: text, pid: pid, uid: uid)
+        return NotifyDatagram(text: text, pid: pid, uid: uid, arrival: arrival)
     }
 
     /// The next datagram sent by `pid`, skipping others (bounded by `seconds` per datagram).

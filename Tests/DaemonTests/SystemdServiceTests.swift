@@ -19,13 +19,17 @@ final class NotifiedLorad {
     let socket: String
     let notify: NotifyListener
     let logURL: URL
-    /// Every datagram lorad sent, in order.
+    /// The datagrams `next` has gone through so far, in order.
     private(set) var received: [NotifyDatagram] = []
+    /// Everything read from the socket (by `reader`), consumed by `next` in order.
+    private let queue = Box(NotifyQueue())
+    private var reader: Thread?
 
     /// - Parameters:
     ///   - socketActivated: start lorad through `systemd-socket-activate -l <socket>` instead of `--socket`.
     ///   - watchdogUSec: WATCHDOG_USEC given to lorad (as systemd does for WatchdogSec=).
-    init(socketActivated: Bool = false, watchdogUSec: Int = 2_000_000) throws {
+    ///   - threads: `--threads`.
+    init(socketActivated: Bool = false, watchdogUSec: Int = 2_000_000, threads: Int = 2) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "lorad-sd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -38,7 +42,7 @@ final class NotifiedLorad {
         try FileManager.default.copyItem(at: repositoryRoot.appendingPathComponent("systemd/lorad.yaml"), to: config)
 
         let lorad = try Paths.loradBinary()
-        let serve = ["serve", "--model", try Paths.model(), "--config", config.path, "--threads", "2"]
+        let serve = ["serve", "--model", try Paths.model(), "--config", config.path, "--threads", "\(threads)"]
         var env = ProcessInfo.processInfo.environment
         for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
             "JOURNAL_STREAM", "LORAD_SOCKET", "RUNTIME_DIRECTORY", "STATE_DIRECTORY"]
@@ -59,11 +63,28 @@ final class NotifiedLorad {
         }
         process.environment = env
         process.currentDirectoryURL = directory
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        guard FileManager.default.createFile(atPath: logURL.path, contents: nil) else {
+            throw SystemdTestError("cannot create \(logURL.path)")
+        }
         let log = try FileHandle(forWritingTo: logURL)
         process.standardError = log
         process.standardOutput = log
         try process.run()
+        // Read the socket all the time, as systemd does: the kernel queues only a few datagrams
+        // (net.unix.max_dgram_qlen, 10 by default) and a full queue blocks lorad's sd_notify calls.
+        let (queue, notify, pid) = (queue, notify, process.processIdentifier)
+        let t = Thread {
+            while !queue.with({ $0.stopped }) {
+                do {
+                    if let d = try notify.receive(from: pid, within: 0.2) { queue.with { $0.items.append(d) } }
+                } catch {
+                    queue.with { $0.failure = "\(error)" }
+                    return
+                }
+            }
+        }
+        t.start()
+        reader = t
     }
 
     deinit {
@@ -71,6 +92,8 @@ final class NotifiedLorad {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
+        queue.with { $0.stopped = true }
+        while reader?.isFinished == false { usleep(10_000) }
         try? FileManager.default.removeItem(at: directory)
     }
 
@@ -78,17 +101,29 @@ final class NotifiedLorad {
 
     func log() -> String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
 
-    /// Reads datagrams from lorad until one satisfies `match` (bounded by `seconds` of silence).
+    /// Takes datagrams from lorad in order until one satisfies `match` (bounded by `seconds` of silence).
     @discardableResult
     func next(within seconds: Double = 120, where match: (NotifyDatagram) -> Bool) throws -> NotifyDatagram {
+        var waited = 0.0
         while true {
-            guard let d = try notify.receive(from: pid, within: seconds) else {
+            let (item, failure): (NotifyDatagram?, String?) = queue.with { q in
+                guard q.consumed < q.items.count else { return (nil, q.failure) }
+                q.consumed += 1
+                return (q.items[q.consumed - 1], nil)
+            }
+            if let d = item {
+                waited = 0
+                received.append(d)
+                if match(d) { return d }
+                continue
+            }
+            guard failure == nil, waited < seconds else {
                 throw SystemdTestError(
                     "no matching notification from lorad (pid \(pid)); received \(received.map(\.text)); "
-                        + "running: \(process.isRunning); log:\n\(log())")
+                        + "reader: \(failure ?? "ok"); running: \(process.isRunning); log:\n\(log())")
             }
-            received.append(d)
-            if match(d) { return d }
+            usleep(10_000)
+            waited += 0.01
         }
     }
 
@@ -98,6 +133,15 @@ final class NotifiedLorad {
         guard !process.isRunning else { return nil }
         return process.terminationStatus
     }
+}
+
+/// Datagrams read by ``NotifiedLorad``'s reader thread.
+struct NotifyQueue {
+    var items: [NotifyDatagram] = []
+    /// How many of `items` `next` has taken.
+    var consumed = 0
+    var stopped = false
+    var failure: String?
 }
 
 @Suite("lorad under a NOTIFY_SOCKET: readiness, watchdog, reload, stop, socket activation", .serialized)
@@ -112,6 +156,15 @@ struct SystemdServiceTests {
         // Something was said while loading, before READY=1.
         #expect(lorad.received.dropLast().contains { $0.value("STATUS") != nil }, "\(lorad.received.map(\.text))")
         #expect(ready.uid == getuid())
+        // Every loading step asked for more start-up time (EXTEND_TIMEOUT_USEC=), so a slow start that makes
+        // progress outlives TimeoutStartSec=: opening, reading the weights (at least the final report), building,
+        // warm-up.
+        let extensions = lorad.received.dropLast().compactMap { $0.value("EXTEND_TIMEOUT_USEC").flatMap { UInt64($0) } }
+        #expect(extensions.count >= 4, "\(lorad.received.map(\.text))")
+        #expect(extensions.allSatisfy { $0 >= 1_000_000 }, "\(extensions)")
+        #expect(
+            lorad.received.contains { $0.value("STATUS")?.contains("reading weights 100%") == true },
+            "\(lorad.received.map(\.text))")
 
         // READY=1 promises a listening socket and a loaded model: the first request right after it is served.
         let health = try HTTP.parse(try {
@@ -142,6 +195,50 @@ struct SystemdServiceTests {
         #expect(lorad.waitForExit() == 0, "log:\n\(lorad.log())")
         // lorad unlinks the socket it bound itself.
         #expect(!FileManager.default.fileExists(atPath: lorad.socket))
+    }
+
+    @Test("a long prompt on one thread: WATCHDOG=1 never pauses for more than WatchdogSec/2 (chunked prefill)")
+    func watchdogDuringLongPrefill() throws {
+        // WatchdogSec=3: pings must come at least every 1.5 s, also while a long prompt is prefilled on one thread
+        // (a single 512-token step takes seconds there).
+        let lorad = try NotifiedLorad(watchdogUSec: 3_000_000, threads: 1)
+        try lorad.next { $0.value("READY") == "1" }
+        let readyIndex = lorad.received.count
+
+        let text = String(
+            repeating: "In the valley the river turns twice before it reaches the mill, and the miller counts the sacks. ",
+            count: 90)
+        let body: [String: Any] = ["prompt": text, "max_tokens": 4, "temperature": 0]
+        let json = Array(try JSONSerialization.data(withJSONObject: body))
+        let result = Box<Result<HTTPResult, any Error>?>(nil)
+        let socket = lorad.socket
+        Thread.detachNewThread {
+            let r = Result { () throws -> HTTPResult in
+                let c = try RawConnection(path: socket)
+                try c.send(HTTP.request(method: "POST", path: "/v1/completions", body: json))
+                return try HTTP.parse(try c.readToEOF())
+            }
+            result.with { $0 = r }
+        }
+        // Collect notifications until the response is in, then one more ping (so a stall at the end shows too).
+        while result.with({ $0 }) == nil {
+            _ = try lorad.next(within: 60) { _ in true }
+        }
+        try lorad.next(within: 10) { $0.value("WATCHDOG") == "1" }
+
+        let response = try #require(try result.with { $0 }?.get())
+        #expect(response.status == 200, "\(response.text)")
+        let usage = try #require(try response.json()["usage"] as? [String: Any])
+        let promptTokens = try #require(usage["prompt_tokens"] as? Int)
+        #expect(promptTokens > 1500, "the prompt must take many steps: \(promptTokens) tokens")
+
+        let pings = lorad.received[readyIndex...].filter { $0.value("WATCHDOG") == "1" }.map(\.arrival)
+        #expect(pings.count >= 4, "\(pings.count) pings")
+        let gaps = zip(pings.dropFirst(), pings).map { $0 - $1 }
+        let worst = gaps.max() ?? 0
+        #expect(worst <= 1.5, "longest gap between WATCHDOG=1 pings \(worst) s; gaps \(gaps)")
+        kill(lorad.pid, SIGTERM)
+        #expect(lorad.waitForExit() == 0, "log:\n\(lorad.log())")
     }
 
     @Test("SIGTERM during a stream: STOPPING=1, the stream still ends with [DONE], exit 0")

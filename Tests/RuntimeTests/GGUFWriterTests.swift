@@ -219,10 +219,21 @@ struct GGUFWriterTests {
         return status == 0
     }()
 
+    /// The Python with gguf-py: the venv scripts/setup.sh installs it into ($LORAD_VENV, else
+    /// ~/.local/share/lorad/venv), else `python3` on PATH.
+    static var pythonCommand: [String] {
+        let env = ProcessInfo.processInfo.environment
+        let venv = env["LORAD_VENV"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (env["HOME"] ?? NSHomeDirectory()) + "/.local/share/lorad/venv"
+        let python = venv + "/bin/python3"
+        return FileManager.default.isExecutableFile(atPath: python) ? [python] : ["/usr/bin/env", "python3"]
+    }
+
     static func runPython(_ arguments: [String]) throws -> (Int32, Data) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3"] + arguments
+        let command = pythonCommand
+        p.executableURL = URL(fileURLWithPath: command[0])
+        p.arguments = Array(command.dropFirst()) + arguments
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle.nullDevice
@@ -233,7 +244,7 @@ struct GGUFWriterTests {
     }
 
     /// gguf.GGUFReader reads a file written here and sees exactly the content that was written.
-    @Test(.enabled(if: pythonGGUFAvailable, "needs python3 with gguf==0.19.0"))
+    @Test(.enabled(if: pythonGGUFAvailable, "needs gguf==0.19.0 in the venv of scripts/setup.sh or in python3"))
     func ggufPyReaderReadsOurFile() throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

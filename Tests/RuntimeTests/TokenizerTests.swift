@@ -343,19 +343,19 @@ struct TokenizerVocabularyTests {
         // The model's own normalizer adds the dummy prefix "▁" to each text fragment.
         let pieces = (0..<tokens.count).map { (tokens[$0], scores[$0], UInt8(types[$0])) }
         let modelPath = dir.appendingPathComponent("tokenizer.model").path
-        FileManager.default.createFile(atPath: modelPath, contents: Data(Self.handWrittenModel(pieces: pieces, addDummyPrefix: true)))
+        #expect(FileManager.default.createFile(atPath: modelPath, contents: Data(Self.handWrittenModel(pieces: pieces, addDummyPrefix: true))))
         #expect(Tokenizer.companionModelPath(forGGUFAt: ggufPath) == modelPath)
         let tok = try Tokenizer(gguf: gguf, sentencePieceModelPath: modelPath)
         #expect(tok.encode("ab", addBOS: true, parseSpecial: true) == [1, 8])
         #expect(tok.encode("ab<sep>ab", addBOS: false, parseSpecial: true) == [8, 9, 8])
 
         let short = dir.appendingPathComponent("short.model").path
-        FileManager.default.createFile(atPath: short, contents: Data(Self.handWrittenModel(pieces: Array(pieces.prefix(4)), addDummyPrefix: true)))
+        #expect(FileManager.default.createFile(atPath: short, contents: Data(Self.handWrittenModel(pieces: Array(pieces.prefix(4)), addDummyPrefix: true))))
         #expect(throws: TokenizerError.companionModelUnusable(path: short, reason: "it has 4 pieces, the GGUF vocabulary has 11")) {
             try Tokenizer(gguf: gguf, sentencePieceModelPath: short)
         }
         let garbage = dir.appendingPathComponent("garbage.model").path
-        FileManager.default.createFile(atPath: garbage, contents: Data([0xFF, 0xFF, 0xFF, 0x01]))
+        #expect(FileManager.default.createFile(atPath: garbage, contents: Data([0xFF, 0xFF, 0xFF, 0x01])))
         #expect(throws: (any Error).self) { try Tokenizer(gguf: gguf, sentencePieceModelPath: garbage) }
         do {
             _ = try Tokenizer(gguf: gguf, sentencePieceModelPath: garbage)

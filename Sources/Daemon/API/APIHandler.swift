@@ -30,6 +30,7 @@ public final class ServerState: @unchecked Sendable {
     private var maxUploadBytesValue: Int = 256 << 20
     private var registryValue: AdapterRegistry?
     private var adminPolicyValue = AdminPolicy()
+    private var defaultMaxTokensValue: Int?
     public let metrics: DaemonMetrics
     public let modelPath: String
     public let started = Date()
@@ -66,6 +67,11 @@ public final class ServerState: @unchecked Sendable {
     public var adminPolicy: AdminPolicy {
         get { lock.withLock { adminPolicyValue } }
         set { lock.withLock { adminPolicyValue = newValue } }
+    }
+    /// `max_tokens` for generation requests that give none (`--default-max-tokens`; nil = the API's defaults).
+    public var defaultMaxTokens: Int? {
+        get { lock.withLock { defaultMaxTokensValue } }
+        set { lock.withLock { defaultMaxTokensValue = newValue } }
     }
 
     /// The model id: the file stem (known before the model is loaded).
@@ -181,7 +187,7 @@ final class APIHandler: @unchecked Sendable {
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
             body.model = nil
-            var prepared = try r.validator.prepare(body)
+            var prepared = try validator(r).prepare(body)
             prepared.attach(mix)
             for i in prepared.promptsWithOwnBOS { logOwnBOS(prompt: i, route: route) }
             return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
@@ -190,14 +196,14 @@ final class APIHandler: @unchecked Sendable {
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
             body.model = nil
-            var prepared = try r.validator.prepare(body)
+            var prepared = try validator(r).prepare(body)
             prepared.attach(mix)
             return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
         case .tokenize:
             var body = try RequestValidator.decode(TokenizeRequestBody.self, from: body)
             let r = try await ready()
             body.model = try tokenizerModel(body.model, ready: r)
-            let result = try r.validator.tokenize(body)
+            let result = try validator(r).tokenize(body)
             if result.bosFromText { logOwnBOS(prompt: 0, route: route) }
             try await writer.send(json: result.body)
             return 200
@@ -205,7 +211,7 @@ final class APIHandler: @unchecked Sendable {
             var body = try RequestValidator.decode(DetokenizeRequestBody.self, from: body)
             let r = try await ready()
             body.model = try tokenizerModel(body.model, ready: r)
-            try await writer.send(json: try r.validator.detokenize(body))
+            try await writer.send(json: try validator(r).detokenize(body))
             return 200
         default:
             throw APIError.routeNotFound(method: "GET", path: route.template)
@@ -226,6 +232,13 @@ final class APIHandler: @unchecked Sendable {
         logger.warning(
             "prompt starts with BOS; no second BOS added",
             metadata: ["route": "\(route.template)", "prompt_index": "\(prompt)"])
+    }
+
+    /// The ready model's validator with the current `default_max_tokens` (a reload may change it).
+    private func validator(_ r: ServerState.Ready) -> RequestValidator {
+        var v = r.validator
+        v.defaultMaxTokens = state.defaultMaxTokens
+        return v
     }
 
     /// A registered adapter as an OpenAI model object with vLLM's `parent` (the base model's id).
@@ -416,13 +429,15 @@ final class APIHandler: @unchecked Sendable {
                 }
             }
         }
+        // The closing events and the end of the chunked body in one write (see ResponseWriter).
+        var tail: [String] = []
         if let failure {
-            try await writer.write(SSE.event(APIError.internalError(failure).body))
+            tail.append(SSE.event(APIError.internalError(failure).body))
         }
         if prepared.includeUsage {
-            try await writer.write(SSE.event(renderer.usageChunk(prompt: prompt, completion: completion)))
+            tail.append(SSE.event(renderer.usageChunk(prompt: prompt, completion: completion)))
         }
-        try await writer.write(SSE.done)
-        try await writer.end()
+        tail.append(SSE.done)
+        try await writer.end(after: tail)
     }
 }

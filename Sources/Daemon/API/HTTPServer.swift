@@ -25,6 +25,11 @@ struct AcceptedConnection: Sendable {
 }
 
 /// Writes one HTTP response (whole or streamed) on a connection.
+///
+/// The last bytes of a response and its `.end` go out in one write. Each write is flushed on its own, and a
+/// client that has read a complete response (all of a Content-Length body, or a stream's `[DONE]`) may hang up at
+/// once; a separate, later write of `.end` would then fail, and a response the client received in full would be
+/// counted as a disconnect (499). Under CPU load the handler's task easily falls that far behind the event loop.
 struct ResponseWriter {
     let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
     let version: HTTPVersion
@@ -44,14 +49,16 @@ struct ResponseWriter {
         return HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: status), headers: h)
     }
 
-    /// A complete response with Content-Length.
+    /// A complete response with Content-Length, written (and flushed) at once.
+    /// - Throws: when the connection is already closed; then no part of the response was written.
     func send(status: Int, contentType: String, body: [UInt8], headers: [(String, String)] = []) async throws {
         var all = headers
         all.append(("Content-Type", contentType))
         all.append(("Content-Length", String(body.count)))
-        try await outbound.write(.head(head(status, all)))
-        if !body.isEmpty && !headOnly { try await outbound.write(.body(.byteBuffer(allocator.buffer(bytes: body)))) }
-        try await outbound.write(.end(nil))
+        var parts: [HTTPServerResponsePart] = [.head(head(status, all))]
+        if !body.isEmpty && !headOnly { parts.append(.body(.byteBuffer(allocator.buffer(bytes: body)))) }
+        parts.append(.end(nil))
+        try await outbound.write(contentsOf: parts)
     }
 
     func send(json: JSONValue, status: Int = 200, headers: [(String, String)] = []) async throws {
@@ -74,8 +81,14 @@ struct ResponseWriter {
         try await outbound.write(.body(.byteBuffer(allocator.buffer(string: text))))
     }
 
-    func end() async throws {
-        try await outbound.write(.end(nil))
+    /// Writes the last pieces of a streamed response together with its end, in one write.
+    func end(after texts: [String] = []) async throws {
+        var parts: [HTTPServerResponsePart] = []
+        if !headOnly {
+            for t in texts { parts.append(.body(.byteBuffer(allocator.buffer(string: t)))) }
+        }
+        parts.append(.end(nil))
+        try await outbound.write(contentsOf: parts)
     }
 }
 

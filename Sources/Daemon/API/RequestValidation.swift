@@ -42,6 +42,9 @@ public struct RequestValidator: Sendable {
     public let contextSize: Int
     /// OpenAI's default `max_tokens` for the legacy completions endpoint.
     public static let defaultCompletionMaxTokens = 16
+    /// `max_tokens` for requests that give none (`--default-max-tokens`), cut to what the context leaves after
+    /// the prompt; `nil`: ``defaultCompletionMaxTokens`` for completions and the rest of the context for chat.
+    public var defaultMaxTokens: Int?
     /// Largest `logprobs` / `top_logprobs`.
     public static let maxLogprobs = 20
     /// Largest number of stop strings.
@@ -49,9 +52,10 @@ public struct RequestValidator: Sendable {
     /// Largest number of `logit_bias` entries (each costs a little per sampled token).
     public static let maxLogitBiasEntries = 1024
 
-    public init(backend: any InferenceBackend, contextSize: Int) {
+    public init(backend: any InferenceBackend, contextSize: Int, defaultMaxTokens: Int? = nil) {
         self.backend = backend
         self.contextSize = contextSize
+        self.defaultMaxTokens = defaultMaxTokens
     }
 
     // MARK: - JSON
@@ -179,7 +183,8 @@ public struct RequestValidator: Sendable {
             }
             let maxTokens = try resolveMaxTokens(
                 body.maxTokens, param: "max_tokens", promptTokens: p.count,
-                default: Self.defaultCompletionMaxTokens)
+                default: defaultMaxTokens.map { min($0, max(contextSize - p.count, 1)) }
+                    ?? Self.defaultCompletionMaxTokens)
             base.promptTokens = p
             base.maxTokens = maxTokens
             generations.append(base)
@@ -230,7 +235,8 @@ public struct RequestValidator: Sendable {
         let requested = body.maxCompletionTokens ?? body.maxTokens
         req.promptTokens = prompt
         req.maxTokens = try resolveMaxTokens(
-            requested, param: param, promptTokens: prompt.count, default: max(contextSize - prompt.count, 1))
+            requested, param: param, promptTokens: prompt.count,
+            default: min(defaultMaxTokens ?? .max, max(contextSize - prompt.count, 1)))
         return PreparedRequest(
             kind: .chat, generations: [req], stream: body.sampling.stream ?? false,
             includeUsage: body.sampling.streamOptions?.includeUsage ?? false, logprobs: topLogprobs,

@@ -55,6 +55,9 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var maxUploadBytes: Int?
     public var readTimeout: Double?
     public var batchCopyMB: Int?
+    public var maxPrefillTokensPerStep: Int?
+    public var stepTimeTarget: Double?
+    public var defaultMaxTokens: Int?
 
     public init() {}
 
@@ -76,6 +79,9 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case maxUploadBytes = "max_upload_bytes"
         case readTimeout = "read_timeout"
         case batchCopyMB = "batch_copy_mb"
+        case maxPrefillTokensPerStep = "max_prefill_tokens_per_step"
+        case stepTimeTarget = "step_time_target"
+        case defaultMaxTokens = "default_max_tokens"
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -100,6 +106,9 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.maxUploadBytes = maxUploadBytes ?? lower.maxUploadBytes
         r.readTimeout = readTimeout ?? lower.readTimeout
         r.batchCopyMB = batchCopyMB ?? lower.batchCopyMB
+        r.maxPrefillTokensPerStep = maxPrefillTokensPerStep ?? lower.maxPrefillTokensPerStep
+        r.stepTimeTarget = stepTimeTarget ?? lower.stepTimeTarget
+        r.defaultMaxTokens = defaultMaxTokens ?? lower.defaultMaxTokens
         return r
     }
 }
@@ -192,6 +201,15 @@ public struct DaemonConfig: Sendable, Equatable {
     /// Budget of the layer projections' batch copies (q4_0/q5_0 weights kept as bytes for batched decode), MiB;
     /// 0 turns them off.
     public var batchCopyMB: Int = 1024
+    /// Prompt rows one forward step may prefill; longer prompts are prefilled in chunks across steps.
+    public var maxPrefillTokensPerStep: Int = 256
+    /// Seconds one forward step should take: prefill chunks are sized from the measured time per row to fit
+    /// (0 = no time bound, only `maxPrefillTokensPerStep`). Under a systemd watchdog the engine uses at most a
+    /// quarter of `WatchdogSec=`.
+    public var stepTimeTarget: Double = 0.5
+    /// `max_tokens` for a request that gives none (clamped to what the context leaves); `nil` = the API's own
+    /// default: 16 for `/v1/completions` (as OpenAI), the rest of the context for chat.
+    public var defaultMaxTokens: Int?
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -306,15 +324,36 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             c.batchCopyMB = mb
         }
+        c.maxPrefillTokensPerStep = try positive(l.maxPrefillTokensPerStep, "max_prefill_tokens_per_step", 256, max: 65536)
+        if let t = l.stepTimeTarget {
+            guard t.isFinite, t >= 0, t <= 60 else {
+                throw ConfigError.invalidValue(key: "step_time_target", reason: "must be 0...60 seconds, got \(t)")
+            }
+            c.stepTimeTarget = t
+        }
+        if let n = l.defaultMaxTokens { c.defaultMaxTokens = try positive(n, "default_max_tokens", n, max: 1 << 20) }
         return c
     }
 
     /// Engine limits for a model trained with `trainedContext` tokens.
-    public func engineLimits(trainedContext: Int) -> EngineLimits {
+    /// - Parameter watchdog: systemd's watchdog timeout (`WatchdogSec=`), if any: the step time target is at
+    ///   most a quarter of it, so that the pings sent between steps come well within half of it.
+    public func engineLimits(trainedContext: Int, watchdog: Duration? = nil) -> EngineLimits {
         EngineLimits(
             maxSequences: maxSequences, kvCacheBytes: kvCacheMB << 20, maxQueue: maxQueue,
             stepTokenBudget: stepTokens,
-            contextSize: min(contextSize ?? Self.defaultContextSize, max(trainedContext, 1)))
+            contextSize: min(contextSize ?? Self.defaultContextSize, max(trainedContext, 1)),
+            maxPrefillTokensPerStep: maxPrefillTokensPerStep, stepTimeTarget: stepTimeTarget(watchdog: watchdog))
+    }
+
+    /// The engine's step time target in seconds (nil = none): `stepTimeTarget`, capped at a quarter of `watchdog`.
+    public func stepTimeTarget(watchdog: Duration?) -> Double? {
+        var target: Double? = stepTimeTarget > 0 ? stepTimeTarget : nil
+        if let w = watchdog {
+            let quarter = (Double(w.components.seconds) + Double(w.components.attoseconds) * 1e-18) / 4
+            target = min(target ?? quarter, quarter)
+        }
+        return target
     }
 
     /// Names of settings that differ from `other` but only take effect after a restart.

@@ -4,7 +4,9 @@
 // allow, plan rows (StepPlanner: one decode row per decoding sequence, prefill chunks after), build ONE
 // StepBatch, call backend.forward once, then sample, detokenize and stop-check every sequence whose last row
 // produced logits. Requests join between steps. The heartbeat closure runs once per loop iteration (and at
-// least every `idleWakeInterval` while idle), so a forward pass that hangs stops the heartbeat.
+// least every `idleWakeInterval` while idle), so a forward pass that hangs stops the heartbeat. Steps are kept
+// short so that a healthy engine beats often: prefill chunks are capped (`maxPrefillTokensPerStep`) and sized
+// from the measured forward time per row so a step takes about `stepTimeTarget` seconds.
 //
 // Threading: `lock` guards the wait queue, cancellations, limits and the snapshot; everything else (active
 // sequences, samplers, caches) is touched only by the compute thread.
@@ -33,6 +35,11 @@ public final class Engine: @unchecked Sendable {
     // Compute-thread state.
     private var active: [ActiveSequence] = []
     private var kvReserved = 0
+    /// Forward seconds per row, estimated from the steps that prefilled (nil until one has run).
+    private var secondsPerRow: Double?
+
+    /// Prefill rows of the first step under a `stepTimeTarget`, before any step has been timed.
+    public static let probePrefillRows = 32
 
     /// - Parameters:
     ///   - backend: the model.
@@ -249,7 +256,7 @@ public final class Engine: @unchecked Sendable {
             active.removeAll { $0.machine.isTerminal }
 
             if !active.isEmpty {
-                step(tokenBudget: l.stepTokenBudget)
+                step(limits: l)
                 active.removeAll { $0.machine.isTerminal }
             }
             publishSnapshot()
@@ -307,11 +314,41 @@ public final class Engine: @unchecked Sendable {
         metrics?.recordPromptTokens(p.request.promptTokens.count)
     }
 
-    private func step(tokenBudget: Int) {
+    /// Prompt rows the next step may prefill: the configured cap, cut so the step fits `stepTimeTarget` at the
+    /// estimated seconds per row (decode rows take their share first).
+    private func prefillCap(_ l: EngineLimits, decodeRows: Int) -> Int {
+        var cap = l.maxPrefillTokensPerStep
+        if let target = l.stepTimeTarget {
+            if let perRow = secondsPerRow, perRow > 0 {
+                let rows = Int(min(target / perRow, 1e9)) - decodeRows
+                cap = min(cap, max(rows, StepPlanner.minimumPrefillChunk))
+            } else {
+                cap = min(cap, Self.probePrefillRows)
+            }
+        }
+        return max(cap, 1)
+    }
+
+    /// Folds one prefill step's time into the estimate: a slower step counts at once (the machine got busier, or
+    /// attention grew with the position), a faster one only gradually.
+    private func recordStepTime(_ elapsed: Duration, rows: Int) {
+        guard rows > 0 else { return }
+        let measured = seconds(elapsed) / Double(rows)
+        guard measured.isFinite, measured >= 0 else { return }
+        if let old = secondsPerRow {
+            secondsPerRow = max(measured, 0.7 * old + 0.3 * measured)
+        } else {
+            secondsPerRow = measured
+        }
+    }
+
+    private func step(limits l: EngineLimits) {
         let entries = active.map {
             PlannerEntry(id: $0.id, decoding: $0.machine.state == .decode, remainingPrompt: $0.machine.remainingPrompt)
         }
-        let plan = StepPlanner.plan(entries, tokenBudget: tokenBudget)
+        let decodeRows = entries.reduce(0) { $0 + ($1.decoding ? 1 : 0) }
+        let plan = StepPlanner.plan(
+            entries, tokenBudget: l.stepTokenBudget, maxPrefillTokens: prefillCap(l, decodeRows: decodeRows))
         guard !plan.isEmpty else { return }
         var byID: [UInt64: ActiveSequence] = [:]
         for s in active { byID[s.id] = s }
@@ -347,6 +384,7 @@ public final class Engine: @unchecked Sendable {
         lock.unlock()
 
         var logits: [Float]
+        let started = ContinuousClock.now
         do {
             logits = try backend.forward(batch, caches: caches)
         } catch {
@@ -368,6 +406,9 @@ public final class Engine: @unchecked Sendable {
             return
         }
         let now = ContinuousClock.now
+        if members.contains(where: { $0.seq.machine.state != .decode }) {
+            recordStepTime(now - started, rows: batch.count)
+        }
         for m in members where m.seq.machine.state != .decode {
             _ = m.seq.machine.prefilled(m.rows)
         }

@@ -153,13 +153,29 @@ public struct EngineLimits: Sendable, Equatable {
     public var stepTokenBudget: Int
     /// Served context: prompt + max_tokens must fit.
     public var contextSize: Int
+    /// Prompt rows one step may prefill over all sequences (≥ 1); a longer prompt is prefilled in chunks of at
+    /// most this many rows, one chunk per step. `Int.max`: only `stepTokenBudget` limits them.
+    public var maxPrefillTokensPerStep: Int
+    /// Wall time one forward step should take, seconds, or `nil` for no bound. The engine measures the time per
+    /// row of its prefill steps and cuts the next prefill chunks so that a step takes about this long (at least
+    /// ``StepPlanner/minimumPrefillChunk`` rows; the first prefill step, before anything was measured, takes at
+    /// most ``Engine/probePrefillRows``). Decode rows are never split, so steps of decode rows alone can take
+    /// longer. Bounding the step bounds the gap between heartbeats, which run between steps (LEARNING-DECISIONS
+    /// #12: ping on progress, and make progress frequent).
+    public var stepTimeTarget: Double?
 
-    public init(maxSequences: Int, kvCacheBytes: Int, maxQueue: Int, stepTokenBudget: Int, contextSize: Int) {
+    /// - Parameters: see the properties; the last two default to no cap and no time bound.
+    public init(
+        maxSequences: Int, kvCacheBytes: Int, maxQueue: Int, stepTokenBudget: Int, contextSize: Int,
+        maxPrefillTokensPerStep: Int = .max, stepTimeTarget: Double? = nil
+    ) {
         self.maxSequences = maxSequences
         self.kvCacheBytes = kvCacheBytes
         self.maxQueue = maxQueue
         self.stepTokenBudget = stepTokenBudget
         self.contextSize = contextSize
+        self.maxPrefillTokensPerStep = maxPrefillTokensPerStep
+        self.stepTimeTarget = stepTimeTarget
     }
 }
 

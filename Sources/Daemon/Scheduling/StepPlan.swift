@@ -1,7 +1,8 @@
 // StepPlan: which rows of which sequences go into the next forward pass. Decoding sequences each contribute
 // their one next token (they are latency-bound, so they always go first); prefilling sequences then share the
 // rest of the step's token budget in admission order, so a long prompt is split into chunks across steps
-// instead of stalling every stream behind it.
+// instead of stalling every stream behind it. A separate cap on the prefill rows of one step keeps every step
+// short (the engine derives it from a time target, so the watchdog is fed between chunks of a long prompt).
 
 /// A sequence as the planner sees it.
 public struct PlannerEntry: Sendable, Equatable {
@@ -36,9 +37,11 @@ public enum StepPlanner {
     /// - Parameters:
     ///   - entries: active sequences in admission order.
     ///   - tokenBudget: target rows per step (prefill chunks are cut to fit).
+    ///   - maxPrefillTokens: prompt rows this step may prefill over all sequences (values below 1 count as 1);
+    ///     it also bounds the ``minimumPrefillChunk`` guarantee. The default leaves `tokenBudget` alone in charge.
     /// - Returns: rows per sequence (sequences with 0 rows are omitted), decoding sequences first, then prefill
     ///   in admission order.
-    public static func plan(_ entries: [PlannerEntry], tokenBudget: Int) -> [PlannedRows] {
+    public static func plan(_ entries: [PlannerEntry], tokenBudget: Int, maxPrefillTokens: Int = .max) -> [PlannedRows] {
         var out: [PlannedRows] = []
         var used = 0
         for e in entries where e.decoding {
@@ -46,16 +49,18 @@ public enum StepPlanner {
             used += 1
         }
         var left = max(tokenBudget - used, 0)
+        var prefillLeft = max(maxPrefillTokens, 1)
         var grantedAny = false
         for e in entries where !e.decoding && e.remainingPrompt > 0 {
-            var grant = min(e.remainingPrompt, left)
+            var grant = min(e.remainingPrompt, left, prefillLeft)
             if grant == 0 && !grantedAny {
-                grant = min(e.remainingPrompt, minimumPrefillChunk)
+                grant = min(e.remainingPrompt, minimumPrefillChunk, prefillLeft)
             }
             guard grant > 0 else { break }
             out.append(PlannedRows(id: e.id, rows: grant))
             grantedAny = true
             left = max(left - grant, 0)
+            prefillLeft -= grant
         }
         return out
     }

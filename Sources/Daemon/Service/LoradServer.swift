@@ -180,6 +180,7 @@ final class Reloader: @unchecked Sendable {
         LoradServer.logLevel.level = new.logLevel
         state.maxBodyBytes = new.maxBodyBytes
         state.maxUploadBytes = new.maxUploadBytes
+        state.defaultMaxTokens = new.defaultMaxTokens
         if let registry = state.registry {
             registry.setCacheLimit(bytes: new.adapterCacheMB << 20)
             if registry.scanDir != nil {
@@ -197,6 +198,8 @@ final class Reloader: @unchecked Sendable {
             limits.kvCacheBytes = new.kvCacheMB << 20
             limits.maxQueue = new.maxQueue
             limits.stepTokenBudget = new.stepTokens
+            limits.maxPrefillTokensPerStep = new.maxPrefillTokensPerStep
+            limits.stepTimeTarget = new.stepTimeTarget(watchdog: SystemdNotifier.watchdogInterval)
             engine.update(limits: limits)
             status = EngineService.statusLine(engine.snapshot)
         }
@@ -214,6 +217,9 @@ final class Reloader: @unchecked Sendable {
                 "max_sequences": "\(new.maxSequences)", "kv_cache_mb": "\(new.kvCacheMB)", "max_queue": "\(new.maxQueue)",
                 "max_body_bytes": "\(new.maxBodyBytes)", "log_level": "\(new.logLevel)",
                 "adapter_cache_mb": "\(new.adapterCacheMB)",
+                "max_prefill_tokens_per_step": "\(new.maxPrefillTokensPerStep)",
+                "step_time_target": "\(new.stepTimeTarget)",
+                "default_max_tokens": "\(new.defaultMaxTokens.map { String($0) } ?? "none")",
             ])
         SystemdNotifier.reloaded(status: status)
     }

@@ -23,29 +23,32 @@ final class EngineService: Service, @unchecked Sendable {
 
     var currentEngine: Engine? { lock.withLock { engine } }
 
+    /// Time asked of systemd with every loading step (`EXTEND_TIMEOUT_USEC=`): how long the next step may take
+    /// before a start-up that has run past `TimeoutStartSec=` counts as hung. Generous, because one step (building
+    /// a large model's tokenizer, a chunk of weights from a slow disk) must fit in it.
+    static let loadStepAllowance: Duration = .seconds(30)
+
     func run() async throws {
         let watchdog = SystemdNotifier.watchdogInterval
         let pinger = Watchdog(interval: watchdog)
         SystemdNotifier.status("loading model \(config.model)")
         logger.info("loading model", metadata: ["model": "\(config.model)", "threads": "\(config.threads)"])
         let loadStart = Date()
-        // Load off the cooperative pool; ping the watchdog meanwhile (mmap + tokenizer setup take a moment).
-        let loadTask = Task.detached { [config] in
-            try RuntimeBackend(
-                path: config.model, options: .init(threads: config.threads, batchCopyBytes: config.batchCopyMB << 20))
-        }
-        let pingTask = Task {
-            while !Task.isCancelled {
-                pinger.ping()
-                try? await Task.sleep(for: .milliseconds(500))
+        // Load off the cooperative pool. Every loading step reports progress: STATUS= for `systemctl status`, and
+        // EXTEND_TIMEOUT_USEC= so that a slow but progressing start-up is not killed at TimeoutStartSec=. (The
+        // watchdog only runs once READY=1 is sent.)
+        let loadTask = Task.detached { [config, logger] in
+            try ModelLoading.load(
+                path: config.model, options: .init(threads: config.threads, batchCopyBytes: config.batchCopyMB << 20)
+            ) { step in
+                SystemdNotifier.extendTimeout(by: Self.loadStepAllowance, status: "loading model \(config.model): \(step)")
+                logger.debug("loading", metadata: ["step": "\(step)"])
             }
         }
         let backend: RuntimeBackend
         do {
             backend = try await loadTask.value
-            pingTask.cancel()
         } catch {
-            pingTask.cancel()
             let message = "\(error)"
             state.phase = .failed(message)
             logger.critical("model failed to load", metadata: ["model": "\(config.model)", "error": "\(message)"])
@@ -63,12 +66,13 @@ final class EngineService: Service, @unchecked Sendable {
                 }
             }
         }
-        let limits = config.engineLimits(trainedContext: backend.trainedContextLength)
+        let limits = config.engineLimits(trainedContext: backend.trainedContextLength, watchdog: watchdog)
         let engine = Engine(
             backend: backend, limits: limits, metrics: state.metrics, heartbeat: { pinger.ping() },
             idleWakeInterval: watchdog.map { min(1, Self.seconds($0) / 4) } ?? 1)
         engine.start()
         lock.withLock { self.engine = engine }
+        state.defaultMaxTokens = config.defaultMaxTokens
         state.phase = .ready(
             ServerState.Ready(engine: engine, validator: RequestValidator(backend: backend, contextSize: limits.contextSize)))
         logger.info(
@@ -77,6 +81,8 @@ final class EngineService: Service, @unchecked Sendable {
                 "model": "\(backend.modelID)", "load_seconds": "\(String(format: "%.2f", Date().timeIntervalSince(loadStart)))",
                 "context_size": "\(limits.contextSize)", "kv_bytes_per_token": "\(backend.kvBytesPerToken)",
                 "max_sequences": "\(limits.maxSequences)", "batch_copy_bytes": "\(backend.model.batchCopyBytes)",
+                "max_prefill_tokens_per_step": "\(limits.maxPrefillTokensPerStep)",
+                "step_time_target": "\(limits.stepTimeTarget.map { String($0) } ?? "none")",
             ])
         SystemdNotifier.ready(status: Self.statusLine(engine.snapshot))
 
@@ -106,14 +112,18 @@ final class EngineService: Service, @unchecked Sendable {
     }
 }
 
-/// Rate-limited WATCHDOG=1 pings (at most every interval/4), a no-op when systemd set no watchdog.
+/// Rate-limited WATCHDOG=1 pings (at most one per interval/8), a no-op when systemd set no watchdog.
+///
+/// Called from the engine's heartbeat, i.e. after every step: the gap between two pings is at most interval/8
+/// plus one step, and steps are kept under interval/4 (``DaemonConfig/stepTimeTarget(watchdog:)``), so pings
+/// come well within interval/2 (sd_watchdog_enabled(3)) while the engine makes progress, and stop when it hangs.
 final class Watchdog: @unchecked Sendable {
     private let minGap: Double?
     private let lock = NSLock()
     private var last = Date.distantPast
 
     init(interval: Duration?) {
-        minGap = interval.map { EngineService.seconds($0) / 4 }
+        minGap = interval.map { EngineService.seconds($0) / 8 }
     }
 
     func ping() {

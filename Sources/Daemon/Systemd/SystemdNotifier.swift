@@ -102,16 +102,22 @@ public enum SystemdNotifier {
 
     /// Sends `EXTEND_TIMEOUT_USEC=<duration>`: asks for more time to finish starting (or stopping) than
     /// `TimeoutStartSec=` (or `TimeoutStopSec=`) grants, e.g. while mapping a large model.
+    ///
+    /// The manager then expects another message within `duration`; the timeout only fires once the original one
+    /// has also passed. Send it from each step of a long operation, so that progress keeps the service alive and
+    /// a hang does not.
     /// - Parameter duration: additional time from now; negative durations are sent as 0.
     public static func extendTimeout(by duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        guard seconds >= 0 else {
-            send(["EXTEND_TIMEOUT_USEC=0"])
-            return
-        }
-        let (usec, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000)
-        let total = overflow ? UInt64.max : usec &+ UInt64(max(0, attoseconds) / 1_000_000_000_000)
-        send(["EXTEND_TIMEOUT_USEC=\(total)"])
+        send([extendTimeoutAssignment(duration)])
+    }
+
+    /// Sends `EXTEND_TIMEOUT_USEC=<duration>` and `STATUS=<status>` in one datagram: the progress report of one
+    /// step of a long start-up (see ``extendTimeout(by:)``).
+    /// - Parameters:
+    ///   - duration: time the next step may take; negative durations are sent as 0.
+    ///   - status: one line, e.g. `"loading model: reading weights 40% (100 of 250 MiB)"`.
+    public static func extendTimeout(by duration: Duration, status: String) {
+        send([extendTimeoutAssignment(duration), statusAssignment(status)])
     }
 
     /// Sends the given assignments (each `KEY=value`, no line breaks) as one datagram.
@@ -129,6 +135,15 @@ public enum SystemdNotifier {
     }
 
     // MARK: - Helpers
+
+    /// `EXTEND_TIMEOUT_USEC=` in whole microseconds (saturating; negative durations as 0).
+    static func extendTimeoutAssignment(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        guard seconds >= 0 else { return "EXTEND_TIMEOUT_USEC=0" }
+        let (usec, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000)
+        let total = overflow ? UInt64.max : usec &+ UInt64(max(0, attoseconds) / 1_000_000_000_000)
+        return "EXTEND_TIMEOUT_USEC=\(total)"
+    }
 
     /// `STATUS=` with line breaks flattened: a newline would start a new assignment in the datagram.
     static func statusAssignment(_ text: String) -> String {
