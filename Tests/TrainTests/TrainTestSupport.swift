@@ -28,7 +28,8 @@ enum TinyModel {
 
     /// Writes the model to a temporary file and loads it with `threads` compute threads.
     /// - Parameter type: storage type of the 2-D weights (norms stay f32): `.f32` or a quantized type.
-    static func make(arch: String, type: GGMLType, seed: UInt64, layers: Int, threads: Int = 2) throws -> Model {
+    static func make(arch: String, type: GGMLType, seed: UInt64, layers: Int, threads: Int = 2,
+                     kvCacheType: KVCacheType = .f16) throws -> Model {
         var rng = SplitMix(seed)
         var w = GGUFWriter()
         let a = arch
@@ -91,7 +92,7 @@ enum TinyModel {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = dir + "/tiny.gguf"
         try w.write(to: path)
-        return try Model.load(path: path, options: ModelOptions(threads: threads))
+        return try Model.load(path: path, options: ModelOptions(threads: threads, kvCacheType: kvCacheType))
     }
 
     /// A SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens, then plain pieces.
