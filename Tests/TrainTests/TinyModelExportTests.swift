@@ -6,7 +6,7 @@ import Runtime
 import Testing
 import Train
 
-enum TinyModel {
+enum TinyExportModel {
     static let nEmbd = 32, nLayer = 2, nHead = 4, nHeadKV = 2, nFF = 48, nVocab = 300
 
     /// Writes the model to a temporary file and loads it.
@@ -89,34 +89,34 @@ struct TinyModelExportTests {
 
     @Test("GGUF export (all projections) and PEFT export (unpermuted projections) serve the in-memory logits exactly")
     func servedLogits() throws {
-        let model = try TinyModel.make()
+        let model = try TinyExportModel.make()
         let dir = try TrainTestSupport.temporaryDirectory("tiny")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let all = try Self.trained(model, targets: Projection.allCases)
         try AdapterExport.writeGGUF(all, model: model.config, name: "t", path: dir + "/t.gguf")
         let gguf = try model.loadGGUFAdapter(path: dir + "/t.gguf", name: "g")
         expectSameAdapter(gguf, all.makeAdapter(name: "m"))
-        let base = try TinyModel.logits(model, nil), memory = try TinyModel.logits(model, all.makeAdapter(name: "m"))
-        #expect(try TinyModel.logits(model, gguf) == memory)
+        let base = try TinyExportModel.logits(model, nil), memory = try TinyExportModel.logits(model, all.makeAdapter(name: "m"))
+        #expect(try TinyExportModel.logits(model, gguf) == memory)
         #expect(zip(base, memory).map { abs($0 - $1) }.max()! > 1e-3)
 
         let unpermuted = try Self.trained(model, targets: [.attnV, .attnOutput, .ffnGate, .ffnUp, .ffnDown])
         try AdapterExport.writePEFT(unpermuted, model: model.config, baseModel: "tiny", directory: dir + "/peft")
         let peft = try model.loadPEFTAdapter(directory: dir + "/peft", name: "p")
         expectSameAdapter(peft, unpermuted.makeAdapter(name: "m"))
-        #expect(try TinyModel.logits(model, peft) == TinyModel.logits(model, unpermuted.makeAdapter(name: "m")))
+        #expect(try TinyExportModel.logits(model, peft) == TinyExportModel.logits(model, unpermuted.makeAdapter(name: "m")))
     }
 
     @Test("llama q/k lora_B rows are written to PEFT in Hugging Face order (llama.cpp's permutation undone)")
     func llamaPEFTRows() throws {
-        let model = try TinyModel.make()
+        let model = try TinyExportModel.make()
         let p = try Self.trained(model, targets: [.attnQ, .attnK])
         let st = try SafetensorsFile(bytes: AdapterExport.peftSafetensors(p, model: model.config))
         for s in p.slots {
-            let heads = s.key.projection == .attnQ ? TinyModel.nHead : TinyModel.nHeadKV
+            let heads = s.key.projection == .attnQ ? TinyExportModel.nHead : TinyExportModel.nHeadKV
             let written = try st.floats(named: AdapterExport.peftTensorName(s.key, b: true))
             let gguf = Array(p.values[s.offsetB..<s.offsetB + s.countB])
-            let headDim = TinyModel.nEmbd / TinyModel.nHead
+            let headDim = TinyExportModel.nEmbd / TinyExportModel.nHead
             // Row h·Dh + 2i + s of the GGUF order is row h·Dh + s·Dh/2 + i of the HF order.
             for h in 0..<heads {
                 for i in 0..<(headDim / 2) {
