@@ -66,7 +66,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        .executableTarget(name: "lorad", dependencies: ["Daemon"]),
+        .executableTarget(name: "lorad", dependencies: ["Daemon", "Runtime"]),
         .executableTarget(
             name: "loractl",
             dependencies: [
