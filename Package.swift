@@ -67,7 +67,7 @@ let package = Package(
             ],
             exclude: ["README.md"]
         ),
-        .executableTarget(name: "lorad", dependencies: ["Daemon"]),
+        .executableTarget(name: "lorad", dependencies: ["Daemon", "Runtime"]),
         .executableTarget(
             name: "loractl",
             dependencies: [

@@ -69,6 +69,17 @@ static int detect_path(void) {
 
 static int g_best = -1;
 
+int ck_cpu_vector_class(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+    return 0;
+}
+
 // LORAD_KERNELS=reference|avx2|avx512 caps the path (for comparisons and as an escape hatch).
 static int env_cap(void) {
     const char *v = getenv("LORAD_KERNELS");

@@ -71,6 +71,11 @@ int ck_best_path(void);
 /// 1 if `path` can run on this CPU.
 int ck_path_available(int path);
 
+/// The widest x86 vector class this CPU and OS both enable, for choosing OpenBLAS's kernel set
+/// (`OPENBLAS_CORETYPE`): 2 = AVX-512 F/BW/VL/DQ (OpenBLAS "SkylakeX"), 1 = AVX2 + FMA ("Haswell"), 0 = neither
+/// or not x86. Not capped by LORAD_KERNELS. (`__builtin_cpu_supports` checks XGETBV, i.e. OS support.)
+int ck_cpu_vector_class(void);
+
 /// Dequantize `n` elements (n % block size == 0). Returns 0, or -1 for an unsupported type / bad n.
 /// Value for value equal to ggml's dequantize_row_* (and the gguf Python package).
 int ck_dequantize(int type, const void *src, float *dst, size_t n);
