@@ -221,14 +221,18 @@ final class Box<T>: @unchecked Sendable {
         let served = Box(0)
         let clients = onThreads(5) { i in
             if i == 0 {
-                // The swapper: replace 12 times, alternating contents, with a delete and re-create in between.
-                for k in 0..<12 {
+                // The swapper: replace at least 12 times, alternating contents, with a delete and re-create in
+                // between, and on until 8 requests were served (a loaded machine serves fewer per swap; 120 s cap).
+                let start = Date()
+                var k = 0
+                while k < 12 || (served.with { $0 } < 8 && Date().timeIntervalSince(start) < 120) {
                     if k == 6 {
                         let r = try d.delete("/v1/adapters/hot")
                         guard r.status == 200 else { throw HarnessError(description: "delete: \(r.status) \(r.text)") }
                     }
                     try put(k % 2 == 0 ? "b" : "a")
                     usleep(150_000)
+                    k += 1
                 }
                 stop.with { $0 = true }
                 return
