@@ -255,7 +255,13 @@ final class Box<T>: @unchecked Sendable {
         }
         #expect(clients.isEmpty, "\(clients)")
         #expect(served.with { $0 } >= 8)
-        // Deleting while a stream runs: that stream finishes, new requests get 404.
+        // Deleting while a stream runs: that stream finishes, new requests get 404. First let the daemon retire
+        // the first phase's sequences (bounded), so the delete below waits for this phase's stream, not for one of
+        // those.
+        for _ in 0..<300 {
+            if (try d.get("/v1/status").json()["running_sequences"] as? Int ?? 0) == 0 { break }
+            usleep(20_000)
+        }
         let finished = onThreads(2) { i in
             if i == 0 {
                 let out = try d.greedy(model: "hot", prompt: prompt, maxTokens: 40, stream: true)
