@@ -86,6 +86,8 @@ public struct ServeCommand: AsyncParsableCommand {
     var readTimeout: Double?
     @Option(name: .customLong("batch-copy-mb"), help: "Memory for batch copies of q4_0/q5_0 projections, MiB; 0: none (default 1024).")
     var batchCopyMB: Int?
+    @Option(name: .customLong("store-max-mb"), help: "Budget of stored completions, MiB; the oldest without feedback are pruned (default: unbounded).")
+    var storeMaxMB: Int?
 
     public init() {}
 
@@ -110,6 +112,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.maxUploadBytes = maxUploadBytes
         l.readTimeout = readTimeout
         l.batchCopyMB = batchCopyMB
+        l.storeMaxMB = storeMaxMB
         return l
     }
 

@@ -55,6 +55,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var maxUploadBytes: Int?
     public var readTimeout: Double?
     public var batchCopyMB: Int?
+    public var storeMaxMB: Int?
 
     public init() {}
 
@@ -76,6 +77,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case maxUploadBytes = "max_upload_bytes"
         case readTimeout = "read_timeout"
         case batchCopyMB = "batch_copy_mb"
+        case storeMaxMB = "store_max_mb"
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -100,6 +102,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.maxUploadBytes = maxUploadBytes ?? lower.maxUploadBytes
         r.readTimeout = readTimeout ?? lower.readTimeout
         r.batchCopyMB = batchCopyMB ?? lower.batchCopyMB
+        r.storeMaxMB = storeMaxMB ?? lower.storeMaxMB
         return r
     }
 }
@@ -192,6 +195,9 @@ public struct DaemonConfig: Sendable, Equatable {
     /// Budget of the layer projections' batch copies (q4_0/q5_0 weights kept as bytes for batched decode), MiB;
     /// 0 turns them off.
     public var batchCopyMB: Int = 1024
+    /// Budget of stored completions in the store, MiB (the oldest rows no feedback refers to are pruned past it);
+    /// nil: unbounded.
+    public var storeMaxMB: Int?
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -306,6 +312,12 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             c.batchCopyMB = mb
         }
+        if let mb = l.storeMaxMB {
+            guard mb >= 1, mb <= 1 << 24 else {
+                throw ConfigError.invalidValue(key: "store_max_mb", reason: "must be 1...\(1 << 24), got \(mb)")
+            }
+            c.storeMaxMB = mb
+        }
         return c
     }
 
@@ -330,6 +342,7 @@ public struct DaemonConfig: Sendable, Equatable {
         if adminGroup != other.adminGroup { r.append("admin_group") }
         if readTimeout != other.readTimeout { r.append("read_timeout") }
         if batchCopyMB != other.batchCopyMB { r.append("batch_copy_mb") }
+        if storeMaxMB != other.storeMaxMB { r.append("store_max_mb") }
         return r
     }
 }
