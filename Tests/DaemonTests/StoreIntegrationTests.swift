@@ -271,7 +271,8 @@ import Glibc
             var attempted = 0
         }
         let tally = Tally()
-        let killAfter = Double.random(in: 0.2...1.5)
+        // Kill at a random point of the run: after a random number of acknowledgements (plus up to 5 ms).
+        let killAt = Int.random(in: 50...900)
         let group = DispatchGroup()
         for client in 0..<8 {
             group.enter()
@@ -288,13 +289,15 @@ import Glibc
                 }
             }
         }
-        usleep(useconds_t(killAfter * 1e6))
+        while tally.lock.withLock({ tally.acked.count }) < killAt, group.wait(timeout: .now()) == .timedOut { usleep(200) }
+        usleep(useconds_t.random(in: 0...5000))
         kill(d.process.processIdentifier, SIGKILL)
         d.process.waitUntilExit()
         group.wait()
         let acked = tally.lock.withLock { tally.acked }
         let attempted = tally.lock.withLock { tally.attempted }
-        print("feedback durability: killed after \(killAfter) s; \(acked.count) of \(attempted) posts got 201")
+        print("feedback durability: killed after \(killAt)+ acknowledgements; \(acked.count) of \(attempted) posts got 201")
+        #expect(acked.count < 1000, "the kill came after the last post")
 
         let d2 = try LoradProcess(reuse: d.dir)
         defer { d2.stop() }
