@@ -104,6 +104,8 @@ public struct ServeCommand: AsyncParsableCommand {
         name: .customLong("default-max-tokens"),
         help: "max_tokens for requests without one (default: 16 for completions, the rest of the context for chat).")
     var defaultMaxTokens: Int?
+    @Option(name: .customLong("store-max-mb"), help: "Budget of stored completions, MiB; the oldest without feedback are pruned (default: unbounded).")
+    var storeMaxMB: Int?
 
     public init() {}
 
@@ -131,6 +133,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.maxPrefillTokensPerStep = maxPrefillTokensPerStep
         l.stepTimeTarget = stepTimeTarget
         l.defaultMaxTokens = defaultMaxTokens
+        l.storeMaxMB = storeMaxMB
         return l
     }
 

@@ -150,7 +150,7 @@ func findEventEnd(_ bytes: [UInt8]) -> Int? {
 struct Loractl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loractl", abstract: "Talk to lorad over its Unix socket.",
-        subcommands: [Generate.self, Chat.self, Models.self, Status.self, Adapters.self, Bench.self])
+        subcommands: [Generate.self, Chat.self, Models.self, Status.self, Adapters.self, Feedback.self, Bench.self])
 }
 
 struct Generate: AsyncParsableCommand {

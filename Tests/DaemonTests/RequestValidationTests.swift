@@ -228,12 +228,23 @@ private func rejection(_ body: () throws -> PreparedRequest) -> APIError? {
         #expect(try Route.resolve(method: "GET", uri: "/v1/models/") == .models)
         #expect(try Route.resolve(method: "GET", uri: "/v1/models/a%20b") == .model(id: "a b"))
         do {
-            _ = try Route.resolve(method: "GET", uri: "/v1/chat/completions")
+            _ = try Route.resolve(method: "GET", uri: "/v1/completions")
             Issue.record("GET accepted")
         } catch let e as APIError {
             #expect(e.status == 405)
             #expect(e.headers.contains { $0.0 == "Allow" && $0.1 == "POST" })
         }
+        // Stored completions and feedback.
+        #expect(try Route.resolve(method: "GET", uri: "/v1/chat/completions?limit=3") == .chatCompletions)
+        #expect(try Route.resolve(method: "DELETE", uri: "/v1/chat/completions/chatcmpl-1") == .storedCompletion(id: "chatcmpl-1"))
+        #expect(
+            try Route.resolve(method: "GET", uri: "/v1/chat/completions/chatcmpl-1/messages")
+                == .storedCompletionMessages(id: "chatcmpl-1"))
+        #expect(try Route.resolve(method: "POST", uri: "/v1/feedback") == .feedback)
+        #expect(try Route.resolve(method: "GET", uri: "/v1/feedback/export?format=dpo") == .feedbackExport)
+        #expect(try Route.resolve(method: "GET", uri: "/v1/feedback/fb-1") == .feedbackItem(id: "fb-1"))
+        #expect(throws: APIError.self) { try Route.resolve(method: "GET", uri: "/v1/chat/completions/a/b") }
+        #expect(throws: APIError.self) { try Route.resolve(method: "DELETE", uri: "/v1/feedback/fb-1") }
         do {
             _ = try Route.resolve(method: "GET", uri: "/nope")
             Issue.record("unknown route accepted")

@@ -31,6 +31,7 @@ public final class ServerState: @unchecked Sendable {
     private var registryValue: AdapterRegistry?
     private var adminPolicyValue = AdminPolicy()
     private var defaultMaxTokensValue: Int?
+    private var storeValue: LoradStore?
     public let metrics: DaemonMetrics
     public let modelPath: String
     public let started = Date()
@@ -62,6 +63,11 @@ public final class ServerState: @unchecked Sendable {
     public var registry: AdapterRegistry? {
         get { lock.withLock { registryValue } }
         set { lock.withLock { registryValue = newValue } }
+    }
+    /// The durable store of completions and feedback (nil when there is no state directory).
+    public var store: LoradStore? {
+        get { lock.withLock { storeValue } }
+        set { lock.withLock { storeValue = newValue } }
     }
     /// Who may manage adapters.
     public var adminPolicy: AdminPolicy {
@@ -107,8 +113,12 @@ final class APIHandler: @unchecked Sendable {
             switch route {
             case .adapters, .adapter, .loadLoRAAdapter, .unloadLoRAAdapter:
                 status = try await dispatchAdapters(route, method: method, body: body, peer: peer, writer: writer)
+            case .storedCompletion, .storedCompletionMessages, .feedback, .feedbackItem, .feedbackExport:
+                status = try await dispatchStore(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
+            case .chatCompletions where method == "GET":
+                status = try await dispatchStore(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
             default:
-                status = try await dispatch(route, body: body, writer: writer, channel: channel)
+                status = try await dispatch(route, body: body, writer: writer, channel: channel, peer: peer)
             }
         } catch let e as APIError {
             status = e.status
@@ -147,9 +157,9 @@ final class APIHandler: @unchecked Sendable {
         }
     }
 
-    private func dispatch(_ route: Route, body: [UInt8], writer: ResponseWriter, channel: any Channel) async throws
-        -> Int
-    {
+    private func dispatch(
+        _ route: Route, body: [UInt8], writer: ResponseWriter, channel: any Channel, peer: PeerCredentials?
+    ) async throws -> Int {
         switch route {
         case .health:
             switch state.phase {
@@ -183,22 +193,30 @@ final class APIHandler: @unchecked Sendable {
             }
             return 200
         case .completions:
+            let raw = body
             var body = try RequestValidator.decode(CompletionRequestBody.self, from: body)
+            let fields = try StoreFields(body: raw)
+            if fields.store { _ = try store() }
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
             body.model = nil
             var prepared = try validator(r).prepare(body)
             prepared.attach(mix)
             for i in prepared.promptsWithOwnBOS { logOwnBOS(prompt: i, route: route) }
-            return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
+            return try await generate(
+                prepared, served: served, ready: r, writer: writer, channel: channel, fields: fields, peer: peer)
         case .chatCompletions:
+            let raw = body
             var body = try RequestValidator.decode(ChatRequestBody.self, from: body)
+            let fields = try StoreFields(body: raw)
+            if fields.store { _ = try store() }
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
             body.model = nil
             var prepared = try validator(r).prepare(body)
             prepared.attach(mix)
-            return try await generate(prepared, served: served, ready: r, writer: writer, channel: channel)
+            return try await generate(
+                prepared, served: served, ready: r, writer: writer, channel: channel, fields: fields, peer: peer)
         case .tokenize:
             var body = try RequestValidator.decode(TokenizeRequestBody.self, from: body)
             let r = try await ready()
@@ -314,7 +332,7 @@ final class APIHandler: @unchecked Sendable {
 
     private func generate(
         _ prepared: PreparedRequest, served: String, ready r: ServerState.Ready, writer: ResponseWriter,
-        channel: any Channel
+        channel: any Channel, fields: StoreFields, peer: PeerCredentials?
     ) async throws -> Int {
         let engine = r.engine
         let l = engine.currentLimits
@@ -355,10 +373,13 @@ final class APIHandler: @unchecked Sendable {
                 if !channel.isActive { throw CancellationError() }
                 throw APIError.unavailable("The request was cancelled (shutdown).", retryAfter: 5, code: "cancelled")
             }
+            // store: true -> on disk before the response is sent (a full disk answers 507 instead).
+            try await record(fields, prepared: prepared, renderer: renderer, results: results, peer: peer)
             try await writer.send(json: renderer.response(results), headers: Self.adapterHeaders(prepared))
             return 200
         }
-        try await streamEvents(handles, prepared: prepared, renderer: renderer, writer: writer)
+        try await streamEvents(
+            handles, prepared: prepared, renderer: renderer, writer: writer, fields: fields, peer: peer)
         return 200
     }
 
@@ -370,7 +391,8 @@ final class APIHandler: @unchecked Sendable {
     }
 
     private func streamEvents(
-        _ handles: [GenerationHandle], prepared: PreparedRequest, renderer: ResponseRenderer, writer: ResponseWriter
+        _ handles: [GenerationHandle], prepared: PreparedRequest, renderer: ResponseRenderer, writer: ResponseWriter,
+        fields: StoreFields, peer: PeerCredentials?
     ) async throws {
         try await writer.startStream(status: 200, contentType: "text/event-stream", headers: Self.adapterHeaders(prepared))
         let usageField = prepared.includeUsage
@@ -398,7 +420,9 @@ final class APIHandler: @unchecked Sendable {
         var prompt = 0
         var completion = 0
         var failure: String?
+        var results = [ChoiceResult](repeating: ChoiceResult(), count: handles.count)
         for await (i, event) in merged {
+            if fields.store { results[i].add(event) }
             switch event {
             case .token(let t):
                 if t.text.isEmpty && prepared.logprobs == nil { continue }
@@ -436,6 +460,15 @@ final class APIHandler: @unchecked Sendable {
         }
         if prepared.includeUsage {
             tail.append(SSE.event(renderer.usageChunk(prompt: prompt, completion: completion)))
+        }
+        // store: true -> recorded before [DONE], so a client that saw [DONE] can read it back at once; a store
+        // failure (e.g. 507 on a full disk) is sent as an error event instead of being lost silently.
+        if fields.store && failure == nil && results.allSatisfy({ $0.summary != nil && $0.summary?.reason != .cancelled }) {
+            do {
+                try await record(fields, prepared: prepared, renderer: renderer, results: results, peer: peer)
+            } catch let e as APIError {
+                tail.append(SSE.event(e.body))
+            }
         }
         tail.append(SSE.done)
         try await writer.end(after: tail)

@@ -22,6 +22,16 @@ public enum Route: Sendable, Equatable {
     case tokenize
     /// `POST /detokenize` (llama.cpp's and vLLM's body shapes).
     case detokenize
+    /// A stored completion: `GET` shows, `POST` updates metadata, `DELETE` deletes.
+    case storedCompletion(id: String)
+    /// `GET` the input messages of a stored completion.
+    case storedCompletionMessages(id: String)
+    /// `GET` lists, `POST` records feedback.
+    case feedback
+    /// `GET` one feedback item.
+    case feedbackItem(id: String)
+    /// `GET` feedback as fine-tuning JSONL.
+    case feedbackExport
 
     /// Route template used as the `route` label in metrics.
     public var template: String {
@@ -39,15 +49,20 @@ public enum Route: Sendable, Equatable {
         case .unloadLoRAAdapter: return "/v1/unload_lora_adapter"
         case .tokenize: return "/tokenize"
         case .detokenize: return "/detokenize"
+        case .storedCompletion: return "/v1/chat/completions/{id}"
+        case .storedCompletionMessages: return "/v1/chat/completions/{id}/messages"
+        case .feedback: return "/v1/feedback"
+        case .feedbackItem: return "/v1/feedback/{id}"
+        case .feedbackExport: return "/v1/feedback/export"
         }
     }
 
     /// The accepted methods.
     public var methods: [String] {
         switch self {
-        case .completions, .chatCompletions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize:
-            return ["POST"]
-        case .adapters: return ["GET", "POST"]
+        case .completions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize: return ["POST"]
+        case .adapters, .chatCompletions, .feedback: return ["GET", "POST"]
+        case .storedCompletion: return ["GET", "POST", "DELETE"]
         case .adapter: return ["GET", "DELETE"]
         default: return ["GET"]
         }
@@ -82,6 +97,8 @@ public enum Route: Sendable, Equatable {
         case "/v1/unload_lora_adapter": route = .unloadLoRAAdapter
         case "/tokenize": route = .tokenize
         case "/detokenize": route = .detokenize
+        case "/v1/feedback": route = .feedback
+        case "/v1/feedback/export": route = .feedbackExport
         default:
             let prefix = "/v1/models/"
             if path.hasPrefix(prefix), path.count > prefix.count {
@@ -89,6 +106,20 @@ public enum Route: Sendable, Equatable {
                 route = .model(id: id.removingPercentEncodingSafely())
             } else if path.hasPrefix("/v1/adapters/"), path.count > "/v1/adapters/".count {
                 route = .adapter(name: String(path.dropFirst("/v1/adapters/".count)).removingPercentEncodingSafely())
+            } else if path.hasPrefix("/v1/chat/completions/"), path.count > "/v1/chat/completions/".count {
+                let rest = path.dropFirst("/v1/chat/completions/".count)
+                let parts = rest.split(separator: "/", omittingEmptySubsequences: false)
+                if parts.count == 1 {
+                    route = .storedCompletion(id: String(parts[0]).removingPercentEncodingSafely())
+                } else if parts.count == 2, parts[1] == "messages", !parts[0].isEmpty {
+                    route = .storedCompletionMessages(id: String(parts[0]).removingPercentEncodingSafely())
+                } else {
+                    throw APIError.routeNotFound(method: method, path: String(path))
+                }
+            } else if path.hasPrefix("/v1/feedback/"), path.count > "/v1/feedback/".count,
+                !path.dropFirst("/v1/feedback/".count).contains("/")
+            {
+                route = .feedbackItem(id: String(path.dropFirst("/v1/feedback/".count)).removingPercentEncodingSafely())
             } else {
                 throw APIError.routeNotFound(method: method, path: String(path))
             }

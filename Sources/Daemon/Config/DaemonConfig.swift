@@ -58,6 +58,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var maxPrefillTokensPerStep: Int?
     public var stepTimeTarget: Double?
     public var defaultMaxTokens: Int?
+    public var storeMaxMB: Int?
 
     public init() {}
 
@@ -82,6 +83,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case maxPrefillTokensPerStep = "max_prefill_tokens_per_step"
         case stepTimeTarget = "step_time_target"
         case defaultMaxTokens = "default_max_tokens"
+        case storeMaxMB = "store_max_mb"
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -109,6 +111,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.maxPrefillTokensPerStep = maxPrefillTokensPerStep ?? lower.maxPrefillTokensPerStep
         r.stepTimeTarget = stepTimeTarget ?? lower.stepTimeTarget
         r.defaultMaxTokens = defaultMaxTokens ?? lower.defaultMaxTokens
+        r.storeMaxMB = storeMaxMB ?? lower.storeMaxMB
         return r
     }
 }
@@ -210,6 +213,9 @@ public struct DaemonConfig: Sendable, Equatable {
     /// `max_tokens` for a request that gives none (clamped to what the context leaves); `nil` = the API's own
     /// default: 16 for `/v1/completions` (as OpenAI), the rest of the context for chat.
     public var defaultMaxTokens: Int?
+    /// Budget of stored completions in the store, MiB (the oldest rows no feedback refers to are pruned past it);
+    /// nil: unbounded.
+    public var storeMaxMB: Int?
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -332,6 +338,12 @@ public struct DaemonConfig: Sendable, Equatable {
             c.stepTimeTarget = t
         }
         if let n = l.defaultMaxTokens { c.defaultMaxTokens = try positive(n, "default_max_tokens", n, max: 1 << 20) }
+        if let mb = l.storeMaxMB {
+            guard mb >= 1, mb <= 1 << 24 else {
+                throw ConfigError.invalidValue(key: "store_max_mb", reason: "must be 1...\(1 << 24), got \(mb)")
+            }
+            c.storeMaxMB = mb
+        }
         return c
     }
 
@@ -369,6 +381,7 @@ public struct DaemonConfig: Sendable, Equatable {
         if adminGroup != other.adminGroup { r.append("admin_group") }
         if readTimeout != other.readTimeout { r.append("read_timeout") }
         if batchCopyMB != other.batchCopyMB { r.append("batch_copy_mb") }
+        if storeMaxMB != other.storeMaxMB { r.append("store_max_mb") }
         return r
     }
 }

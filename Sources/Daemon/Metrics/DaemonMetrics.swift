@@ -33,6 +33,16 @@ public final class DaemonMetrics: @unchecked Sendable {
     private var countedEvictions = 0
     private let sourceLock = NSLock()
     private var adapterSource: (@Sendable () -> AdapterStats)?
+    private var storeSource: (@Sendable () -> StoreStats)?
+    private let storedCompletions: Gauge
+    private let feedbackItems: Gauge
+    private let storePruned: Gauge
+    private let storeDiskFull: Gauge
+
+    /// Where `/metrics` reads the store's counts from.
+    public func setStoreSource(_ source: @escaping @Sendable () -> StoreStats) {
+        sourceLock.withLock { storeSource = source }
+    }
 
     /// Where `render()` reads the adapter gauges from (the registry, once it exists).
     public func setAdapterSource(_ source: @escaping @Sendable () -> AdapterStats) {
@@ -81,6 +91,13 @@ public final class DaemonMetrics: @unchecked Sendable {
             descriptor: d("adapter_loads", "total", "Adapter loads from disk since start (cache misses)."))
         adapterEvictions = registry.makeCounter(
             descriptor: d("adapter_evictions", "total", "Adapter versions evicted from the cache since start."))
+        storedCompletions = registry.makeGauge(
+            descriptor: d("stored_completions", "", "Completions recorded with store: true and still in the store."))
+        feedbackItems = registry.makeGauge(descriptor: d("feedback_items", "", "Feedback items in the store."))
+        storePruned = registry.makeGauge(
+            descriptor: d("stored_completions_pruned", "", "Stored completions pruned by --store-max-mb since start."))
+        storeDiskFull = registry.makeGauge(
+            descriptor: d("store_disk_full_errors", "", "Store writes refused for lack of disk space (507) since start."))
     }
 
     func recordAdapterRegistration() { adapterRegistrations.increment() }
@@ -126,6 +143,13 @@ public final class DaemonMetrics: @unchecked Sendable {
             }
             if loads > 0 { adapterLoads.increment(by: Int64(loads)) }
             if evictions > 0 { adapterEvictions.increment(by: Int64(evictions)) }
+        }
+        if let source = sourceLock.withLock({ storeSource }) {
+            let st = source()
+            storedCompletions.set(Double(st.storedCompletions))
+            feedbackItems.set(Double(st.feedback))
+            storePruned.set(Double(st.pruned))
+            storeDiskFull.set(Double(st.diskFullErrors))
         }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)

@@ -96,8 +96,17 @@ public enum LoradServer {
                     "state_dir": "\(dir)", "adapters": "\(registry.stats.registered)",
                     "import_dirs": "\(config.adapterImportDirs.joined(separator: ":"))",
                 ])
+            let store = try LoradStore(stateDir: dir, maxBytes: config.storeMaxMB.map { $0 << 20 })
+            state.store = store
+            metrics.setStoreSource { store.stats }
+            logger.info(
+                "store open",
+                metadata: [
+                    "path": "\(store.path)", "stored_completions": "\(store.stats.storedCompletions)",
+                    "feedback": "\(store.stats.feedback)",
+                ])
         } else {
-            logger.warning("no state directory: adapter registration is disabled")
+            logger.warning("no state directory: adapter registration, stored completions and feedback are disabled")
         }
         let handler = APIHandler(state: state, logger: Logger(label: "lorad.api"))
         let server = HTTPServer(handler: handler, logger: Logger(label: "lorad.http"), readTimeout: config.readTimeout)
