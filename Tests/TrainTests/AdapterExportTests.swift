@@ -218,30 +218,3 @@ struct AdapterExportTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["a.gguf"])
     }
 }
-
-@Suite("Llama Q/K row order")
-struct LlamaRowOrderTests {
-    @Test("PEFT rows are llama.cpp's permute undone (reshape(n_head, 2, Dh/2, w).swapaxes(1, 2))")
-    func permutation() {
-        let heads = 2, headDim = 6, width = 3
-        let hf = (0..<(heads * headDim * width)).map(Float.init)
-        // llama.cpp's permute, written with explicit reshape indices: out[h][i][s] = in[h][s][i].
-        var gguf = hf
-        for h in 0..<heads {
-            for s in 0..<2 {
-                for i in 0..<(headDim / 2) {
-                    for c in 0..<width {
-                        let inRow = h * headDim + s * (headDim / 2) + i
-                        let outRow = h * headDim + i * 2 + s
-                        gguf[outRow * width + c] = hf[inRow * width + c]
-                    }
-                }
-            }
-        }
-        #expect(gguf != hf)
-        #expect(LlamaQKRowOrder.peftRows(ofGGUFRows: gguf, heads: heads, headDim: headDim, width: width) == hf)
-        #expect(LlamaQKRowOrder.isPermuted(.attnK, architecture: "llama"))
-        #expect(!LlamaQKRowOrder.isPermuted(.attnQ, architecture: "gemma3"))
-        #expect(!LlamaQKRowOrder.isPermuted(.attnV, architecture: "llama"))
-    }
-}
