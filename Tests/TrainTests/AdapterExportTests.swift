@@ -97,12 +97,9 @@ struct AdapterInitTests {
 struct AdapterExportTests {
     static func trained(_ model: Model, rank: Int = 8, rs: Bool = false, targets: [Projection] = Projection.allCases,
                         layers: [Int]? = nil) throws -> LoRAParameters {
-        var rng = TrainingRNG(seed: 11)
-        var p = try LoRAParameters.fresh(
-            config: LoRAConfig(rank: rank, alpha: 16, useRSLoRA: rs, targets: targets, layers: layers ?? Array(0..<model.config.nLayer)),
-            model: model.config, rng: &rng)
-        for s in p.slots { for i in 0..<s.countB { p.values[s.offsetB + i] = rng.uniform(bound: 0.02) } }
-        return p
+        try TrainTestSupport.trainedAdapter(
+            LoRAConfig(rank: rank, alpha: 16, useRSLoRA: rs, targets: targets, layers: layers ?? Array(0..<model.config.nLayer)),
+            model: model.config, seed: 11, bBound: 0.02)
     }
 
     @Test("PEFT and GGUF exports load back through Runtime's loaders bit for bit, and serve the same logits")
