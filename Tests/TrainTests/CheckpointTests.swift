@@ -124,9 +124,10 @@ struct CheckpointTests {
         #expect(throws: CheckpointError.settingsMismatch(path: dir + "/" + CheckpointStore.fileName(step: 1), fields: ["schedule", "seed"])) {
             _ = try CheckpointStore(directory: dir).loadLatest(model: model, settings: other)
         }
-        // FNV-1a 64 test vectors (Fowler–Noll–Vo reference: "" → cbf29ce484222325, "a" → af63dc4c8601ec8c).
-        #expect(RunSettings.dataDigest([]) == "fnv1a64:cbf29ce484222325")
-        #expect(RunSettings.dataDigest(Array("a".utf8)) == "fnv1a64:af63dc4c8601ec8c")
+        // The file checksum is FNV-1a 64; test vectors (Fowler–Noll–Vo reference: "" → cbf29ce484222325,
+        // "a" → af63dc4c8601ec8c).
+        #expect([UInt8]().withUnsafeBytes { CheckpointCodec.fnv1a($0) } == 0xcbf2_9ce4_8422_2325)
+        #expect(Array("a".utf8).withUnsafeBytes { CheckpointCodec.fnv1a($0) } == 0xaf63_dc4c_8601_ec8c)
         #expect(throws: CheckpointError.none(directory: dir + "/empty")) {
             _ = try CheckpointStore(directory: dir + "/empty").loadLatest(model: model)
         }

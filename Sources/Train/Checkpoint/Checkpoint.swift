@@ -34,7 +34,9 @@ public struct RunSettings: Sendable, Equatable, Codable {
     public var maxLength: Int
     /// DPO `beta` (0 for SFT).
     public var beta: Double
-    /// An identifier of the training data (e.g. a digest of the file), "" if none.
+    /// An identifier of the training data, compared as an opaque string ("" if none). `lorad train` stores the
+    /// SHA-256 of the data file's bytes in lowercase hex (FIPS 180-4, OpenSSL), so a resume on a changed file is
+    /// refused.
     public var dataDigest: String
     /// An identifier of the base model (e.g. its path or digest).
     public var baseModel: String
@@ -56,14 +58,6 @@ public struct RunSettings: Sendable, Equatable, Codable {
         self.beta = beta
         self.dataDigest = dataDigest
         self.baseModel = baseModel
-    }
-
-    /// A digest of a training file's bytes for `dataDigest`: `"fnv1a64:"` + 16 hex digits (FNV-1a 64, not a
-    /// cryptographic hash: it tells a changed file from the same one, nothing more).
-    public static func dataDigest(_ bytes: [UInt8]) -> String {
-        let h = bytes.withUnsafeBytes { CheckpointCodec.fnv1a($0) }
-        let hex = String(h, radix: 16)
-        return "fnv1a64:" + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
     /// Names of the settings that differ from `other` (empty when a resume may proceed).
