@@ -97,12 +97,9 @@ struct AdapterInitTests {
 struct AdapterExportTests {
     static func trained(_ model: Model, rank: Int = 8, rs: Bool = false, targets: [Projection] = Projection.allCases,
                         layers: [Int]? = nil) throws -> LoRAParameters {
-        var rng = TrainingRNG(seed: 11)
-        var p = try LoRAParameters.fresh(
-            config: LoRAConfig(rank: rank, alpha: 16, useRSLoRA: rs, targets: targets, layers: layers ?? Array(0..<model.config.nLayer)),
-            model: model.config, rng: &rng)
-        for s in p.slots { for i in 0..<s.countB { p.values[s.offsetB + i] = rng.uniform(bound: 0.02) } }
-        return p
+        try TrainTestSupport.trainedAdapter(
+            LoRAConfig(rank: rank, alpha: 16, useRSLoRA: rs, targets: targets, layers: layers ?? Array(0..<model.config.nLayer)),
+            model: model.config, seed: 11, bBound: 0.02)
     }
 
     @Test("PEFT and GGUF exports load back through Runtime's loaders bit for bit, and serve the same logits")
@@ -216,32 +213,5 @@ struct AdapterExportTests {
         }
         #expect(try AtomicFile.read(dir + "/a.gguf") == before)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["a.gguf"])
-    }
-}
-
-@Suite("Llama Q/K row order")
-struct LlamaRowOrderTests {
-    @Test("PEFT rows are llama.cpp's permute undone (reshape(n_head, 2, Dh/2, w).swapaxes(1, 2))")
-    func permutation() {
-        let heads = 2, headDim = 6, width = 3
-        let hf = (0..<(heads * headDim * width)).map(Float.init)
-        // llama.cpp's permute, written with explicit reshape indices: out[h][i][s] = in[h][s][i].
-        var gguf = hf
-        for h in 0..<heads {
-            for s in 0..<2 {
-                for i in 0..<(headDim / 2) {
-                    for c in 0..<width {
-                        let inRow = h * headDim + s * (headDim / 2) + i
-                        let outRow = h * headDim + i * 2 + s
-                        gguf[outRow * width + c] = hf[inRow * width + c]
-                    }
-                }
-            }
-        }
-        #expect(gguf != hf)
-        #expect(LlamaQKRowOrder.peftRows(ofGGUFRows: gguf, heads: heads, headDim: headDim, width: width) == hf)
-        #expect(LlamaQKRowOrder.isPermuted(.attnK, architecture: "llama"))
-        #expect(!LlamaQKRowOrder.isPermuted(.attnQ, architecture: "gemma3"))
-        #expect(!LlamaQKRowOrder.isPermuted(.attnV, architecture: "llama"))
     }
 }

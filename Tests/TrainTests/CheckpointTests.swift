@@ -26,7 +26,8 @@ struct CheckpointTests {
             let g = (0..<p.count).map { _ in rng.uniform(bound: 1) }
             opt.step(params: &p.values, grad: g, lr: 1e-3)
         }
-        return TrainingCheckpoint(settings: settings(lora), parameters: p, optimizer: opt.state, dataOrder: order, rng: rng)
+        return TrainingCheckpoint(settings: settings(lora), parameters: p, optimizer: opt.state, dataOrder: order, rng: rng,
+                                  tokensSeen: 1000 * steps + 7)
     }
 
     @Test("save/load round trip restores values, moments, step, data order, RNG and settings exactly")
@@ -43,6 +44,7 @@ struct CheckpointTests {
         #expect(back.parameters.values.map(\.bitPattern) == c.parameters.values.map(\.bitPattern))
         #expect(back.optimizer == c.optimizer && back.step == 3)
         #expect(back.dataOrder == c.dataOrder && back.rng == c.rng && back.settings == c.settings)
+        #expect(back.tokensSeen == 3007)
         #expect(back.parameters.config == c.parameters.config && back.parameters.slots == c.parameters.slots)
         // The resumed RNG and order continue the same stream.
         var r1 = c.rng, r2 = back.rng, o1 = c.dataOrder, o2 = back.dataOrder
@@ -124,11 +126,49 @@ struct CheckpointTests {
         #expect(throws: CheckpointError.settingsMismatch(path: dir + "/" + CheckpointStore.fileName(step: 1), fields: ["schedule", "seed"])) {
             _ = try CheckpointStore(directory: dir).loadLatest(model: model, settings: other)
         }
-        // FNV-1a 64 test vectors (Fowler–Noll–Vo reference: "" → cbf29ce484222325, "a" → af63dc4c8601ec8c).
-        #expect(RunSettings.dataDigest([]) == "fnv1a64:cbf29ce484222325")
-        #expect(RunSettings.dataDigest(Array("a".utf8)) == "fnv1a64:af63dc4c8601ec8c")
+        // The file checksum is FNV-1a 64; test vectors (Fowler–Noll–Vo reference: "" → cbf29ce484222325,
+        // "a" → af63dc4c8601ec8c).
+        #expect([UInt8]().withUnsafeBytes { CheckpointCodec.fnv1a($0) } == 0xcbf2_9ce4_8422_2325)
+        #expect(Array("a".utf8).withUnsafeBytes { CheckpointCodec.fnv1a($0) } == 0xaf63_dc4c_8601_ec8c)
         #expect(throws: CheckpointError.none(directory: dir + "/empty")) {
             _ = try CheckpointStore(directory: dir + "/empty").loadLatest(model: model)
         }
+    }
+
+    @Test("the tokens seen survive a checkpoint, through the loop's store too; a file written without them loads with 0")
+    func tokensSeen() throws {
+        let model = try TrainTestSupport.model().config
+        let dir = try TrainTestSupport.temporaryDirectory("ckpt-tokens")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try Self.checkpoint(steps: 2)
+        #expect(try CheckpointCodec.decode(CheckpointCodec.encode(c), path: "x", model: model).tokensSeen == 2007)
+
+        // The loop's store: a TrainingRunState saved with a token count comes back with it.
+        let runStore = RunCheckpointStore(store: CheckpointStore(directory: dir + "/run"), settings: c.settings, model: model)
+        let state = TrainingRunState(step: c.step, order: c.dataOrder, rng: c.rng, tokensSeen: 123_456,
+                                     values: c.parameters.values,
+                                     optimizer: OptimizerState(step: c.optimizer.step, buffers: ["m": c.optimizer.m, "v": c.optimizer.v]),
+                                     fingerprint: RunCheckpointStore.fingerprint)
+        try runStore.save(state, config: c.parameters.config)
+        let back = try #require(try runStore.loadLatest())
+        #expect(back.tokensSeen == 123_456 && back.step == c.step && back.values == c.parameters.values)
+
+        // An older checkpoint: the same layout with no `tokensSeen` in the JSON header (header length and checksum
+        // rewritten to match, as the older writer produced them).
+        let bytes = try CheckpointCodec.encode(c)
+        let headerLength = bytes.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 12, as: UInt64.self))) }
+        let json = String(decoding: bytes[20..<(20 + headerLength)], as: UTF8.self)
+        let field = ",\"tokensSeen\":2007"
+        #expect(json.contains(field))
+        let oldJSON = Array(json.replacingOccurrences(of: field, with: "").utf8)
+        var old = Array(bytes[0..<12])
+        withUnsafeBytes(of: UInt64(oldJSON.count).littleEndian) { old.append(contentsOf: $0) }
+        old += oldJSON
+        old += bytes[(20 + headerLength)..<(bytes.count - 8)]
+        let sum = old.withUnsafeBytes { CheckpointCodec.fnv1a($0) }
+        withUnsafeBytes(of: sum.littleEndian) { old.append(contentsOf: $0) }
+        let loaded = try CheckpointCodec.decode(old, path: "old", model: model)
+        #expect(loaded.tokensSeen == 0 && loaded.step == c.step)
+        #expect(loaded.parameters.values.map(\.bitPattern) == c.parameters.values.map(\.bitPattern))
     }
 }

@@ -1,7 +1,7 @@
 // The trainer against PyTorch + PEFT (transformers 5.25, peft 0.21.2, float64) on the default model:
 // ../shared/reference/gemma-3-270m-q4_k_m/train/ (README there). SFT loss within 1e-4 relative, every lora_A /
 // lora_B gradient with cosine ≥ 0.999 and norm within 1%; DPO log-probabilities within 1e-3, loss and gradients at
-// the same bounds. Skipped with a message when LORAD_MODEL or LORAD_REFERENCE_DIR is not set.
+// the same bounds. Skipped with a message when the model or the references are not found (TrainTestSupport).
 import Foundation
 import Runtime
 import Testing
@@ -44,19 +44,6 @@ struct TrainReference: Decodable {
 }
 
 @Suite(.serialized) struct PEFTParityTests {
-    /// Hugging Face module names of the projections.
-    static func hfName(_ p: Projection) -> String {
-        switch p {
-        case .attnQ: return "self_attn.q_proj"
-        case .attnK: return "self_attn.k_proj"
-        case .attnV: return "self_attn.v_proj"
-        case .attnOutput: return "self_attn.o_proj"
-        case .ffnGate: return "mlp.gate_proj"
-        case .ffnUp: return "mlp.up_proj"
-        case .ffnDown: return "mlp.down_proj"
-        }
-    }
-
     /// The start adapter `../lora-r8/peft` as trainable parameters (rank 8, alpha 16, all 7 projections, all layers).
     static func startParameters(_ model: Model, dir: URL) throws -> LoRAParameters {
         let adapter = try model.loadPEFTAdapter(directory: dir.appendingPathComponent("../lora-r8/peft").path,
@@ -82,7 +69,7 @@ struct TrainReference: Decodable {
         let ref = try SafetensorsFile(path: file.path)
         var worstCos = 1.0, worstRatio = 1.0, worstName = ""
         for s in p.slots {
-            let base = "base_model.model.model.layers.\(s.key.layer).\(hfName(s.key.projection))"
+            let base = "base_model.model.model.layers.\(s.key.layer).\(huggingFaceModuleName(s.key.projection))"
             for (suffix, off, n) in [("lora_A", s.offsetA, s.countA), ("lora_B", s.offsetB, s.countB)] {
                 let r = try ref.floats(named: "\(base).\(suffix).weight")
                 #expect(r.count == n)
@@ -106,12 +93,12 @@ struct TrainReference: Decodable {
     }
 
     static func setup() throws -> (Model, URL)? {
-        guard let dir = TrainTestPaths.trainReference, FileManager.default.fileExists(atPath: dir.path),
-              let path = TrainTestPaths.model else {
+        guard TrainTestSupport.hasModel, TrainTestSupport.hasReference else {
             print("PEFTParityTests skipped: set LORAD_MODEL to the default model and LORAD_REFERENCE_DIR to the reference directory")
             return nil
         }
-        return (try Model.load(path: path, options: ModelOptions(threads: 1, batchCopyBytes: 0)), dir)
+        return (try Model.load(path: TrainTestSupport.modelPath, options: ModelOptions(threads: 1, batchCopyBytes: 0)),
+                TrainTestSupport.referenceDirectory.appendingPathComponent("train"))
     }
 
     @Test func sftLossAndGradientsMatchPEFT() throws {
@@ -157,8 +144,8 @@ struct TrainReference: Decodable {
     /// `lorad bench --train` figures (run with LORAD_TRAIN_BENCH=1; not part of the default suite).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["LORAD_TRAIN_BENCH"] == "1"))
     func trainBench() throws {
-        guard let path = TrainTestPaths.model else { return }
-        let model = try Model.load(path: path, options: ModelOptions(threads: 1, batchCopyBytes: 0))
+        guard TrainTestSupport.hasModel else { return }
+        let model = try Model.load(path: TrainTestSupport.modelPath, options: ModelOptions(threads: 1, batchCopyBytes: 0))
         let r = try TrainBench.run(model: model, threads: 2, batch: 4, seqLen: 256, scoredLast: nil, rank: 8, steps: 1)
         let r64 = try TrainBench.run(model: model, threads: 2, batch: 4, seqLen: 256, scoredLast: 64, rank: 8, steps: 1)
         #expect(r.tokensPerSecond > 0 && r64.tokensPerSecond > 0)

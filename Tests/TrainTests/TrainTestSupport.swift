@@ -137,19 +137,6 @@ enum TinyModel {
     }
 }
 
-/// Where the reference data and the default model are.
-enum TrainTestPaths {
-    static var trainReference: URL? {
-        guard let env = ProcessInfo.processInfo.environment["LORAD_REFERENCE_DIR"], !env.isEmpty else { return nil }
-        return URL(fileURLWithPath: env).appendingPathComponent("gemma-3-270m-q4_k_m/train")
-    }
-    static var model: String? {
-        guard let env = ProcessInfo.processInfo.environment["LORAD_MODEL"], !env.isEmpty,
-              FileManager.default.fileExists(atPath: env) else { return nil }
-        return env
-    }
-}
-
 /// Relative error ‖a − b‖ / ‖b‖ and the largest absolute difference.
 func compare(_ a: [Double], _ b: [Double]) -> (rel: Double, maxAbs: Double) {
     var d2 = 0.0, b2 = 0.0, m = 0.0
@@ -204,6 +191,16 @@ enum TrainTestSupport {
 
     static func builder(maxLength: Int = 4096, overflow: SequenceBuilder.Overflow = .reject) throws -> SequenceBuilder {
         SequenceBuilder(gguf: try gguf(), tokenizer: try tokenizer(), maxLength: maxLength, overflow: overflow)
+    }
+
+    /// An adapter as training leaves it: `LoRAParameters.fresh` from `TrainingRNG(seed:)` (lora_A kaiming-uniform),
+    /// then every lora_B value drawn from the same generator, uniform in ±`bBound`, so the adapter is not a no-op.
+    /// - Throws: `TrainError` when `config` does not fit `model`.
+    static func trainedAdapter(_ config: LoRAConfig, model: ModelConfig, seed: UInt64, bBound: Float) throws -> LoRAParameters {
+        var rng = TrainingRNG(seed: seed)
+        var p = try LoRAParameters.fresh(config: config, model: model, rng: &rng)
+        for s in p.slots { for i in 0..<s.countB { p.values[s.offsetB + i] = rng.uniform(bound: bBound) } }
+        return p
     }
 
     /// A fresh empty directory under the temporary directory.

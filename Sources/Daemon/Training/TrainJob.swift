@@ -191,7 +191,7 @@ struct TrainJob {
         }
     }
 
-    /// SHA-256 of a file, hex.
+    /// SHA-256 of a file, lowercase hex: the run's `RunSettings.dataDigest` (the one digest of training data).
     /// - Throws: `TrainCLIError.usage` when it cannot be read.
     static func digest(_ path: String) throws -> String {
         guard let data = FileManager.default.contents(atPath: path) else {

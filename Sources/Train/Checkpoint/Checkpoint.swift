@@ -4,7 +4,9 @@
 // File layout (little-endian), one file per checkpoint, `checkpoint-<step, 9 digits>.lorackpt`:
 //   magic "LORACKPT" | u32 version (1) | u64 header length H | H bytes of JSON header | f32 values[n] | f32 m[n]
 //   | f32 v[n] | u64 FNV-1a 64 of every preceding byte
-// The header holds n, so a truncated file is detected by its length and a corrupted one by the checksum.
+// The header holds n, so a truncated file is detected by its length and a corrupted one by the checksum. Header
+// field `tokensSeen` (tokens run through the model so far) was added later within version 1; a header without it
+// (an older checkpoint) loads with 0.
 // Files are written with AtomicFile (temporary file, fsync, rename, directory fsync); the store keeps the last
 // `keep` (default 2) and never removes one before its successor is durable.
 import Foundation
@@ -34,7 +36,9 @@ public struct RunSettings: Sendable, Equatable, Codable {
     public var maxLength: Int
     /// DPO `beta` (0 for SFT).
     public var beta: Double
-    /// An identifier of the training data (e.g. a digest of the file), "" if none.
+    /// An identifier of the training data, compared as an opaque string ("" if none). `lorad train` stores the
+    /// SHA-256 of the data file's bytes in lowercase hex (FIPS 180-4, OpenSSL), so a resume on a changed file is
+    /// refused.
     public var dataDigest: String
     /// An identifier of the base model (e.g. its path or digest).
     public var baseModel: String
@@ -56,14 +60,6 @@ public struct RunSettings: Sendable, Equatable, Codable {
         self.beta = beta
         self.dataDigest = dataDigest
         self.baseModel = baseModel
-    }
-
-    /// A digest of a training file's bytes for `dataDigest`: `"fnv1a64:"` + 16 hex digits (FNV-1a 64, not a
-    /// cryptographic hash: it tells a changed file from the same one, nothing more).
-    public static func dataDigest(_ bytes: [UInt8]) -> String {
-        let h = bytes.withUnsafeBytes { CheckpointCodec.fnv1a($0) }
-        let hex = String(h, radix: 16)
-        return "fnv1a64:" + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
     /// Names of the settings that differ from `other` (empty when a resume may proceed).
@@ -98,15 +94,19 @@ public struct TrainingCheckpoint: Sendable {
     public var dataOrder: DataOrder
     /// Random generator state after the last draw.
     public var rng: TrainingRNG
+    /// Tokens run through the model (all positions of all sequences) over the run so far; 0 when loaded from a
+    /// checkpoint written before the count was stored.
+    public var tokensSeen: Int
 
     /// - Parameters: see the properties.
     public init(settings: RunSettings, parameters: LoRAParameters, optimizer: AdamWState, dataOrder: DataOrder,
-                rng: TrainingRNG) {
+                rng: TrainingRNG, tokensSeen: Int = 0) {
         self.settings = settings
         self.parameters = parameters
         self.optimizer = optimizer
         self.dataOrder = dataOrder
         self.rng = rng
+        self.tokensSeen = tokensSeen
     }
 
     /// Optimizer steps taken.
@@ -149,6 +149,8 @@ public enum CheckpointCodec {
         var count: Int
         var dataOrder: DataOrder
         var rng: [UInt64]
+        /// Absent in checkpoints written before it was stored (decoded as nil, loaded as 0).
+        var tokensSeen: Int?
     }
 
     /// FNV-1a 64-bit hash (Fowler–Noll–Vo), used as the file checksum.
@@ -164,7 +166,7 @@ public enum CheckpointCodec {
     /// The file bytes of `checkpoint`.
     public static func encode(_ c: TrainingCheckpoint) throws -> [UInt8] {
         let header = Header(settings: c.settings, step: c.step, count: c.parameters.count, dataOrder: c.dataOrder,
-                            rng: c.rng.state)
+                            rng: c.rng.state, tokensSeen: c.tokensSeen)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let json = try encoder.encode(header)
@@ -233,9 +235,10 @@ public enum CheckpointCodec {
         params.values = floats(0)
         guard let rng = TrainingRNG(state: header.rng) else { throw corrupt("invalid RNG state") }
         guard header.step >= 0 else { throw corrupt("negative step") }
+        guard (header.tokensSeen ?? 0) >= 0 else { throw corrupt("negative token count") }
         return TrainingCheckpoint(settings: header.settings, parameters: params,
                                   optimizer: AdamWState(m: floats(1), v: floats(2), step: header.step),
-                                  dataOrder: header.dataOrder, rng: rng)
+                                  dataOrder: header.dataOrder, rng: rng, tokensSeen: header.tokensSeen ?? 0)
     }
 }
 

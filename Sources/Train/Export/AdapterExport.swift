@@ -24,36 +24,6 @@ public func huggingFaceModuleName(_ p: Projection) -> String {
     }
 }
 
-/// Row-order conversion for Llama's Q and K projections. llama.cpp's converter permutes the rows of
-/// `q_proj`/`k_proj` (convert_hf_to_gguf.py `LlamaModel.permute`: reshape(n_head, 2, head_dim/2, …).swapaxes(1, 2))
-/// so that RoPE rotates adjacent pairs; a trained lora_B `[n_out, r]` lives in the GGUF order and must be
-/// un-permuted when written as PEFT. This is the hook for that: `peftRows(ofGGUFRows:…)` is the inverse of the
-/// converter's permutation. (Runtime's PEFT loader applies the forward permutation when it loads a llama adapter.)
-public enum LlamaQKRowOrder {
-    /// HF row order from GGUF row order: `hf[h·Dh + s·Dh/2 + i] = gguf[h·Dh + 2i + s]` for every head `h`,
-    /// `i < Dh/2`, `s ∈ {0, 1}`.
-    /// - Parameters: rows: row-major `[heads·headDim, width]`; heads: `n_head` for Q, `n_head_kv` for K.
-    public static func peftRows(ofGGUFRows rows: [Float], heads: Int, headDim: Int, width: Int) -> [Float] {
-        precondition(rows.count == heads * headDim * width && headDim % 2 == 0)
-        var out = rows
-        let half = headDim / 2
-        for h in 0..<heads {
-            for i in 0..<half {
-                for s in 0..<2 {
-                    let src = (h * headDim + 2 * i + s) * width, dst = (h * headDim + s * half + i) * width
-                    for c in 0..<width { out[dst + c] = rows[src + c] }
-                }
-            }
-        }
-        return out
-    }
-
-    /// Whether `p` of an `architecture` model is stored permuted in GGUF (Q and K of `llama`).
-    public static func isPermuted(_ p: Projection, architecture: String) -> Bool {
-        architecture == "llama" && (p == .attnQ || p == .attnK)
-    }
-}
-
 /// Writes `LoRAParameters` as PEFT and GGUF adapters.
 public enum AdapterExport {
     /// File names inside a PEFT directory.
@@ -120,15 +90,17 @@ public enum AdapterExport {
     }
 
     /// `adapter_model.safetensors` bytes: every module's lora_A `[r, n_in]` and lora_B `[n_out, r]` in F32 under
-    /// PEFT's names, sorted by name. Llama Q/K lora_B rows are converted to HF order (`LlamaQKRowOrder`).
+    /// PEFT's names, sorted by name. For `llama` bases the Q/K lora_B rows are put back in Hugging Face order
+    /// (`LlamaQKPermutation.ggufToHF`, n_head for Q and n_head_kv for K): llama.cpp's converter permuted the base's
+    /// rows, and Runtime's PEFT loader permutes them again on load. Gemma 3 rows are written as they are.
     public static func peftSafetensors(_ p: LoRAParameters, model: ModelConfig) -> [UInt8] {
         var tensors: [(name: String, shape: [Int], values: ArraySlice<Float>)] = []
         for s in p.slots {
             tensors.append((peftTensorName(s.key, b: false), [s.rank, s.nIn], p.values[s.offsetA..<s.offsetA + s.countA]))
             var b = p.values[s.offsetB..<s.offsetB + s.countB]
-            if LlamaQKRowOrder.isPermuted(s.key.projection, architecture: model.architecture) {
+            if model.architecture == "llama", s.key.projection == .attnQ || s.key.projection == .attnK {
                 let heads = s.key.projection == .attnQ ? model.nHead : model.nHeadKV
-                b = ArraySlice(LlamaQKRowOrder.peftRows(ofGGUFRows: Array(b), heads: heads, headDim: model.headDim, width: s.rank))
+                b = ArraySlice(LlamaQKPermutation.ggufToHF(Array(b), rows: s.nOut, cols: s.rank, nHead: heads))
             }
             tensors.append((peftTensorName(s.key, b: true), [s.nOut, s.rank], b))
         }

@@ -156,7 +156,7 @@ public struct RunCheckpointStore: TrainingCheckpointStore {
         p.values = state.values
         let c = TrainingCheckpoint(settings: settings, parameters: p,
                                    optimizer: AdamWState(m: m, v: v, step: state.optimizer.step),
-                                   dataOrder: state.order, rng: state.rng)
+                                   dataOrder: state.order, rng: state.rng, tokensSeen: state.tokensSeen)
         let path = try store.save(c)
         onSave?(path)
     }
@@ -166,7 +166,7 @@ public struct RunCheckpointStore: TrainingCheckpointStore {
     public func loadLatest() throws -> TrainingRunState? {
         if store.list().isEmpty { return nil }
         let (c, _, _) = try store.loadLatest(model: model, settings: settings)
-        return TrainingRunState(step: c.step, order: c.dataOrder, rng: c.rng, tokensSeen: 0, values: c.parameters.values,
+        return TrainingRunState(step: c.step, order: c.dataOrder, rng: c.rng, tokensSeen: c.tokensSeen, values: c.parameters.values,
                                 optimizer: OptimizerState(step: c.optimizer.step, buffers: ["m": c.optimizer.m, "v": c.optimizer.v]),
                                 fingerprint: Self.fingerprint)
     }
