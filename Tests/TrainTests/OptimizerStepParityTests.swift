@@ -63,7 +63,7 @@ struct ReferenceStepsFile: Decodable {
         let file = try SafetensorsFile(path: after.appendingPathComponent("adapter_model.safetensors").path)
         var worst = 1.0, worstName = ""
         for s in params.slots {
-            let base = "base_model.model.model.layers.\(s.key.layer).\(PEFTParityTests.hfName(s.key.projection))"
+            let base = "base_model.model.model.layers.\(s.key.layer).\(huggingFaceModuleName(s.key.projection))"
             for (suffix, off, n) in [("lora_A", s.offsetA, s.countA), ("lora_B", s.offsetB, s.countB)] {
                 let r = try file.floats(named: "\(base).\(suffix).weight")
                 try #require(r.count == n, "\(base).\(suffix): \(r.count) elements, expected \(n)")
