@@ -47,7 +47,7 @@ enum TrainBenchmark {
                     steps: Int = 4, warmup: Int = 1) throws -> Result {
         resetPeakRSS()
         let c = model.config
-        let trainer = try LoRATrainer(model: model, threads: threads)
+        let trainer = try LoRATrainer(model: model, threads: threads, cacheWeights: true)  // as `lorad train` runs
         var rng = TrainingRNG(seed: 0)
         let config = LoRAConfig(rank: rank, alpha: Float(2 * rank), targets: Projection.allCases,
                                 layers: Array(0..<c.nLayer))

@@ -80,7 +80,9 @@ struct TrainJob {
         }
 
         let trainer: LoRATrainer
-        do { trainer = try LoRATrainer(model: model, threads: s.threads, background: s.nice) } catch {
+        // Dequantized f32 copies of the layer projections are kept for the run (+400 MB for Gemma 3 270M): forward
+        // and backward then skip re-dequantizing them, ~7% per step; the values are identical either way.
+        do { trainer = try LoRATrainer(model: model, threads: s.threads, background: s.nice, cacheWeights: true) } catch {
             throw TrainCLIError.usage("\(error)")
         }
         let objective: TrainingObjective
