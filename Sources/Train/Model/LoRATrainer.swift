@@ -487,6 +487,21 @@ final class PassContext {
                        accumulate: accumulate, lora: term, t: term == nil ? nil : acts.t[p]?.p, dt: s.dt.p)
     }
 
+    /// Residual add of a block's branch output `branch [T, n_embd]` into `x`, through the Gemma post-norm when the
+    /// layer has one (its `rstd [T]` kept for the backward; `scratch [T, n_embd]` holds the normed branch).
+    func addResidual(_ x: UnsafeMutablePointer<Float>, _ branch: UnsafeMutablePointer<Float>, postNorm: [Float]?,
+                     rstd: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, rows T: Int) {
+        let D = config.nEmbd
+        var added = UnsafePointer(branch)
+        if let pn = postNorm {
+            pn.withUnsafeBufferPointer {
+                rmsnormForward(pool, branch, $0.baseAddress, scratch, rstd: rstd, rows: T, width: D, eps: config.rmsEpsilon)
+            }
+            added = UnsafePointer(scratch)
+        }
+        for i in 0..<(T * D) { x[i] += added[i] }
+    }
+
     /// One transformer block forward on the residual stream `x [T, n_embd]` (updated in place).
     func layerForward(_ l: Int, x: UnsafeMutablePointer<Float>, acts A: LayerActivations) {
         let c = config, lw = weights.layers[l], D = c.nEmbd, T = self.T, eps = c.rmsEpsilon
@@ -520,14 +535,7 @@ final class PassContext {
         attentionForward(pool, q: A.qF.p, k: A.kF.p, v: A.v.p, out: A.att.p, spans: packed.spans,
                          shape: attentionShape(l))
         linF(.attnOutput, l, A.att.p, A.oRaw.p, A)
-        if let pn = lw.postAttnNorm {
-            pn.withUnsafeBufferPointer {
-                rmsnormForward(pool, A.oRaw.p, $0.baseAddress, tmpD.p, rstd: A.rstdO.p, rows: T, width: D, eps: eps)
-            }
-            for i in 0..<(T * D) { x[i] += tmpD.p[i] }
-        } else {
-            for i in 0..<(T * D) { x[i] += A.oRaw.p[i] }
-        }
+        addResidual(x, A.oRaw.p, postNorm: lw.postAttnNorm, rstd: A.rstdO.p, scratch: tmpD.p, rows: T)
         A.xMid.p.update(from: x, count: T * D)
         lw.ffnNorm.withUnsafeBufferPointer {
             rmsnormForward(pool, x, $0.baseAddress, A.h2.p, rstd: A.rstd2.p, rows: T, width: D, eps: eps)
@@ -536,14 +544,7 @@ final class PassContext {
         linF(.ffnUp, l, A.h2.p, A.u.p, A)
         gluForward(pool, A.g.p, A.u.p, A.a.p, count: T * c.nFF, activation: c.activation)
         linF(.ffnDown, l, A.a.p, A.dRaw.p, A)
-        if let pn = lw.postFFNNorm {
-            pn.withUnsafeBufferPointer {
-                rmsnormForward(pool, A.dRaw.p, $0.baseAddress, tmpD.p, rstd: A.rstdD.p, rows: T, width: D, eps: eps)
-            }
-            for i in 0..<(T * D) { x[i] += tmpD.p[i] }
-        } else {
-            for i in 0..<(T * D) { x[i] += A.dRaw.p[i] }
-        }
+        addResidual(x, A.dRaw.p, postNorm: lw.postFFNNorm, rstd: A.rstdD.p, scratch: tmpD.p, rows: T)
     }
 
     /// Backward of `layerForward`: `dx [T, n_embd]` holds ∂loss/∂(block output) and becomes ∂loss/∂(block input);
