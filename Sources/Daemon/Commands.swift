@@ -84,6 +84,8 @@ public struct ServeCommand: AsyncParsableCommand {
     var adapterDir: String?
     @Option(name: .customLong("adapter-cache-mb"), help: "Resident adapter weights budget, MiB (default 512).")
     var adapterCacheMB: Int?
+    @Option(name: .customLong("adapter-keep-versions"), help: "Versions kept per adapter name, besides pinned and in-use ones (default 10).")
+    var adapterKeepVersions: Int?
     @Option(name: .customLong("admin-group"), help: "Group allowed to manage adapters, besides root and lorad's user.")
     var adminGroup: String?
     @Option(name: .customLong("max-upload-bytes"), help: "Largest adapter upload body in bytes (default 268435456).")
@@ -126,6 +128,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.adapterImportDirs = adapterImportDirs.isEmpty ? nil : adapterImportDirs
         l.adapterDir = adapterDir
         l.adapterCacheMB = adapterCacheMB
+        l.adapterKeepVersions = adapterKeepVersions
         l.adminGroup = adminGroup
         l.maxUploadBytes = maxUploadBytes
         l.readTimeout = readTimeout

@@ -3,15 +3,17 @@
 //   loractl adapters list                        name, version, rank, resident, source
 //   loractl adapters add NAME PATH [--upload]    register (PATH inside an import dir, or uploaded from here)
 //   loractl adapters show NAME                   every field as JSON
-//   loractl adapters rm NAME                     unregister
+//   loractl adapters rm NAME                     unregister (every version)
+//   loractl adapters versions NAME               kept versions, newest first, with lineage
+//   loractl adapters rollback NAME VERSION       make an earlier version current again
 
 import ArgumentParser
 import Foundation
 
 struct Adapters: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage LoRA adapters (list, add, show, rm).",
-        subcommands: [List.self, Add.self, Show.self, Remove.self], defaultSubcommand: List.self)
+        abstract: "Manage LoRA adapters (list, add, show, rm, versions, rollback).",
+        subcommands: [List.self, Add.self, Show.self, Remove.self, Versions.self, Rollback.self], defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List registered adapters.")
@@ -21,14 +23,14 @@ struct Adapters: AsyncParsableCommand {
             do {
                 let obj = try await getJSON(socket.client, "/v1/adapters")
                 let rows = (obj["data"] as? [[String: Any]]) ?? []
-                writeOut(pad(["NAME", "VERSION", "FORMAT", "RANK", "ALPHA", "MB", "RESIDENT", "SOURCE"]) + "\n")
+                writeOut(pad(["NAME", "VERSION", "FORMAT", "RANK", "ALPHA", "MB", "RESIDENT", "KEPT", "SOURCE"]) + "\n")
                 for a in rows {
                     let mb = Double((a["bytes"] as? Int) ?? 0) / 1_048_576
                     writeOut(
                         pad([
                             "\(a["name"] ?? "?")", "\(a["version"] ?? "?")", "\(a["format"] ?? "?")", "\(a["rank"] ?? "?")",
                             a["alpha"].map { "\($0)" } ?? "-", String(format: "%.1f", mb),
-                            ((a["resident"] as? Bool) ?? false) ? "yes" : "no", "\(a["source"] ?? "")",
+                            ((a["resident"] as? Bool) ?? false) ? "yes" : "no", "\(a["versions"] ?? "?")", "\(a["source"] ?? "")",
                         ]) + "\n")
                 }
             } catch let e as ClientError {
@@ -37,7 +39,7 @@ struct Adapters: AsyncParsableCommand {
         }
 
         func pad(_ cols: [String]) -> String {
-            let widths = [24, 8, 7, 5, 7, 7, 9, 0]
+            let widths = [24, 8, 7, 5, 7, 7, 9, 5, 0]
             return zip(cols, widths).map { c, w in w == 0 ? c : c.padding(toLength: max(w, c.count + 1), withPad: " ", startingAt: 0) }
                 .joined()
         }
@@ -129,6 +131,74 @@ struct Adapters: AsyncParsableCommand {
                 let (status, resp) = try await socket.client.fetch(method: .DELETE, path: "/v1/adapters/" + escape(name))
                 guard (200..<300).contains(status) else { throw fail(errorMessage(resp, status: status)) }
                 writeOut("\(name): removed\n")
+            } catch let e as ClientError {
+                throw fail(e.description)
+            }
+        }
+    }
+
+    struct Versions: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the kept versions of an adapter, newest first (* = current), with their lineage.")
+        @OptionGroup var socket: SocketOption
+        @Argument var name: String
+        @Flag(help: "Print the API's JSON instead of a table.")
+        var json = false
+
+        func run() async throws {
+            do {
+                let obj = try await getJSON(socket.client, "/v1/adapters/" + escape(name) + "/versions")
+                if json {
+                    let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+                    writeOut(String(decoding: d, as: UTF8.self) + "\n")
+                    return
+                }
+                let rows = (obj["data"] as? [[String: Any]]) ?? []
+                writeOut(pad(["", "VERSION", "CREATED", "PARENT", "JOB", "FORMAT", "RANK", "SHA256", "GATE"]) + "\n")
+                let time = DateFormatter()
+                time.dateFormat = "yyyy-MM-dd HH:mm:ss"
+                for v in rows {
+                    let created = (v["created_at"] as? Int).map { time.string(from: Date(timeIntervalSince1970: Double($0))) } ?? "?"
+                    let gate = v["gate"].flatMap { g -> String? in
+                        guard !(g is NSNull), let d = try? JSONSerialization.data(withJSONObject: g, options: [.sortedKeys, .fragmentsAllowed])
+                        else { return nil }
+                        return String(decoding: d, as: UTF8.self)
+                    } ?? "-"
+                    writeOut(
+                        pad([
+                            ((v["current"] as? Bool) ?? false) ? "*" : "", "\(v["version"] ?? "?")", created,
+                            (v["parent_version"] as? Int).map(String.init) ?? "-", (v["job_id"] as? String) ?? "-",
+                            "\(v["format"] ?? "?")", "\(v["rank"] ?? "?")", String(((v["sha256"] as? String) ?? "?").prefix(12)), gate,
+                        ]) + "\n")
+                }
+            } catch let e as ClientError {
+                throw fail(e.description)
+            }
+        }
+
+        func pad(_ cols: [String]) -> String {
+            let widths = [2, 8, 20, 7, 30, 7, 5, 13, 0]
+            return zip(cols, widths).map { c, w in w == 0 ? c : c.padding(toLength: max(w, c.count + 1), withPad: " ", startingAt: 0) }
+                .joined()
+        }
+    }
+
+    struct Rollback: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make an earlier version of an adapter current again (running requests finish on theirs).")
+        @OptionGroup var socket: SocketOption
+        @Argument var name: String
+        @Argument(help: "A version listed by `loractl adapters versions NAME`.")
+        var version: Int
+
+        func run() async throws {
+            do {
+                let json = try JSONSerialization.data(withJSONObject: ["version": version])
+                let (status, resp) = try await socket.client.fetch(
+                    method: .POST, path: "/v1/adapters/" + escape(name) + "/rollback", json: Array(json))
+                guard (200..<300).contains(status) else { throw fail(errorMessage(resp, status: status)) }
+                let obj = (try? JSONSerialization.jsonObject(with: Data(resp)) as? [String: Any]) ?? [:]
+                writeOut("\(name): version \(obj["version"] ?? version) is current (was \(obj["rolled_back_from"] ?? "?"))\n")
             } catch let e as ClientError {
                 throw fail(e.description)
             }

@@ -1,6 +1,7 @@
 // AdapterRegistry with FakeBackend: the LRU cache bound, reloads after eviction (one load for concurrent misses),
 // version pinning across replace and delete, durability (reopen, orphan sweep), a full disk (a 256 KiB tmpfs),
-// and an engine batch whose rows use different adapters. Expected outputs come from FakeBackend's own definition
+// and an engine batch whose rows use different adapters. The versioned registry (keep window, pins, lineage,
+// compare-and-swap, rollback, the JSON-index migration) is in AdapterVersionTests.swift. Expected outputs come from FakeBackend's own definition
 // (`referenceGreedy` with the adapter file's hash as salt), computed independently of the engine.
 
 import Daemon
@@ -13,7 +14,7 @@ import Testing
 import Glibc
 #endif
 
-private struct Fixture {
+struct RegistryFixture {
     let root: String
     let importDir: String
     let backend = FakeBackend()
@@ -32,10 +33,10 @@ private struct Fixture {
         return p
     }
 
-    func registry(stateDir: String? = nil, cacheAdapters: Int = 1000) throws -> AdapterRegistry {
+    func registry(stateDir: String? = nil, cacheAdapters: Int = 1000, keepVersions: Int = 10) throws -> AdapterRegistry {
         let r = try AdapterRegistry(
             stateDir: stateDir ?? root + "/state", baseModelID: "fake-model", importDirs: [importDir], scanDir: nil,
-            cacheBytes: cacheAdapters * FakeBackend.adapterBytes, logger: Logger(label: "test"))
+            cacheBytes: cacheAdapters * FakeBackend.adapterBytes, keepVersions: keepVersions, logger: Logger(label: "test"))
         r.attach(backend: backend)
         return r
     }
@@ -43,11 +44,11 @@ private struct Fixture {
     func cleanup() { try? FileManager.default.removeItem(atPath: root) }
 }
 
-private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
+func adapterTag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
 
 @Suite struct AdapterRegistryTests {
     @Test func lruCacheStaysWithinBudgetAndReloadsEvictedAdapters() async throws {
-        let f = try Fixture()
+        let f = try RegistryFixture()
         defer { f.cleanup() }
         let reg = try f.registry(cacheAdapters: 5)
         for i in 0..<40 { try await reg.register(name: "a\(i)", source: .path(try f.file("a\(i)", "adapter \(i)"))) }
@@ -59,7 +60,7 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
             let i = (k * 7) % 40
             let (rec, w) = try await reg.resolve("a\(i)")
             #expect(rec.name == "a\(i)")
-            #expect((w as? FakeAdapter)?.tag == tag("adapter \(i)"))
+            #expect((w as? FakeAdapter)?.tag == adapterTag("adapter \(i)"))
             #expect(reg.stats.cachedBytes <= 5 * FakeBackend.adapterBytes)
         }
         #expect(f.backend.adapterLoads > loadsAfterRegistering)  // evicted ones were loaded again
@@ -74,7 +75,7 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
     }
 
     @Test func concurrentMissesShareOneLoad() async throws {
-        let f = try Fixture()
+        let f = try RegistryFixture()
         defer { f.cleanup() }
         let reg = try f.registry(cacheAdapters: 1)
         try await reg.register(name: "x", source: .path(try f.file("x", "xx")))
@@ -87,12 +88,12 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
             for try await t in group { out.append(t) }
             return out
         }
-        #expect(tags == Array(repeating: tag("xx"), count: 8))
+        #expect(tags == Array(repeating: adapterTag("xx"), count: 8))
         #expect(f.backend.adapterLoads == before + 1)
     }
 
     @Test func replaceAndDeleteKeepPinnedVersions() async throws {
-        let f = try Fixture()
+        let f = try RegistryFixture()
         defer { f.cleanup() }
         let reg = try f.registry()
         let v1 = try await reg.register(name: "hot", source: .path(try f.file("one", "first"))).record
@@ -100,11 +101,14 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
         let v2 = try await reg.register(name: "hot", source: .path(try f.file("two", "second")))
         #expect(v2.replaced == v1.version)
         #expect(v2.record.version > v1.version)
-        #expect((pinned as? FakeAdapter)?.tag == tag("first"))  // the holder keeps version 1
-        #expect(((try await reg.resolve("hot")).weights as? FakeAdapter)?.tag == tag("second"))
-        // Version 1 is gone from disk but alive while held; dropping it frees it.
-        #expect(!FileManager.default.fileExists(atPath: "\(f.root)/state/adapters/store/hot/\(v1.version)"))
+        #expect((pinned as? FakeAdapter)?.tag == adapterTag("first"))  // the holder keeps version 1
+        #expect(((try await reg.resolve("hot")).weights as? FakeAdapter)?.tag == adapterTag("second"))
+        // Version 1 stays on disk (inside the keep window) and is alive while held; deleting the name removes every
+        // version's files, and dropping the holder frees the weights.
+        #expect(FileManager.default.fileExists(atPath: "\(f.root)/state/adapters/store/hot/\(v1.version)"))
+        #expect(try reg.versions(of: "hot").map(\.record.version) == [v2.record.version, v1.version])
         try reg.remove(name: "hot")
+        #expect(!FileManager.default.fileExists(atPath: "\(f.root)/state/adapters/store/hot"))
         await #expect(throws: AdapterRegistryError.notFound("hot")) { try await reg.resolve("hot") }
         #expect(reg.stats.liveBytes == FakeBackend.adapterBytes)  // `pinned` still holds version 1
         pinned = nil
@@ -117,7 +121,7 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
     }
 
     @Test func registryIsDurableAndSweepsLeftovers() async throws {
-        let f = try Fixture()
+        let f = try RegistryFixture()
         defer { f.cleanup() }
         var first: AdapterRecord?
         do {
@@ -133,7 +137,7 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
         let reg = try f.registry()
         #expect(reg.list().map(\.record) == [first!])
         #expect(reg.info("keep")?.resident == false)
-        #expect(((try await reg.resolve("keep")).weights as? FakeAdapter)?.tag == tag("kept bytes"))
+        #expect(((try await reg.resolve("keep")).weights as? FakeAdapter)?.tag == adapterTag("kept bytes"))
         #expect(!FileManager.default.fileExists(atPath: adapters + "/staging/half"))
         #expect(!FileManager.default.fileExists(atPath: adapters + "/store/orphan"))
         // Versions keep increasing across restarts.
@@ -157,7 +161,7 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
 
     /// A full disk fails the registration with 507-class error and loses nothing already registered.
     @Test func fullDiskKeepsExistingAdapters() async throws {
-        let f = try Fixture()
+        let f = try RegistryFixture()
         defer { f.cleanup() }
         let mountPoint = f.root + "/small"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
@@ -189,7 +193,7 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
             Issue.record("replacement on a full disk succeeded")
         } catch AdapterRegistryError.store(.diskFull) {
         }
-        #expect(((try await reg.resolve("small")).weights as? FakeAdapter)?.tag == tag(String(repeating: "s", count: 1000)))
+        #expect(((try await reg.resolve("small")).weights as? FakeAdapter)?.tag == adapterTag(String(repeating: "s", count: 1000)))
         let reopened = try f.registry(stateDir: mountPoint)
         #expect(reopened.list().map(\.record.name) == ["small"])
     }
@@ -197,7 +201,7 @@ private func tag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
     /// One engine batch with rows on different adapters (and the base): each sequence gets exactly the
     /// continuation FakeBackend defines for its adapter.
     @Test func engineBatchesRowsWithDifferentAdapters() async throws {
-        let f = try Fixture()
+        let f = try RegistryFixture()
         defer { f.cleanup() }
         let reg = try f.registry()
         for i in 0..<4 { try await reg.register(name: "m\(i)", source: .path(try f.file("m\(i)", "mix \(i)"))) }

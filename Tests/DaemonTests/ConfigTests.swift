@@ -79,6 +79,23 @@ import Testing
         #expect(a.restartOnlyChanges(comparedTo: try DaemonConfig.resolve(layer: layer, environment: [:])) == ["batch_copy_mb"])
     }
 
+    @Test func adapterKeepVersions() throws {
+        #expect(try DaemonConfig.resolve(layer: ConfigLayer(), environment: [:]).adapterKeepVersions == 10)
+        let layer = try ConfigFile.parse("adapter_keep_versions: 4\n", path: "t.yaml")
+        #expect(try DaemonConfig.resolve(layer: layer, environment: [:]).adapterKeepVersions == 4)
+        var flags = ConfigLayer()
+        flags.adapterKeepVersions = 2
+        let c = try DaemonConfig.resolve(layer: flags.over(layer), environment: [:])
+        #expect(c.adapterKeepVersions == 2)
+        // Changed on SIGHUP without a restart.
+        #expect(c.restartOnlyChanges(comparedTo: try DaemonConfig.resolve(layer: layer, environment: [:])).isEmpty)
+        var bad = ConfigLayer()
+        bad.adapterKeepVersions = 0
+        #expect(throws: ConfigError.invalidValue(key: "adapter_keep_versions", reason: "must be 1...10000, got 0")) {
+            try DaemonConfig.resolve(layer: bad, environment: [:])
+        }
+    }
+
     @Test func adapterSettingsAndStateDirDefaults() throws {
         let layer = try ConfigFile.parse(
             "adapter_import_dirs: [/srv/a, /srv/b]\nadapter_dir: /var/lib/lorad/adapters.d\nadapter_cache_mb: 64\n"

@@ -111,7 +111,7 @@ final class APIHandler: @unchecked Sendable {
             let route = try Route.resolve(method: method, uri: head.uri)
             label = route.template
             switch route {
-            case .adapters, .adapter, .loadLoRAAdapter, .unloadLoRAAdapter:
+            case .adapters, .adapter, .adapterVersions, .adapterRollback, .loadLoRAAdapter, .unloadLoRAAdapter:
                 status = try await dispatchAdapters(route, method: method, body: body, peer: peer, writer: writer)
             case .storedCompletion, .storedCompletionMessages, .feedback, .feedbackItem, .feedbackExport:
                 status = try await dispatchStore(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)

@@ -2,12 +2,14 @@
 //
 //   GET    /v1/adapters                 list (name, version, sha256, rank, alpha, targets, bytes, resident, ...)
 //   POST   /v1/adapters                 {"name", "path"} or {"name", "files": {file name: base64}}  -> 201
-//   GET    /v1/adapters/{name}          one adapter
-//   DELETE /v1/adapters/{name}          unregister (running sequences finish on what they hold)
+//   GET    /v1/adapters/{name}          one adapter (its current version; `versions` = how many are kept)
+//   DELETE /v1/adapters/{name}          unregister, every version (running sequences finish on what they hold)
+//   GET    /v1/adapters/{name}/versions kept versions, newest first, with lineage; and the publish/rollback history
+//   POST   /v1/adapters/{name}/rollback {"version": N}: make a kept version current again
 //   POST   /v1/load_lora_adapter        vLLM alias: {"lora_name", "lora_path", "load_inplace"}
 //   POST   /v1/unload_lora_adapter      vLLM alias: {"lora_name"}
 //
-// Management (POST, DELETE and the vLLM aliases) needs an admin peer (SO_PEERCRED, see AdminPolicy): 403 else.
+// Management (POST, DELETE, rollback and the vLLM aliases) needs an admin peer (SO_PEERCRED, see AdminPolicy): 403 else.
 
 import Foundation
 
@@ -18,6 +20,11 @@ struct RegisterAdapterBody: Decodable {
     var files: [String: String]?
     /// Replace an existing adapter of that name with a new version (default true).
     var replace: Bool?
+}
+
+/// `POST /v1/adapters/{name}/rollback` body.
+struct RollbackAdapterBody: Decodable {
+    var version: Int
 }
 
 /// vLLM's `POST /v1/load_lora_adapter` body.
@@ -56,6 +63,15 @@ extension APIError {
             return APIError(
                 status: 404, message: "The adapter '\(n)' does not exist.", type: "not_found_error", param: param,
                 code: "adapter_not_found")
+        case .versionNotFound(let n, let v):
+            return APIError(
+                status: 404, message: "The adapter '\(n)' has no version \(v) (it never existed or was pruned).",
+                type: "not_found_error", param: param ?? "version", code: "adapter_version_not_found")
+        case .parentChanged(let c):
+            return APIError(
+                status: 409,
+                message: "The adapter's current version is \(c.map { String($0) } ?? "none (not registered)"), not the expected parent.",
+                type: "conflict_error", param: param, code: "parent_changed")
         case .invalidName(let m):
             return .invalidRequest(m, param: "name", code: "invalid_adapter_name")
         case .badSource(let m):
@@ -97,7 +113,24 @@ extension APIHandler {
             ("targets", .array(r.targets.map { .string($0) })), ("bytes", .int(r.residentBytes)),
             ("file_bytes", .int(r.fileBytes)), ("resident", .bool(info.resident)),
             ("last_used", info.lastUsed.map { .int(Int($0)) } ?? .null), ("created", .int(Int(r.createdAt))),
-            ("source", .string(r.source)),
+            ("source", .string(r.source)), ("versions", .int(info.versionCount)),
+        ])
+    }
+
+    /// One kept version with its lineage, for `GET /v1/adapters/{name}/versions`.
+    func adapterVersionJSON(_ v: AdapterVersionInfo) -> JSONValue {
+        let r = v.record
+        let l = r.lineage
+        return .object([
+            ("object", .string("adapter.version")), ("name", .string(r.name)), ("version", .int(r.version)),
+            ("created_at", .int(Int(r.createdAt))), ("current", .bool(v.current)),
+            ("parent_version", l.parentVersion.map { .int($0) } ?? .null), ("job_id", .optional(l.jobID)),
+            ("data_range", l.dataRange ?? .null), ("gate", l.gate ?? .null), ("sha256", .string(r.sha256)),
+            ("format", .string(r.format.rawValue)), ("rank", .int(r.rank)), ("alpha", r.alpha.map { .number($0) } ?? .null),
+            ("targets", .array(r.targets.map { .string($0) })), ("bytes", .int(r.residentBytes)),
+            ("file_bytes", .int(r.fileBytes)), ("source", .string(r.source)),
+            ("metadata", .object(l.metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })),
+            ("pinned", .bool(v.pinned)), ("resident", .bool(v.resident)),
         ])
     }
 
@@ -126,20 +159,56 @@ extension APIHandler {
                     ("version", .int(rec.version)),
                 ]))
             return 200
+        case (.adapterVersions(let name), "GET"):
+            let (list, history): ([AdapterVersionInfo], [AdapterHistoryEvent])
+            do {
+                list = try reg.versions(of: name)
+                history = try reg.history(of: name)
+            } catch let e as AdapterRegistryError {
+                throw APIError.from(e)
+            }
+            let historyJSON: [JSONValue] = history.map { h in
+                .object([
+                    ("kind", .string(h.kind)), ("version", .int(h.version)),
+                    ("from_version", h.fromVersion.map { .int($0) } ?? .null), ("created_at", .int(Int(h.createdAt))),
+                ])
+            }
+            try await writer.send(
+                json: .object([
+                    ("object", .string("list")), ("name", .string(name)),
+                    ("current_version", list.first { $0.current }.map { .int($0.record.version) } ?? .null),
+                    ("data", .array(list.map(adapterVersionJSON))), ("history", .array(historyJSON)),
+                ]))
+            return 200
+        case (.adapterRollback(let name), "POST"):
+            let b = try RequestValidator.decode(RollbackAdapterBody.self, from: body)
+            let event: AdapterRollback
+            do { event = try reg.rollback(name: name, to: b.version) } catch let e as AdapterRegistryError {
+                throw APIError.from(e)
+            }
+            guard let info = reg.info(name) else { throw APIError.from(.notFound(name)) }
+            var fields: [(String, JSONValue)] = []
+            if case .object(let f) = adapterJSON(info) { fields = f }
+            fields.append(("rolled_back_from", .int(event.fromVersion)))
+            try await writer.send(json: .object(fields))
+            return 200
         case (.adapters, "POST"):
             let b = try RequestValidator.decode(RegisterAdapterBody.self, from: body)
             let source = try Self.source(path: b.path, files: b.files)
             _ = try await ready()
-            let (rec, replaced) = try await register(reg, name: b.name, source: source, replace: b.replace ?? true)
+            let r = try await register(reg, name: b.name, source: source, replace: b.replace ?? true)
             var fields: [(String, JSONValue)] = []
-            if case .object(let f) = adapterJSON(AdapterInfo(record: rec, resident: true, lastUsed: nil)) { fields = f }
-            fields.append(("replaced_version", replaced.map { .int($0) } ?? .null))
-            try await writer.send(json: .object(fields), status: replaced == nil ? 201 : 200)
-            return replaced == nil ? 201 : 200
+            let info = reg.info(b.name) ?? AdapterInfo(record: r.record, resident: true, lastUsed: nil)
+            if case .object(let f) = adapterJSON(info) { fields = f }
+            fields.append(("replaced_version", r.replaced.map { .int($0) } ?? .null))
+            fields.append(("unchanged", .bool(r.unchanged)))
+            let status = r.replaced == nil && !r.unchanged ? 201 : 200
+            try await writer.send(json: .object(fields), status: status)
+            return status
         case (.loadLoRAAdapter, _):
             let b = try RequestValidator.decode(LoadLoRABody.self, from: body)
             _ = try await ready()
-            let (rec, _) = try await register(reg, name: b.loraName, source: .path(b.loraPath), replace: b.loadInplace ?? false)
+            let rec = try await register(reg, name: b.loraName, source: .path(b.loraPath), replace: b.loadInplace ?? false).record
             try await writer.send(
                 json: .object([
                     ("object", .string("adapter")), ("id", .string(rec.name)), ("version", .int(rec.version)),
@@ -161,12 +230,13 @@ extension APIHandler {
     }
 
     private func register(_ reg: AdapterRegistry, name: String, source: AdapterSource, replace: Bool) async throws
-        -> (AdapterRecord, Int?)
+        -> AdapterPublishResult
     {
         do {
-            let r = try await reg.register(name: name, source: source, replace: replace)
-            state.metrics.recordAdapterRegistration()
-            return (r.record, r.replaced)
+            let r = try await reg.publish(
+                name: name, source: source, lineage: AdapterLineage(), expectedParent: nil, refuseExisting: !replace)
+            if !r.unchanged { state.metrics.recordAdapterRegistration() }
+            return r
         } catch let e as AdapterRegistryError {
             throw APIError.from(e, param: source.isUpload ? "files" : "path")
         }

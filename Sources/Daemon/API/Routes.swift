@@ -14,6 +14,10 @@ public enum Route: Sendable, Equatable {
     case adapters
     /// `GET` shows, `DELETE` unregisters.
     case adapter(name: String)
+    /// `GET` the kept versions of an adapter, newest first.
+    case adapterVersions(name: String)
+    /// `POST {"version": N}` makes an earlier version current.
+    case adapterRollback(name: String)
     /// vLLM's `POST /v1/load_lora_adapter`.
     case loadLoRAAdapter
     /// vLLM's `POST /v1/unload_lora_adapter`.
@@ -45,6 +49,8 @@ public enum Route: Sendable, Equatable {
         case .chatCompletions: return "/v1/chat/completions"
         case .adapters: return "/v1/adapters"
         case .adapter: return "/v1/adapters/{name}"
+        case .adapterVersions: return "/v1/adapters/{name}/versions"
+        case .adapterRollback: return "/v1/adapters/{name}/rollback"
         case .loadLoRAAdapter: return "/v1/load_lora_adapter"
         case .unloadLoRAAdapter: return "/v1/unload_lora_adapter"
         case .tokenize: return "/tokenize"
@@ -60,7 +66,7 @@ public enum Route: Sendable, Equatable {
     /// The accepted methods.
     public var methods: [String] {
         switch self {
-        case .completions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize: return ["POST"]
+        case .completions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize, .adapterRollback: return ["POST"]
         case .adapters, .chatCompletions, .feedback: return ["GET", "POST"]
         case .storedCompletion: return ["GET", "POST", "DELETE"]
         case .adapter: return ["GET", "DELETE"]
@@ -73,7 +79,7 @@ public enum Route: Sendable, Equatable {
         switch self {
         case .adapters: return method == "POST"
         case .adapter: return method == "DELETE"
-        case .loadLoRAAdapter, .unloadLoRAAdapter: return true
+        case .loadLoRAAdapter, .unloadLoRAAdapter, .adapterRollback: return true
         default: return false
         }
     }
@@ -105,7 +111,14 @@ public enum Route: Sendable, Equatable {
                 let id = String(path.dropFirst(prefix.count))
                 route = .model(id: id.removingPercentEncodingSafely())
             } else if path.hasPrefix("/v1/adapters/"), path.count > "/v1/adapters/".count {
-                route = .adapter(name: String(path.dropFirst("/v1/adapters/".count)).removingPercentEncodingSafely())
+                let parts = path.dropFirst("/v1/adapters/".count).split(separator: "/", omittingEmptySubsequences: false)
+                let name = String(parts[0]).removingPercentEncodingSafely()
+                switch (parts.count, parts.count > 1 ? parts[1] : "") {
+                case (1, _): route = .adapter(name: name)
+                case (2, "versions") where !name.isEmpty: route = .adapterVersions(name: name)
+                case (2, "rollback") where !name.isEmpty: route = .adapterRollback(name: name)
+                default: throw APIError.routeNotFound(method: method, path: String(path))
+                }
             } else if path.hasPrefix("/v1/chat/completions/"), path.count > "/v1/chat/completions/".count {
                 let rest = path.dropFirst("/v1/chat/completions/".count)
                 let parts = rest.split(separator: "/", omittingEmptySubsequences: false)

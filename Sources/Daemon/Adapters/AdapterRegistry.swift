@@ -1,9 +1,19 @@
 // AdapterRegistry: named LoRA adapters, their versions, and the resident-weights cache.
 //
-// Names map to one current version each. A request resolves its adapter names once, when it is accepted, and
-// holds the weights of those versions (an `AdapterMix`) until it ends: registering a new version under the same
-// name, or deleting the name, never changes a running sequence, and the old weights are freed by reference
-// counting when the last sequence using them finishes.
+// Each name has one current version and keeps earlier ones: the newest `keepVersions` (`--adapter-keep-versions`),
+// the current one (a rollback may make an old version current), any version a caller pinned (a fine-tuning job's
+// parent), and any version a running sequence still holds. Older ones are pruned, rows first and files after, once a
+// publish, rollback or unpin has committed. The index lives in the daemon's SQLite store (AdapterVersionStore.swift),
+// the files under `<state_dir>/adapters/store/<name>/<version>/` (AdapterStore.swift).
+//
+// A publish: files durable in the version directory -> one transaction (insert the version, make it current) -> the
+// in-memory switch. Publishing the same files again is harmless: a repeat of a job's publish (same job id and
+// sha256) returns the version it made, and a manual registration of the current version's bytes changes nothing.
+// A compare-and-swap (`expectedParent`) lets a job publish only if the version it continued is still current.
+//
+// A request resolves its adapter names once, when it is accepted, and holds the weights of those versions (an
+// `AdapterMix`) until it ends: publishing, rolling back or deleting never changes a running sequence, and the old
+// weights are freed by reference counting when the last sequence using them finishes.
 //
 // Resident weights sit in an LRU cache bounded in bytes (`--adapter-cache-mb`). A miss loads the files from the
 // state directory on a background queue while the request task waits (the engine's compute thread never loads
@@ -25,12 +35,17 @@ public enum AdapterSource: Sendable {
     case path(String)
     /// Uploaded files by name: `adapter_config.json` + `adapter_model.safetensors`, or one `*.gguf`.
     case files([String: Data])
+    /// A directory the daemon itself wrote (a fine-tuning job's export), in the same layouts as `path`. It is not
+    /// checked against the import directories, so it must never come from a client's request.
+    case directory(String)
 }
 
 /// Registry failures; each maps to one HTTP status in the API.
 public enum AdapterRegistryError: Error, CustomStringConvertible, Equatable {
     /// 404
     case notFound(String)
+    /// 404: the name exists but has no such version (never existed, or pruned).
+    case versionNotFound(name: String, version: Int)
     /// 400
     case invalidName(String)
     /// 400: the request's source is unusable (missing files, wrong layout).
@@ -39,6 +54,9 @@ public enum AdapterRegistryError: Error, CustomStringConvertible, Equatable {
     case outsideImportDirs(path: String)
     /// 409: the name exists and replacing was not asked for.
     case alreadyExists(String)
+    /// 409: a compare-and-swap publish found another current version (nil: the name is not registered) than the
+    /// expected parent.
+    case parentChanged(current: Int?)
     /// 400: the adapter failed validation against the base model.
     case invalidAdapter(name: String, reason: String)
     /// 500 / 507
@@ -49,11 +67,14 @@ public enum AdapterRegistryError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case .notFound(let n): return "adapter '\(n)' is not registered"
+        case .versionNotFound(let n, let v): return "adapter '\(n)' has no version \(v)"
         case .invalidName(let m): return m
         case .badSource(let m): return m
         case .outsideImportDirs(let p):
             return "path '\(p)' is not inside an adapter import directory (--adapter-import-dir)"
         case .alreadyExists(let n): return "adapter '\(n)' is already registered"
+        case .parentChanged(let c):
+            return "the adapter's current version changed (now \(c.map { "version \($0)" } ?? "unregistered"))"
         case .invalidAdapter(let n, let r): return "adapter '\(n)' was rejected: \(r)"
         case .store(let e): return "\(e)"
         case .notReady: return "the model is still loading"
@@ -69,12 +90,48 @@ public struct AdapterInfo: Sendable, Equatable {
     public var resident: Bool
     /// Last time a request resolved it (this process), seconds since 1970.
     public var lastUsed: Double?
+    /// Versions of this name kept on disk (the current one included).
+    public var versionCount = 1
+}
+
+/// One kept version of an adapter, as listed by `GET /v1/adapters/{name}/versions`.
+public struct AdapterVersionInfo: Sendable, Equatable {
+    public var record: AdapterRecord
+    /// Whether it is the name's current version.
+    public var current: Bool
+    /// Whether a caller pinned it (see ``AdapterRegistry/pin(name:version:holder:)``).
+    public var pinned: Bool
+    /// Whether its weights are in memory.
+    public var resident: Bool
+}
+
+/// What a publish did.
+public struct AdapterPublishResult: Sendable, Equatable {
+    /// The version now current (the new one, or the existing one when `unchanged`).
+    public var record: AdapterRecord
+    /// The version that was current before (nil: the name was new, or nothing changed).
+    public var replaced: Int?
+    /// True when an identical version already existed (a repeated publish): nothing was written.
+    public var unchanged: Bool
+}
+
+/// A rollback, as handed to ``AdapterRegistry/onRollback``.
+public struct AdapterRollback: Sendable, Equatable {
+    public var name: String
+    /// The version that was current before.
+    public var fromVersion: Int
+    /// The version made current.
+    public var toVersion: Int
+    /// Seconds since 1970.
+    public var at: Double
 }
 
 /// Counters for `/v1/status` and `/metrics`.
 public struct AdapterStats: Sendable, Equatable {
     /// Registered names.
     public var registered = 0
+    /// Kept versions over all names.
+    public var versions = 0
     /// Versions in the LRU cache and their bytes.
     public var cached = 0
     /// Bytes of weights in the cache, and the cache's budget (`--adapter-cache-mb`), bytes.
@@ -97,15 +154,28 @@ public final class AdapterRegistry: @unchecked Sendable {
     /// Directory scanned at startup and on SIGHUP: each `*.gguf` file or PEFT subdirectory is registered under its
     /// name (the file stem or directory name) when new or changed.
     public let scanDir: String?
-    private let store: AdapterStore
+    /// Default of `--adapter-keep-versions`.
+    public static let defaultKeepVersions = 10
+    /// Largest number of history events `history(name:limit:)` returns.
+    public static let maxHistory = 1000
+    private let fileStore: AdapterStore
+    private let db: LoradStore
     private let logger: Logger
     private let loadQueue = DispatchQueue(label: "lorad.adapters.load", qos: .userInitiated, attributes: .concurrent)
 
     private let lock = NSLock()
+    /// Serialises every change of the index (publish commits, rollback, delete, pin, prune).
     private let commitLock = NSLock()
     private var backend: (any InferenceBackend)?
     private var baseModelID: String
+    /// name -> current version's record.
     private var records: [String: AdapterRecord] = [:]
+    /// name -> version -> record, every kept version.
+    private var versions: [String: [Int: AdapterRecord]] = [:]
+    /// version -> pin count over all holders.
+    private var pins: [Int: Int] = [:]
+    private var keepVersions: Int
+    private var rollbackHandler: (@Sendable (AdapterRollback) -> Void)?
     private var nextVersion = 1
     private var lastUsed: [String: Double] = [:]
     private var cacheLimit: Int
@@ -129,33 +199,71 @@ public final class AdapterRegistry: @unchecked Sendable {
     private var loads = 0
     private var evictions = 0
 
-    /// Opens (or creates) the registry under `<stateDir>/adapters`.
+    /// Opens (or creates) the registry: files under `<stateDir>/adapters`, index in the daemon's store. On the first
+    /// start over a state directory of an earlier release, the JSON index is copied into the store and renamed
+    /// `index.json.migrated`. Version directories no row lists are removed, and rows whose files are missing are
+    /// dropped (a name then falls back to its newest remaining version).
     /// - Parameters:
     ///   - stateDir: the daemon's state directory.
     ///   - baseModelID: the base model's id (an adapter may not take this name).
     ///   - importDirs: directories whose files may be registered by path.
     ///   - scanDir: optional directory auto-registered at startup and on SIGHUP.
     ///   - cacheBytes: resident-weights budget, bytes.
-    /// - Throws: ``AdapterStoreError`` when the directory cannot be created or the index is unreadable.
+    ///   - keepVersions: versions kept per name besides current, pinned and held ones (at least 1).
+    ///   - store: the daemon's store; nil opens `<stateDir>/lorad.sqlite` for the registry alone.
+    /// - Throws: ``AdapterStoreError`` when a directory cannot be created, the store cannot be opened, or the legacy
+    ///   index is unreadable.
     public init(
-        stateDir: String, baseModelID: String, importDirs: [String], scanDir: String?, cacheBytes: Int, logger: Logger
+        stateDir: String, baseModelID: String, importDirs: [String], scanDir: String?, cacheBytes: Int,
+        keepVersions: Int = AdapterRegistry.defaultKeepVersions, store: LoradStore? = nil, logger: Logger
     ) throws {
-        store = try AdapterStore(root: stateDir + "/adapters")
+        fileStore = try AdapterStore(root: stateDir + "/adapters")
+        do { db = try store ?? LoradStore(stateDir: stateDir) } catch let e as StoreError { throw AdapterStoreError.from(e) }
         self.baseModelID = baseModelID
         self.importDirs = importDirs.map { Self.resolvedPath($0) ?? $0 }
         self.scanDir = scanDir.map { Self.resolvedPath($0) ?? $0 }
         cacheLimit = max(cacheBytes, 0)
+        self.keepVersions = max(keepVersions, 1)
         self.logger = logger
-        let index = try store.loadIndex()
-        nextVersion = max(index.nextVersion, (index.adapters.map(\.version).max() ?? 0) + 1)
-        for r in index.adapters {
-            let dir = store.versionDir(name: r.name, version: r.version)
-            if FileManager.default.fileExists(atPath: dir) {
-                records[r.name] = r
-            } else {
-                logger.error("adapter files are missing; dropping it from the registry", metadata: ["adapter": "\(r.name)", "dir": "\(dir)"])
+        do {
+            try migrateLegacyIndex()
+            var state = try db.adapterIndexState()
+            let missing = state.versions.filter {
+                !FileManager.default.fileExists(atPath: fileStore.versionDir(name: $0.name, version: $0.version))
             }
+            if !missing.isEmpty {
+                for r in missing {
+                    logger.error(
+                        "adapter files are missing; dropping the version",
+                        metadata: ["adapter": "\(r.name)", "version": "\(r.version)"])
+                }
+                try db.deleteAdapterVersions(missing.map(\.version))
+                state = try db.adapterIndexState()
+            }
+            let swept = fileStore.sweepOrphans(keeping: Set(state.versions.map { "\($0.name)/\($0.version)" }))
+            if !swept.isEmpty {
+                logger.notice("removed adapter files no version lists (an interrupted publish)", metadata: ["dirs": "\(swept)"])
+            }
+            for r in state.versions { versions[r.name, default: [:]][r.version] = r }
+            for (name, v) in state.current { records[name] = versions[name]?[v] }
+            pins = state.pins
+            nextVersion = max(state.nextVersion, (state.versions.map(\.version).max() ?? 0) + 1)
+        } catch let e as StoreError {
+            throw AdapterStoreError.from(e)
         }
+    }
+
+    /// Copies a legacy `index.json` into the store (idempotent) and renames it.
+    private func migrateLegacyIndex() throws {
+        guard let legacy = try fileStore.legacyIndex() else { return }
+        let present = legacy.adapters.filter {
+            FileManager.default.fileExists(atPath: fileStore.versionDir(name: $0.name, version: $0.version))
+        }
+        try db.importAdapterIndex(present, nextVersion: legacy.nextVersion)
+        try fileStore.retireLegacyIndex()
+        logger.notice(
+            "adapter index migrated into the store",
+            metadata: ["adapters": "\(present.count)", "dropped": "\(legacy.adapters.count - present.count)"])
     }
 
     /// Gives the registry the loaded model (adapters are validated against it).
@@ -181,6 +289,7 @@ public final class AdapterRegistry: @unchecked Sendable {
         lock.withLock {
             var s = AdapterStats()
             s.registered = records.count
+            s.versions = versions.values.reduce(0) { $0 + $1.count }
             s.cached = cache.count
             s.cachedBytes = cachedBytes
             s.cacheLimitBytes = cacheLimit
@@ -207,7 +316,7 @@ public final class AdapterRegistry: @unchecked Sendable {
 
     private func infoLocked(_ r: AdapterRecord) -> AdapterInfo {
         let resident = cache[r.version] != nil || live[r.version]?.value != nil
-        return AdapterInfo(record: r, resident: resident, lastUsed: lastUsed[r.name])
+        return AdapterInfo(record: r, resident: resident, lastUsed: lastUsed[r.name], versionCount: versions[r.name]?.count ?? 1)
     }
 
     // MARK: - Serving
@@ -279,7 +388,7 @@ public final class AdapterRegistry: @unchecked Sendable {
                 return true
             }
             guard start else { return }
-            let dir = store.versionDir(name: r.name, version: r.version)
+            let dir = fileStore.versionDir(name: r.name, version: r.version)
             let path = r.format == .gguf ? dir + "/adapter.gguf" : dir
             loadQueue.async { [self] in
                 let result: Result<any AdapterWeights, any Error>
@@ -307,21 +416,56 @@ public final class AdapterRegistry: @unchecked Sendable {
         }
     }
 
-    // MARK: - Registration
+    // MARK: - Publishing
 
-    /// Registers `source` under `name`: copies the files into the state directory, validates them against the
-    /// base model, and makes the new version current (atomically replacing an existing one when `replace`).
-    /// Returns the new record and the version it replaced. Durable before it returns.
-    /// - Throws: ``AdapterRegistryError``.
+    /// Publishes `source` as a new version of `name`: copies the files into the state directory, validates them
+    /// against the base model, and makes the new version current, atomically for new requests (running ones keep
+    /// theirs). Durable before it returns; earlier versions past the keep window are pruned afterwards.
+    ///
+    /// Repeating a publish is harmless: when `lineage.jobID` is set and `name` already has a version from that job
+    /// with the same files (sha256), that version is returned with `unchanged`; without a job id, files equal to
+    /// the current version's also return it unchanged.
+    /// - Parameters:
+    ///   - name: the adapter name (created when new).
+    ///   - source: where the files come from.
+    ///   - lineage: parent version, job id, data range and gate numbers to record with the version.
+    ///   - expectedParent: compare and swap: nil = no check; `.some(nil)` = `name` must not exist yet;
+    ///     `.some(v)` = the current version must be `v`.
+    /// - Throws: ``AdapterRegistryError``: `parentChanged(current:)` when the check fails, `invalidAdapter`,
+    ///   `badSource`, `outsideImportDirs`, `store` (`diskFull` = HTTP 507), `notReady`.
+    @discardableResult
+    public func publish(
+        name: String, source: AdapterSource, lineage: AdapterLineage = AdapterLineage(), expectedParent: Int?? = nil
+    ) async throws -> AdapterPublishResult {
+        try await publish(name: name, source: source, lineage: lineage, expectedParent: expectedParent, refuseExisting: false)
+    }
+
+    /// Registers `source` under `name` (``publish(name:source:lineage:expectedParent:)`` without lineage or check),
+    /// refusing an existing name unless `replace`. Returns the current record and the version it replaced.
+    /// - Throws: ``AdapterRegistryError`` (`alreadyExists` when `replace` is false and the name exists).
     @discardableResult
     public func register(name: String, source: AdapterSource, replace: Bool = true) async throws
         -> (record: AdapterRecord, replaced: Int?)
     {
+        let r = try await publish(name: name, source: source, lineage: AdapterLineage(), expectedParent: nil, refuseExisting: !replace)
+        return (r.record, r.replaced)
+    }
+
+    /// ``publish(name:source:lineage:expectedParent:)``; `refuseExisting` fails with `alreadyExists` when the name
+    /// exists (`register(replace: false)`, vLLM's load without `load_inplace`).
+    func publish(
+        name: String, source: AdapterSource, lineage: AdapterLineage, expectedParent: Int??, refuseExisting: Bool
+    ) async throws -> AdapterPublishResult {
         try validate(name: name)
         guard let backend = lock.withLock({ self.backend }) else { throw AdapterRegistryError.notReady }
-        if !replace, contains(name) { throw AdapterRegistryError.alreadyExists(name) }
+        let current = lock.withLock { records[name]?.version }
+        if refuseExisting, current != nil { throw AdapterRegistryError.alreadyExists(name) }
+        // Fail early on a lost compare-and-swap, unless this may be the repeat of a job's publish that succeeded.
+        if lineage.jobID == nil, let expected = expectedParent, expected != current {
+            throw AdapterRegistryError.parentChanged(current: current)
+        }
         let staging: String
-        do { staging = try store.makeStaging() } catch let e as AdapterStoreError { throw AdapterRegistryError.store(e) }
+        do { staging = try fileStore.makeStaging() } catch let e as AdapterStoreError { throw AdapterRegistryError.store(e) }
         var promoted = false
         defer { if !promoted { try? FileManager.default.removeItem(atPath: staging) } }
 
@@ -341,79 +485,260 @@ public final class AdapterRegistry: @unchecked Sendable {
             throw AdapterRegistryError.invalidAdapter(name: name, reason: "\(error)")
         }
         try await durable
-        // 3. Commit: version dir, then index; the in-memory switch happens only after both are durable.
-        let (record, previous) = try commit(
-            name: name, staging: staging, staged: staged, weights: weights, replace: replace, promoted: &promoted)
-        if let p = previous { store.removeVersion(name: p.name, version: p.version) }
-        logger.notice(
-            "adapter registered",
-            metadata: [
-                "adapter": "\(name)", "version": "\(record.version)", "replaced": "\(previous.map { String($0.version) } ?? "none")",
-                "format": "\(staged.format.rawValue)", "rank": "\(record.rank)", "sha256": "\(record.sha256)",
-            ])
-        return (record, previous?.version)
+        // 3. Commit: version dir, then the transaction; the in-memory switch happens only after both are durable.
+        let result = try await runInBackground {
+            try self.commit(
+                name: name, staging: staging, staged: staged, weights: weights, lineage: lineage,
+                expectedParent: expectedParent, refuseExisting: refuseExisting, promoted: &promoted)
+        }
+        if result.unchanged {
+            logger.info("adapter publish repeated; the version exists", metadata: ["adapter": "\(name)", "version": "\(result.record.version)"])
+        } else {
+            logger.notice(
+                "adapter published",
+                metadata: [
+                    "adapter": "\(name)", "version": "\(result.record.version)",
+                    "replaced": "\(result.replaced.map { String($0) } ?? "none")", "format": "\(staged.format.rawValue)",
+                    "rank": "\(result.record.rank)", "sha256": "\(result.record.sha256)",
+                    "parent": "\(lineage.parentVersion.map { String($0) } ?? "none")", "job": "\(lineage.jobID ?? "none")",
+                ])
+        }
+        return result
     }
 
     private func commit(
-        name: String, staging: String, staged: Staged, weights: any AdapterWeights, replace: Bool, promoted: inout Bool
-    ) throws -> (AdapterRecord, AdapterRecord?) {
+        name: String, staging: String, staged: Staged, weights: any AdapterWeights, lineage: AdapterLineage,
+        expectedParent: Int??, refuseExisting: Bool, promoted: inout Bool
+    ) throws -> AdapterPublishResult {
         commitLock.lock()
         defer { commitLock.unlock() }
-        let (version, previous): (Int, AdapterRecord?) = lock.withLock { (nextVersion, records[name]) }
-        if !replace, previous != nil { throw AdapterRegistryError.alreadyExists(name) }
+        let (version, previous, kept): (Int, AdapterRecord?, [Int: AdapterRecord]) = lock.withLock {
+            (nextVersion, records[name], versions[name] ?? [:])
+        }
+        // A repeat of a job's publish (e.g. after a crash before the job recorded it): the version exists.
+        if let job = lineage.jobID,
+            let same = kept.values.first(where: { $0.lineage.jobID == job && $0.sha256 == staged.sha256 && $0.format == staged.format })
+        {
+            return AdapterPublishResult(record: same, replaced: nil, unchanged: true)
+        }
+        if refuseExisting, previous != nil { throw AdapterRegistryError.alreadyExists(name) }
+        if let expected = expectedParent, expected != previous?.version {
+            throw AdapterRegistryError.parentChanged(current: previous?.version)
+        }
+        if lineage.jobID == nil, let p = previous, p.sha256 == staged.sha256, p.format == staged.format {
+            return AdapterPublishResult(record: p, replaced: nil, unchanged: true)
+        }
+        // JSON as the store gives it back (object keys sorted), so the record is the same before and after a restart.
+        var stored = lineage
+        stored.dataRange = lineage.dataRange.map { JSONValue.parse($0.serialized) }
+        stored.gate = lineage.gate.map { JSONValue.parse($0.serialized) }
         let record = AdapterRecord(
             name: name, version: version, format: staged.format, sha256: staged.sha256, rank: weights.adapterRank,
             alpha: weights.adapterAlpha, targets: weights.adapterTargets, residentBytes: weights.residentBytes,
-            fileBytes: staged.bytes, source: staged.source, createdAt: Date().timeIntervalSince1970)
+            fileBytes: staged.bytes, source: staged.source, createdAt: Date().timeIntervalSince1970, lineage: stored)
+        // The number is spent even if the commit fails below: numbers are never reused.
+        lock.withLock { nextVersion = version + 1 }
         do {
-            _ = try store.promote(staging: staging, name: name, version: version)
+            _ = try fileStore.promote(staging: staging, name: name, version: version)
             promoted = true
-            var index = AdapterStore.Index()
-            index.nextVersion = version + 1
-            index.adapters = lock.withLock { Array(records.values) }.filter { $0.name != name } + [record]
-            index.adapters.sort { $0.name < $1.name }
             do {
-                try store.writeIndex(index)
-            } catch {
-                store.removeVersion(name: name, version: version)
-                throw error
+                try db.commitAdapterVersion(record, previous: previous?.version)
+            } catch let e as StoreError {
+                fileStore.removeVersion(name: name, version: version)
+                throw AdapterStoreError.from(e)
             }
         } catch let e as AdapterStoreError {
             throw AdapterRegistryError.store(e)
         }
         lock.withLock {
-            nextVersion = version + 1
             records[name] = record
+            versions[name, default: [:]][version] = record
+            // The replaced version stays on disk; only the cache lets go of it (a holder keeps its weights).
             if let p = previous, let c = cache.removeValue(forKey: p.version) {
                 cachedBytes -= c.weights.residentBytes
             }
             insertLocked(version: version, weights: weights)
         }
-        return (record, previous)
+        pruneCommitted(name: name)
+        return AdapterPublishResult(record: record, replaced: previous?.version, unchanged: false)
     }
 
-    /// Unregisters `name`. Running sequences keep the weights they hold; new requests get 404.
+    /// Removes the versions of `name` outside the keep window that nobody pins or holds: rows first (one
+    /// transaction), then files (a crash in between leaves directories that start-up sweeps). Caller holds
+    /// `commitLock`. A failure is logged; the next prune tries again.
+    private func pruneCommitted(name: String) {
+        let victims: [Int] = lock.withLock {
+            guard let kept = versions[name], let current = records[name]?.version else { return [] }
+            let newestFirst = kept.keys.sorted(by: >)
+            let window = Set(newestFirst.prefix(keepVersions)).union([current])
+            var out: [Int] = []
+            for v in newestFirst where !window.contains(v) && (pins[v] ?? 0) == 0 && inflight[v] == nil {
+                // Let the cache go first: whatever still holds the weights then is a running sequence.
+                if let c = cache.removeValue(forKey: v) { cachedBytes -= c.weights.residentBytes }
+                if live[v]?.value != nil { continue }
+                out.append(v)
+            }
+            return out
+        }
+        guard !victims.isEmpty else { return }
+        do {
+            try db.deleteAdapterVersions(victims)
+        } catch {
+            logger.error("pruning adapter versions failed", metadata: ["adapter": "\(name)", "error": "\(error)"])
+            return
+        }
+        lock.withLock {
+            for v in victims {
+                versions[name]?[v] = nil
+                live[v] = nil
+            }
+        }
+        for v in victims { fileStore.removeVersion(name: name, version: v) }
+        logger.info("pruned adapter versions", metadata: ["adapter": "\(name)", "versions": "\(victims.sorted())"])
+    }
+
+    /// Changes how many versions are kept per name (SIGHUP); prunes every name to it at once.
+    public func setKeepVersions(_ n: Int) {
+        commitLock.lock()
+        defer { commitLock.unlock() }
+        let names: [String] = lock.withLock {
+            keepVersions = max(n, 1)
+            return Array(records.keys)
+        }
+        for name in names { pruneCommitted(name: name) }
+    }
+
+    /// Makes an earlier kept version of `name` current again: one transaction (recorded in the history), then the
+    /// in-memory switch, so new requests get it and running streams finish on theirs. Calls ``onRollback``.
+    /// Rolling back to the current version is allowed (recorded, hook called).
+    /// - Returns: the rollback (from and to versions).
+    /// - Throws: ``AdapterRegistryError/notFound(_:)``, ``AdapterRegistryError/versionNotFound(name:version:)``,
+    ///   ``AdapterRegistryError/store(_:)``.
+    @discardableResult
+    public func rollback(name: String, to version: Int) throws -> AdapterRollback {
+        let event: AdapterRollback
+        do {
+            commitLock.lock()
+            defer { commitLock.unlock() }
+            let (current, target): (AdapterRecord?, AdapterRecord?) = lock.withLock { (records[name], versions[name]?[version]) }
+            guard let current else { throw AdapterRegistryError.notFound(name) }
+            guard let target else { throw AdapterRegistryError.versionNotFound(name: name, version: version) }
+            let now = Date().timeIntervalSince1970
+            do {
+                try db.setCurrentAdapterVersion(name: name, version: version, from: current.version, kind: "rollback", at: now)
+            } catch let e as StoreError {
+                throw AdapterRegistryError.store(AdapterStoreError.from(e))
+            }
+            lock.withLock { records[name] = target }
+            event = AdapterRollback(name: name, fromVersion: current.version, toVersion: version, at: now)
+            pruneCommitted(name: name)
+        }
+        logger.notice("adapter rolled back", metadata: ["adapter": "\(name)", "from": "\(event.fromVersion)", "to": "\(version)"])
+        lock.withLock { rollbackHandler }?(event)
+        return event
+    }
+
+    /// Called after every rollback (outside the registry's locks), e.g. by the continual-learning policy to pause
+    /// itself so that it does not replace the version the operator chose.
+    public var onRollback: (@Sendable (AdapterRollback) -> Void)? {
+        get { lock.withLock { rollbackHandler } }
+        set { lock.withLock { rollbackHandler = newValue } }
+    }
+
+    /// Keeps `version` of `name` (its row and files) until unpinned, even outside the keep window, e.g. the parent
+    /// of a fine-tuning job from creation to publish. Pins are durable and counted per holder (a job id); pinning
+    /// twice needs two unpins.
+    /// - Throws: ``AdapterRegistryError/notFound(_:)``, ``AdapterRegistryError/versionNotFound(name:version:)``,
+    ///   ``AdapterRegistryError/store(_:)``.
+    public func pin(name: String, version: Int, holder: String = "") throws {
+        commitLock.lock()
+        defer { commitLock.unlock() }
+        let (exists, kept) = lock.withLock { (records[name] != nil, versions[name]?[version] != nil) }
+        guard exists else { throw AdapterRegistryError.notFound(name) }
+        guard kept else { throw AdapterRegistryError.versionNotFound(name: name, version: version) }
+        do { try db.pinAdapterVersion(version, holder: holder) } catch let e as StoreError {
+            throw AdapterRegistryError.store(AdapterStoreError.from(e))
+        }
+        lock.withLock { pins[version, default: 0] += 1 }
+    }
+
+    /// Removes one pin of `holder` on `version` (nothing when there is none, e.g. the name was deleted since), then
+    /// prunes the name.
+    /// - Throws: ``AdapterRegistryError/store(_:)``.
+    public func unpin(name: String, version: Int, holder: String = "") throws {
+        commitLock.lock()
+        defer { commitLock.unlock() }
+        let had: Bool
+        do { had = try db.unpinAdapterVersion(version, holder: holder) } catch let e as StoreError {
+            throw AdapterRegistryError.store(AdapterStoreError.from(e))
+        }
+        guard had else { return }
+        lock.withLock {
+            let n = (pins[version] ?? 1) - 1
+            pins[version] = n > 0 ? n : nil
+        }
+        pruneCommitted(name: name)
+    }
+
+    /// Unregisters `name` and removes all its versions (rows, pins, history, files). Running sequences keep the
+    /// weights they hold; new requests get 404.
     /// - Throws: ``AdapterRegistryError/notFound(_:)``, ``AdapterRegistryError/store(_:)``.
     @discardableResult
     public func remove(name: String) throws -> AdapterRecord {
         commitLock.lock()
         defer { commitLock.unlock() }
-        let (rec, rest, next): (AdapterRecord?, [AdapterRecord], Int) = lock.withLock {
-            (records[name], records.values.filter { $0.name != name }, nextVersion)
+        guard let rec = lock.withLock({ records[name] }) else { throw AdapterRegistryError.notFound(name) }
+        do { try db.deleteAdapter(name: name) } catch let e as StoreError {
+            throw AdapterRegistryError.store(AdapterStoreError.from(e))
         }
-        guard let rec else { throw AdapterRegistryError.notFound(name) }
-        var index = AdapterStore.Index()
-        index.nextVersion = next
-        index.adapters = rest.sorted { $0.name < $1.name }
-        do { try store.writeIndex(index) } catch let e as AdapterStoreError { throw AdapterRegistryError.store(e) }
-        lock.withLock {
+        let gone: [Int] = lock.withLock {
+            let vs = Array((versions.removeValue(forKey: name) ?? [:]).keys)
             records[name] = nil
             lastUsed[name] = nil
-            if let c = cache.removeValue(forKey: rec.version) { cachedBytes -= c.weights.residentBytes }
+            for v in vs {
+                pins[v] = nil
+                if let c = cache.removeValue(forKey: v) { cachedBytes -= c.weights.residentBytes }
+            }
+            return vs
         }
-        store.removeVersion(name: rec.name, version: rec.version)
-        logger.notice("adapter removed", metadata: ["adapter": "\(name)", "version": "\(rec.version)"])
+        fileStore.removeAll(name: name)
+        logger.notice("adapter removed", metadata: ["adapter": "\(name)", "version": "\(rec.version)", "versions": "\(gone.count)"])
         return rec
+    }
+
+    /// Kept versions of `name`, newest first.
+    /// - Throws: ``AdapterRegistryError/notFound(_:)``.
+    public func versions(of name: String) throws -> [AdapterVersionInfo] {
+        try lock.withLock {
+            guard let current = records[name]?.version, let kept = versions[name] else { throw AdapterRegistryError.notFound(name) }
+            return kept.keys.sorted(by: >).map { v in
+                AdapterVersionInfo(
+                    record: kept[v]!, current: v == current, pinned: (pins[v] ?? 0) > 0,
+                    resident: cache[v] != nil || live[v]?.value != nil)
+            }
+        }
+    }
+
+    /// The newest publish and rollback events of `name` (at most `limit`, newest first).
+    /// - Throws: ``AdapterRegistryError/notFound(_:)``, ``AdapterRegistryError/store(_:)``.
+    public func history(of name: String, limit: Int = 50) throws -> [AdapterHistoryEvent] {
+        guard contains(name) else { throw AdapterRegistryError.notFound(name) }
+        do { return try db.adapterHistory(name: name, limit: min(max(limit, 1), Self.maxHistory)) } catch let e as StoreError {
+            throw AdapterRegistryError.store(AdapterStoreError.from(e))
+        }
+    }
+
+    /// Where a kept version's files are: the `.gguf` file, or the PEFT directory. Read-only for callers (a job
+    /// continuing from this version loads them); pin the version first if it must outlive a publish.
+    /// - Throws: ``AdapterRegistryError/notFound(_:)``, ``AdapterRegistryError/versionNotFound(name:version:)``.
+    public func files(name: String, version: Int) throws -> (format: AdapterFormat, path: String) {
+        let r: AdapterRecord = try lock.withLock {
+            guard versions[name] != nil else { throw AdapterRegistryError.notFound(name) }
+            guard let r = versions[name]?[version] else { throw AdapterRegistryError.versionNotFound(name: name, version: version) }
+            return r
+        }
+        let dir = fileStore.versionDir(name: name, version: version)
+        return (r.format, r.format == .gguf ? dir + "/adapter.gguf" : dir)
     }
 
     /// Registers every new or changed adapter in ``scanDir`` (a `*.gguf` file or a PEFT directory per name).
@@ -508,10 +833,12 @@ public final class AdapterRegistry: @unchecked Sendable {
     private func stage(_ source: AdapterSource, into staging: String) throws -> Staged {
         var total = 0
         switch source {
-        case .path(let raw):
+        case .path(let raw), .directory(let raw):
             guard let real = Self.resolvedPath(raw) else { throw AdapterRegistryError.badSource("'\(raw)' does not exist") }
+            var trusted = false
+            if case .directory = source { trusted = true }
             let allowed = importDirs + (scanDir.map { [$0] } ?? [])
-            func inside(_ p: String) -> Bool { allowed.contains { p.hasPrefix($0 + "/") } }
+            func inside(_ p: String) -> Bool { trusted || allowed.contains { p.hasPrefix($0 + "/") } }
             guard inside(real) else { throw AdapterRegistryError.outsideImportDirs(path: raw) }
             let (format, files) = try Self.layout(of: real)
             let hasher = SHA256Hasher()  // over the files in order, as `hash(files:)` computes it

@@ -1,13 +1,15 @@
-// AdapterStore: the durable half of the adapter registry, under `<state_dir>/adapters/`.
+// AdapterStore: the files of the adapter registry, under `<state_dir>/adapters/`. The index (which versions exist,
+// which one is current per name, their lineage) lives in the daemon's SQLite store (LoradStore, migration
+// "v3_adapters"); this type only keeps the files.
 //
-//   index.json                  every registered adapter's current version (written atomically, fsynced)
 //   store/<name>/<version>/     that version's files: adapter.gguf, or adapter_config.json + adapter_model.safetensors
 //   staging/<random>/           files being received or copied; promoted by rename, swept at startup
+//   index.json.migrated         the JSON index of earlier releases, once its rows were copied into the store
 //
-// A registration is durable before it is answered: the files are written and fsynced in staging, the directory
-// is renamed into store/, then index.json is replaced (write temp, fsync, rename, fsync directory). A crash at
-// any point leaves either the old index (the new files are swept as orphans) or the new one with its files.
-// A full disk fails the registration with the old state intact.
+// A publish is durable before it is answered: the files are written and fsynced in staging, the directory is renamed
+// into store/ (both parents fsynced), then one SQLite transaction inserts the version and makes it current. A crash
+// before the transaction leaves a version directory no row lists: start-up removes it. A full disk fails the
+// publish with the old state intact.
 
 import CCrypto
 import Foundation
@@ -18,7 +20,36 @@ import Glibc
 import Musl
 #endif
 
-/// One registered adapter version as persisted in `index.json` and listed by `GET /v1/adapters`.
+/// Where a version came from: what it was trained from, by which job, on which data, and the evaluation gate's
+/// numbers. Everything is optional: a version registered by hand has no lineage.
+public struct AdapterLineage: Sendable, Equatable {
+    /// The version the training continued from (fixed when the job was created), nil for a fresh adapter.
+    public var parentVersion: Int?
+    /// The fine-tuning job that produced it (`ftjob-…`).
+    public var jobID: String?
+    /// The data the job trained on (e.g. `{"feedback": {"since": …, "until": …}}` or file ids), as the job gives it.
+    public var dataRange: JSONValue?
+    /// The evaluation gate's numbers (held-out loss before/after, forgetting probe), as the job gives them.
+    /// (`dataRange` and `gate` are stored as JSON text; object keys come back sorted.)
+    public var gate: JSONValue?
+    /// Free-form string pairs kept with the version.
+    public var metadata: [String: String]
+
+    /// A lineage; every field defaults to "unknown".
+    public init(
+        parentVersion: Int? = nil, jobID: String? = nil, dataRange: JSONValue? = nil, gate: JSONValue? = nil,
+        metadata: [String: String] = [:]
+    ) {
+        self.parentVersion = parentVersion
+        self.jobID = jobID
+        self.dataRange = dataRange
+        self.gate = gate
+        self.metadata = metadata
+    }
+}
+
+/// One adapter version as persisted in the store and listed by `GET /v1/adapters` (the current one) and
+/// `GET /v1/adapters/{name}/versions` (all kept ones). Codable only to read the JSON index of earlier releases.
 public struct AdapterRecord: Codable, Sendable, Equatable {
     /// Registry name: what requests put in `model`.
     public var name: String
@@ -41,6 +72,8 @@ public struct AdapterRecord: Codable, Sendable, Equatable {
     public var source: String
     /// Registration time, seconds since 1970.
     public var createdAt: Double
+    /// Parent version, job, data range and gate numbers (not part of the legacy JSON index).
+    public var lineage = AdapterLineage()
 
     enum CodingKeys: String, CodingKey {
         case name, version, format, sha256, rank, alpha, targets, source
@@ -56,6 +89,12 @@ public enum AdapterStoreError: Error, CustomStringConvertible, Equatable {
     case diskFull(String)
     case corruptIndex(String)
 
+    /// The store's failure as a registry store failure (SQLITE_FULL stays a full disk).
+    static func from(_ e: StoreError) -> AdapterStoreError {
+        if case .diskFull(let m) = e { return .diskFull(m) }
+        return .io("adapter index (SQLite): \(e)")
+    }
+
     public var description: String {
         switch self {
         case .io(let m): return m
@@ -70,13 +109,15 @@ public enum AdapterStoreError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Files and index of the registry on disk. Not thread-safe: the registry serialises calls.
+/// Files of the registry on disk. Not thread-safe: the registry serialises calls.
 final class AdapterStore {
     let root: String
     var storeDir: String { root + "/store" }
     var stagingDir: String { root + "/staging" }
-    var indexPath: String { root + "/index.json" }
+    /// The JSON index of earlier releases (read once, then renamed to `index.json.migrated`).
+    var legacyIndexPath: String { root + "/index.json" }
 
+    /// The legacy `index.json` layout.
     struct Index: Codable {
         var formatVersion: Int = 1
         var nextVersion: Int = 1
@@ -106,36 +147,40 @@ final class AdapterStore {
         }
     }
 
-    /// Reads `index.json` (an absent file is an empty registry) and removes version directories it does not list.
-    func loadIndex() throws -> Index {
-        var index = Index()
-        if let data = FileManager.default.contents(atPath: indexPath) {
-            do {
-                index = try JSONDecoder().decode(Index.self, from: data)
-            } catch {
-                throw AdapterStoreError.corruptIndex("\(indexPath): \(error)")
-            }
+    /// The legacy `index.json`, or nil when there is none (already migrated, or a new state directory).
+    /// - Throws: ``AdapterStoreError/corruptIndex(_:)`` when it exists but does not parse.
+    func legacyIndex() throws -> Index? {
+        guard let data = FileManager.default.contents(atPath: legacyIndexPath) else { return nil }
+        do {
+            return try JSONDecoder().decode(Index.self, from: data)
+        } catch {
+            throw AdapterStoreError.corruptIndex("\(legacyIndexPath): \(error)")
         }
-        // Orphans: directories of versions that never made it into the index (crash between rename and index).
-        let listed = Set(index.adapters.map { "\($0.name)/\($0.version)" })
+    }
+
+    /// Renames `index.json` to `index.json.migrated` (durably), once its rows are in the store.
+    func retireLegacyIndex() throws {
+        let dest = legacyIndexPath + ".migrated"
+        if rename(legacyIndexPath, dest) != 0 { throw AdapterStoreError.from(errno: errno, "rename \(legacyIndexPath)") }
+        try Self.fsyncDirectory(root)
+    }
+
+    /// Removes version directories that `listed` ("name/version") does not contain: versions whose publish
+    /// crashed between the files and the transaction, or whose rows a prune deleted before its files.
+    /// Returns the removed "name/version" entries.
+    @discardableResult
+    func sweepOrphans(keeping listed: Set<String>) -> [String] {
         let fm = FileManager.default
+        var removed: [String] = []
         for name in (try? fm.contentsOfDirectory(atPath: storeDir)) ?? [] {
             let dir = storeDir + "/" + name
             for v in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where !listed.contains("\(name)/\(v)") {
                 try? fm.removeItem(atPath: dir + "/" + v)
+                removed.append("\(name)/\(v)")
             }
             if ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).isEmpty { try? fm.removeItem(atPath: dir) }
         }
-        return index
-    }
-
-    /// Replaces `index.json` atomically and durably.
-    func writeIndex(_ index: Index) throws {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data: Data
-        do { data = try enc.encode(index) } catch { throw AdapterStoreError.io("encoding the index: \(error)") }
-        try Self.writeDurably(data, to: indexPath)
+        return removed
     }
 
     /// Directory holding one version's files.
@@ -159,7 +204,12 @@ final class AdapterStore {
         return dest
     }
 
-    /// Removes one version's files (best effort: the index no longer lists them).
+    /// Removes every version directory of `name` (best effort: the store no longer lists them).
+    func removeAll(name: String) {
+        try? FileManager.default.removeItem(atPath: storeDir + "/" + name)
+    }
+
+    /// Removes one version's files (best effort: the store no longer lists them).
     func removeVersion(name: String, version: Int) {
         let fm = FileManager.default
         try? fm.removeItem(atPath: versionDir(name: name, version: version))

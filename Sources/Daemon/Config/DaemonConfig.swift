@@ -51,6 +51,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var adapterImportDirs: [String]?
     public var adapterDir: String?
     public var adapterCacheMB: Int?
+    public var adapterKeepVersions: Int?
     public var adminGroup: String?
     public var maxUploadBytes: Int?
     public var readTimeout: Double?
@@ -76,6 +77,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case adapterImportDirs = "adapter_import_dirs"
         case adapterDir = "adapter_dir"
         case adapterCacheMB = "adapter_cache_mb"
+        case adapterKeepVersions = "adapter_keep_versions"
         case adminGroup = "admin_group"
         case maxUploadBytes = "max_upload_bytes"
         case readTimeout = "read_timeout"
@@ -104,6 +106,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.adapterImportDirs = adapterImportDirs ?? lower.adapterImportDirs
         r.adapterDir = adapterDir ?? lower.adapterDir
         r.adapterCacheMB = adapterCacheMB ?? lower.adapterCacheMB
+        r.adapterKeepVersions = adapterKeepVersions ?? lower.adapterKeepVersions
         r.adminGroup = adminGroup ?? lower.adminGroup
         r.maxUploadBytes = maxUploadBytes ?? lower.maxUploadBytes
         r.readTimeout = readTimeout ?? lower.readTimeout
@@ -195,6 +198,8 @@ public struct DaemonConfig: Sendable, Equatable {
     public var adapterDir: String?
     /// Resident adapter weights budget, MiB.
     public var adapterCacheMB: Int = 512
+    /// Versions kept per adapter name (besides pinned ones and those running sequences hold); live on SIGHUP.
+    public var adapterKeepVersions: Int = 10
     /// Group (name or id) whose members may manage adapters, besides root and lorad's own user.
     public var adminGroup: String?
     /// Largest adapter upload body, bytes.
@@ -316,6 +321,7 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             c.adapterCacheMB = mb
         }
+        c.adapterKeepVersions = try positive(l.adapterKeepVersions, "adapter_keep_versions", 10, max: 10_000)
         c.adminGroup = l.adminGroup
         c.maxUploadBytes = try positive(l.maxUploadBytes, "max_upload_bytes", 256 << 20, max: 1 << 32)
         if let t = l.readTimeout {

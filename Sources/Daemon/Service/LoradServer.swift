@@ -84,10 +84,11 @@ public enum LoradServer {
         state.maxUploadBytes = config.maxUploadBytes
         state.adminPolicy = try AdminPolicy.resolve(adminGroup: config.adminGroup)
         if let dir = config.stateDir {
+            let store = try LoradStore(stateDir: dir, maxBytes: config.storeMaxMB.map { $0 << 20 })
             let registry = try AdapterRegistry(
                 stateDir: dir, baseModelID: state.modelID, importDirs: config.adapterImportDirs,
                 scanDir: config.adapterDir, cacheBytes: config.adapterCacheMB << 20,
-                logger: Logger(label: "lorad.adapters"))
+                keepVersions: config.adapterKeepVersions, store: store, logger: Logger(label: "lorad.adapters"))
             state.registry = registry
             metrics.setAdapterSource { registry.stats }
             logger.info(
@@ -96,7 +97,6 @@ public enum LoradServer {
                     "state_dir": "\(dir)", "adapters": "\(registry.stats.registered)",
                     "import_dirs": "\(config.adapterImportDirs.joined(separator: ":"))",
                 ])
-            let store = try LoradStore(stateDir: dir, maxBytes: config.storeMaxMB.map { $0 << 20 })
             state.store = store
             metrics.setStoreSource { store.stats }
             logger.info(
@@ -192,6 +192,7 @@ final class Reloader: @unchecked Sendable {
         state.defaultMaxTokens = new.defaultMaxTokens
         if let registry = state.registry {
             registry.setCacheLimit(bytes: new.adapterCacheMB << 20)
+            registry.setKeepVersions(new.adapterKeepVersions)
             if registry.scanDir != nil {
                 let log = logger
                 Task {
@@ -225,7 +226,7 @@ final class Reloader: @unchecked Sendable {
             metadata: [
                 "max_sequences": "\(new.maxSequences)", "kv_cache_mb": "\(new.kvCacheMB)", "max_queue": "\(new.maxQueue)",
                 "max_body_bytes": "\(new.maxBodyBytes)", "log_level": "\(new.logLevel)",
-                "adapter_cache_mb": "\(new.adapterCacheMB)",
+                "adapter_cache_mb": "\(new.adapterCacheMB)", "adapter_keep_versions": "\(new.adapterKeepVersions)",
                 "max_prefill_tokens_per_step": "\(new.maxPrefillTokensPerStep)",
                 "step_time_target": "\(new.stepTimeTarget)",
                 "default_max_tokens": "\(new.defaultMaxTokens.map { String($0) } ?? "none")",

@@ -3,7 +3,8 @@
 // - WAL journal (DatabasePool), `synchronous = FULL` on every connection: a transaction that returned has been
 //   fsynced, so nothing is acknowledged to a client before it is on disk (SQLite docs, "PRAGMA synchronous").
 // - Schema by `DatabaseMigrator`; `v1` creates `stored_completion` and `feedback`. Later migrations add tables
-//   (fine-tuning jobs, files, the adapter registry) without touching these.
+//   (fine-tuning jobs, files, the adapter registry: `v3_adapters`, see AdapterVersionStore.swift) without
+//   touching these.
 // - A full disk (SQLITE_FULL, which SQLite's unix VFS also reports for ENOSPC) is ``StoreError/diskFull``; the
 //   failed transaction is rolled back and earlier rows stay as they were.
 // - All database work runs on GRDB's own dispatch queues through its async APIs, never on a NIO event loop.
@@ -130,7 +131,7 @@ public struct StoreStats: Sendable, Equatable {
 /// The durable store. Thread-safe; every method runs its SQL on GRDB's queues.
 public final class LoradStore: @unchecked Sendable {
     public let path: String
-    private let pool: DatabasePool
+    let pool: DatabasePool
     /// Size budget for stored completions (bytes of their JSON columns); nil = unbounded.
     public let maxBytes: Int?
     private let lock = NSLock()
@@ -207,6 +208,7 @@ public final class LoradStore: @unchecked Sendable {
                     CREATE INDEX feedback_model ON feedback(model, seq);
                     """)
         }
+        m.registerMigration("v3_adapters") { db in try createAdapterTables(db) }
         return m
     }
 
