@@ -81,3 +81,17 @@ import Testing
         #expect(try await reopened.file(id: kept.id) == kept)
     }
 }
+
+@Suite struct UploadLimitConfigTests {
+    @Test func maxUploadMBFromFlagAndFile() throws {
+        let env = ["HOME": "/h"]
+        #expect(try DaemonConfig.resolve(layer: ConfigLayer(), environment: env, fileExists: { _ in false }).maxUploadMB == 512)
+        let file = try ConfigFile.parse("max_upload_mb: 3\n", path: "t.yaml")
+        #expect(try DaemonConfig.resolve(layer: file, environment: env, fileExists: { _ in false }).maxUploadMB == 3)
+        var flags = ConfigLayer()
+        flags.maxUploadMB = 7
+        #expect(try DaemonConfig.resolve(layer: flags.over(file), environment: env, fileExists: { _ in false }).maxUploadMB == 7)
+        flags.maxUploadMB = 0
+        #expect(throws: ConfigError.self) { try DaemonConfig.resolve(layer: flags, environment: env, fileExists: { _ in false }) }
+    }
+}

@@ -121,20 +121,35 @@ extension APIHandler {
 
     /// Serves `POST /v1/files` from a streamed body. `next` returns the next body piece, nil at the end of the
     /// body; it throws when the client goes away. Returns whether the connection may serve another request
-    /// (false when the answer came before the body was read).
+    /// (false after a 413, which answers before the body is read).
     func handleUpload(
         head: HTTPRequestHead, writer: ResponseWriter, peer: PeerCredentials?, limit: Int,
         next: () async throws -> ByteBuffer?
     ) async -> Bool {
         var status = 500
         var keep = true
-        var reading = false
         do {
-            status = try await upload(head: head, writer: writer, peer: peer, limit: limit, reading: &reading, next: next)
+            status = try await upload(head: head, writer: writer, peer: peer, limit: limit, next: next)
         } catch let e as APIError {
             status = e.status
-            // Answered before or instead of reading the body (403, 404, 413, no boundary): close afterwards.
-            let close = !reading || e.status == 413
+            // Past the size limit: answer at once and close without reading the rest. Any other refusal (403,
+            // 404, no boundary, ...) reads and drops what is left of the body first, so that a client still
+            // sending gets the answer on an intact connection.
+            var close = e.status == 413
+            if !close {
+                do {
+                    var n = 0
+                    while let c = try await next() {
+                        n += c.readableBytes
+                        if n > limit {
+                            close = true
+                            break
+                        }
+                    }
+                } catch {
+                    close = true
+                }
+            }
             let w = close
                 ? ResponseWriter(outbound: writer.outbound, version: writer.version, keepAlive: false, allocator: writer.allocator)
                 : writer
@@ -150,7 +165,7 @@ extension APIHandler {
     }
 
     private func upload(
-        head: HTTPRequestHead, writer: ResponseWriter, peer: PeerCredentials?, limit: Int, reading: inout Bool,
+        head: HTTPRequestHead, writer: ResponseWriter, peer: PeerCredentials?, limit: Int,
         next: () async throws -> ByteBuffer?
     ) async throws -> Int {
         try Route.checkNotBrowser(headerNames: head.headers.map(\.name))
@@ -162,7 +177,6 @@ extension APIHandler {
         } catch let e as MultipartError {
             throw APIError.invalidMultipart(e)
         }
-        reading = true
 
         enum Part { case none, purpose, file, other }
         var part = Part.none
