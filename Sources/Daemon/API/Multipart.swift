@@ -11,9 +11,10 @@
 // The delimiter inside the body is CRLF "--" boundary; the first boundary may come without its CRLF (the
 // parser pretends the stream starts with one). `padding` is linear whitespace (transport padding).
 //
-// vapor/multipart-kit 4.7.1 was considered: its parser keeps its state private, so a body cut short after a
-// complete part cannot be told from a finished one, header lines grow without a bound, and it brings the
-// whole swift-collections umbrella product for the ordered dictionary of its form decoder.
+// vapor/multipart-kit 4.7.1 was considered: its parser keeps its state private and reports a part complete
+// one byte after the delimiter, so a body cut short there ("…\r\n--boundary-") cannot be told from a finished
+// one; its header lines grow without a bound; and it adds swift-collections' whole umbrella product for the
+// ordered dictionary of its form decoder.
 
 /// A failure to parse a multipart body (a 400 for the client).
 public enum MultipartError: Error, Equatable, CustomStringConvertible {
