@@ -108,6 +108,8 @@ public struct ServeCommand: AsyncParsableCommand {
     var defaultMaxTokens: Int?
     @Option(name: .customLong("store-max-mb"), help: "Budget of stored completions, MiB; the oldest without feedback are pruned (default: unbounded).")
     var storeMaxMB: Int?
+    @Option(name: .customLong("max-upload-mb"), help: "Largest POST /v1/files upload, MiB (default 512).")
+    var maxUploadMB: Int?
 
     public init() {}
 
@@ -137,6 +139,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.stepTimeTarget = stepTimeTarget
         l.defaultMaxTokens = defaultMaxTokens
         l.storeMaxMB = storeMaxMB
+        l.maxUploadMB = maxUploadMB
         return l
     }
 

@@ -24,8 +24,9 @@ struct UnixHTTPClient {
 
     /// Sends the request; calls `onHead` with the status, then `onBody` for each body piece.
     /// - Throws: connection errors (as ``ClientError`` with the socket path), or whatever the callbacks throw.
+    /// `contentType` names the body's type (default `application/json`).
     func send(
-        method: HTTPMethod, path: String, json: [UInt8]? = nil,
+        method: HTTPMethod, path: String, json: [UInt8]? = nil, contentType: String = "application/json",
         onHead: (Int) throws -> Void, onBody: ([UInt8]) throws -> Void
     ) async throws {
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
@@ -47,7 +48,7 @@ struct UnixHTTPClient {
             headers.add(name: "Connection", value: "close")
             headers.add(name: "Accept", value: "application/json, text/event-stream")
             if let json {
-                headers.add(name: "Content-Type", value: "application/json")
+                headers.add(name: "Content-Type", value: contentType)
                 headers.add(name: "Content-Length", value: String(json.count))
             }
             var parts: [HTTPClientRequestPart] = [
@@ -78,10 +79,14 @@ struct UnixHTTPClient {
     }
 
     /// A whole response: status and body.
-    func fetch(method: HTTPMethod, path: String, json: [UInt8]? = nil) async throws -> (Int, [UInt8]) {
+    func fetch(
+        method: HTTPMethod, path: String, json: [UInt8]? = nil, contentType: String = "application/json"
+    ) async throws -> (Int, [UInt8]) {
         var status = 0
         var body: [UInt8] = []
-        try await send(method: method, path: path, json: json, onHead: { status = $0 }, onBody: { body += $0 })
+        try await send(
+            method: method, path: path, json: json, contentType: contentType, onHead: { status = $0 },
+            onBody: { body += $0 })
         return (status, body)
     }
 }

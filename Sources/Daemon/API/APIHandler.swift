@@ -28,6 +28,7 @@ public final class ServerState: @unchecked Sendable {
     private var drainingValue = false
     private var maxBodyBytesValue: Int
     private var maxUploadBytesValue: Int = 256 << 20
+    private var maxFileUploadBytesValue: Int = 512 << 20
     private var registryValue: AdapterRegistry?
     private var adminPolicyValue = AdminPolicy()
     private var defaultMaxTokensValue: Int?
@@ -58,6 +59,11 @@ public final class ServerState: @unchecked Sendable {
     public var maxUploadBytes: Int {
         get { lock.withLock { maxUploadBytesValue } }
         set { lock.withLock { maxUploadBytesValue = newValue } }
+    }
+    /// Largest `POST /v1/files` body, bytes (`--max-upload-mb`).
+    public var maxFileUploadBytes: Int {
+        get { lock.withLock { maxFileUploadBytesValue } }
+        set { lock.withLock { maxFileUploadBytesValue = newValue } }
     }
     /// The adapter registry (nil when there is no state directory).
     public var registry: AdapterRegistry? {
@@ -115,6 +121,8 @@ final class APIHandler: @unchecked Sendable {
                 status = try await dispatchAdapters(route, method: method, body: body, peer: peer, writer: writer)
             case .storedCompletion, .storedCompletionMessages, .feedback, .feedbackItem, .feedbackExport:
                 status = try await dispatchStore(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
+            case .files, .file, .fileContent:
+                status = try await dispatchFiles(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
             case .chatCompletions where method == "GET":
                 status = try await dispatchStore(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
             default:

@@ -38,7 +38,7 @@ struct ResponseWriter {
     /// A HEAD request: headers (with the Content-Length a GET would get) but no body bytes.
     var headOnly = false
 
-    private func head(_ status: Int, _ headers: [(String, String)]) -> HTTPResponseHead {
+    func head(_ status: Int, _ headers: [(String, String)]) -> HTTPResponseHead {
         var h = HTTPHeaders(headers)
         h.add(name: "Server", value: "lorad")
         if !keepAlive {
@@ -215,11 +215,43 @@ final class HTTPServer: @unchecked Sendable {
                 while let part = try await parts.next() {
                     guard case .head(let head) = part else { continue }
                     guard connections.setBusy(conn.channel, true) else { return }
-                    let limit = Self.isUpload(head) ? handler.state.maxUploadBytes : handler.state.maxBodyBytes
+                    let fileUpload = Self.isFileUpload(head)
+                    let limit =
+                        fileUpload
+                        ? handler.state.maxFileUploadBytes
+                        : Self.isUpload(head) ? handler.state.maxUploadBytes : handler.state.maxBodyBytes
                     var body: [UInt8] = []
                     var tooLarge = false
                     if let cl = head.headers.first(name: "content-length"), let n = Int(cl), n > limit {
                         tooLarge = true
+                    } else if fileUpload {
+                        // POST /v1/files: the body is streamed to the store, never held in memory.
+                        let keepAlive = head.isKeepAlive && !handler.state.isDraining
+                        let writer = ResponseWriter(
+                            outbound: outbound, version: head.version, keepAlive: keepAlive,
+                            allocator: conn.channel.allocator)
+                        var ended = false
+                        var continued = false
+                        let keep = await handler.handleUpload(head: head, writer: writer, peer: peer, limit: limit) {
+                            if ended { return nil }
+                            if !continued, head.headers.first(name: "expect")?.lowercased() == "100-continue" {
+                                continued = true
+                                try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .continue)))
+                            }
+                            while let p = try await parts.next() {
+                                switch p {
+                                case .body(let buf): return buf
+                                case .end:
+                                    ended = true
+                                    return nil
+                                case .head: throw ChannelError.inappropriateOperationForState
+                                }
+                            }
+                            throw ChannelError.eof
+                        }
+                        guard keepAlive && keep && ended else { return }
+                        guard connections.setBusy(conn.channel, false) else { return }
+                        continue
                     } else {
                         if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
                             // RFC 9110 §10.1.1: tell the client to send the body it is holding back.
@@ -261,6 +293,11 @@ final class HTTPServer: @unchecked Sendable {
         } catch {
             logger.debug("connection ended with error", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// `POST /v1/files`: streamed to the store under `--max-upload-mb`.
+    static func isFileUpload(_ head: HTTPRequestHead) -> Bool {
+        head.method == .POST && (try? Route.resolve(method: "POST", uri: head.uri)) == .files
     }
 
     /// Adapter registrations may carry uploaded files: they get the larger upload limit.

@@ -36,6 +36,12 @@ public enum Route: Sendable, Equatable {
     case feedbackItem(id: String)
     /// `GET` feedback as fine-tuning JSONL.
     case feedbackExport
+    /// `GET` lists files, `POST` uploads one (multipart/form-data).
+    case files
+    /// `GET` shows a file, `DELETE` deletes it.
+    case file(id: String)
+    /// `GET` a file's content.
+    case fileContent(id: String)
 
     /// Route template used as the `route` label in metrics.
     public var template: String {
@@ -60,6 +66,9 @@ public enum Route: Sendable, Equatable {
         case .feedback: return "/v1/feedback"
         case .feedbackItem: return "/v1/feedback/{id}"
         case .feedbackExport: return "/v1/feedback/export"
+        case .files: return "/v1/files"
+        case .file: return "/v1/files/{id}"
+        case .fileContent: return "/v1/files/{id}/content"
         }
     }
 
@@ -67,7 +76,8 @@ public enum Route: Sendable, Equatable {
     public var methods: [String] {
         switch self {
         case .completions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize, .adapterRollback: return ["POST"]
-        case .adapters, .chatCompletions, .feedback: return ["GET", "POST"]
+        case .adapters, .chatCompletions, .feedback, .files: return ["GET", "POST"]
+        case .file: return ["GET", "DELETE"]
         case .storedCompletion: return ["GET", "POST", "DELETE"]
         case .adapter: return ["GET", "DELETE"]
         default: return ["GET"]
@@ -105,6 +115,7 @@ public enum Route: Sendable, Equatable {
         case "/detokenize": route = .detokenize
         case "/v1/feedback": route = .feedback
         case "/v1/feedback/export": route = .feedbackExport
+        case "/v1/files": route = .files
         default:
             let prefix = "/v1/models/"
             if path.hasPrefix(prefix), path.count > prefix.count {
@@ -126,6 +137,15 @@ public enum Route: Sendable, Equatable {
                     route = .storedCompletion(id: String(parts[0]).removingPercentEncodingSafely())
                 } else if parts.count == 2, parts[1] == "messages", !parts[0].isEmpty {
                     route = .storedCompletionMessages(id: String(parts[0]).removingPercentEncodingSafely())
+                } else {
+                    throw APIError.routeNotFound(method: method, path: String(path))
+                }
+            } else if path.hasPrefix("/v1/files/"), path.count > "/v1/files/".count {
+                let parts = path.dropFirst("/v1/files/".count).split(separator: "/", omittingEmptySubsequences: false)
+                if parts.count == 1 {
+                    route = .file(id: String(parts[0]).removingPercentEncodingSafely())
+                } else if parts.count == 2, parts[1] == "content", !parts[0].isEmpty {
+                    route = .fileContent(id: String(parts[0]).removingPercentEncodingSafely())
                 } else {
                     throw APIError.routeNotFound(method: method, path: String(path))
                 }

@@ -60,6 +60,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var stepTimeTarget: Double?
     public var defaultMaxTokens: Int?
     public var storeMaxMB: Int?
+    public var maxUploadMB: Int?
 
     public init() {}
 
@@ -86,6 +87,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case stepTimeTarget = "step_time_target"
         case defaultMaxTokens = "default_max_tokens"
         case storeMaxMB = "store_max_mb"
+        case maxUploadMB = "max_upload_mb"
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -115,6 +117,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.stepTimeTarget = stepTimeTarget ?? lower.stepTimeTarget
         r.defaultMaxTokens = defaultMaxTokens ?? lower.defaultMaxTokens
         r.storeMaxMB = storeMaxMB ?? lower.storeMaxMB
+        r.maxUploadMB = maxUploadMB ?? lower.maxUploadMB
         return r
     }
 }
@@ -221,6 +224,8 @@ public struct DaemonConfig: Sendable, Equatable {
     /// Budget of stored completions in the store, MiB (the oldest rows no feedback refers to are pruned past it);
     /// nil: unbounded.
     public var storeMaxMB: Int?
+    /// Largest `POST /v1/files` upload, MiB (413 beyond).
+    public var maxUploadMB: Int = 512
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -350,6 +355,7 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             c.storeMaxMB = mb
         }
+        c.maxUploadMB = try positive(l.maxUploadMB, "max_upload_mb", 512, max: 1 << 20)
         return c
     }
 

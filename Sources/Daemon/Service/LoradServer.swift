@@ -82,6 +82,7 @@ public enum LoradServer {
         let metrics = DaemonMetrics()
         let state = ServerState(modelPath: config.model, maxBodyBytes: config.maxBodyBytes, metrics: metrics)
         state.maxUploadBytes = config.maxUploadBytes
+        state.maxFileUploadBytes = config.maxUploadMB << 20
         state.adminPolicy = try AdminPolicy.resolve(adminGroup: config.adminGroup)
         if let dir = config.stateDir {
             let store = try LoradStore(stateDir: dir, maxBytes: config.storeMaxMB.map { $0 << 20 })
@@ -189,6 +190,7 @@ final class Reloader: @unchecked Sendable {
         LoradServer.logLevel.level = new.logLevel
         state.maxBodyBytes = new.maxBodyBytes
         state.maxUploadBytes = new.maxUploadBytes
+        state.maxFileUploadBytes = new.maxUploadMB << 20
         state.defaultMaxTokens = new.defaultMaxTokens
         if let registry = state.registry {
             registry.setCacheLimit(bytes: new.adapterCacheMB << 20)

@@ -2,9 +2,9 @@
 //
 // - WAL journal (DatabasePool), `synchronous = FULL` on every connection: a transaction that returned has been
 //   fsynced, so nothing is acknowledged to a client before it is on disk (SQLite docs, "PRAGMA synchronous").
-// - Schema by `DatabaseMigrator`; `v1` creates `stored_completion` and `feedback`. Later migrations add tables
-//   (fine-tuning jobs, files, the adapter registry: `v3_adapters`, see AdapterVersionStore.swift) without
-//   touching these.
+// - Schema by `DatabaseMigrator`; `v1` creates `stored_completion` and `feedback`, `v2_files` the `file` table
+//   (FileStore.swift), `v3_adapters` the adapter registry (AdapterVersionStore.swift). Later migrations add tables
+//   (fine-tuning jobs) without touching these.
 // - A full disk (SQLITE_FULL, which SQLite's unix VFS also reports for ENOSPC) is ``StoreError/diskFull``; the
 //   failed transaction is rolled back and earlier rows stay as they were.
 // - All database work runs on GRDB's own dispatch queues through its async APIs, never on a NIO event loop.
@@ -131,6 +131,8 @@ public struct StoreStats: Sendable, Equatable {
 /// The durable store. Thread-safe; every method runs its SQL on GRDB's queues.
 public final class LoradStore: @unchecked Sendable {
     public let path: String
+    /// `<state_dir>/files/`: the content of stored files (see FileStore.swift).
+    public let filesDir: String
     let pool: DatabasePool
     /// Size budget for stored completions (bytes of their JSON columns); nil = unbounded.
     public let maxBytes: Int?
@@ -145,6 +147,7 @@ public final class LoradStore: @unchecked Sendable {
     public init(stateDir: String, maxBytes: Int? = nil) throws {
         try? FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
         path = stateDir + "/lorad.sqlite"
+        filesDir = stateDir + "/files"
         self.maxBytes = maxBytes
         var config = Configuration()
         config.prepareDatabase { db in
@@ -154,6 +157,8 @@ public final class LoradStore: @unchecked Sendable {
         do {
             pool = try DatabasePool(path: path, configuration: config)
             try Self.migrator.migrate(pool)
+            if mkdir(filesDir, 0o750) != 0 && errno != EEXIST { throw Self.ioError(errno, "mkdir \(filesDir)") }
+            try Self.removeOrphanFiles(pool: pool, dir: filesDir)
             let counts = try pool.read { db in
                 (
                     try Int.fetchOne(db, sql: "SELECT count(*) FROM stored_completion") ?? 0,
@@ -208,6 +213,7 @@ public final class LoradStore: @unchecked Sendable {
                     CREATE INDEX feedback_model ON feedback(model, seq);
                     """)
         }
+        registerFilesMigration(&m)
         m.registerMigration("v3_adapters") { db in try createAdapterTables(db) }
         return m
     }
@@ -224,7 +230,7 @@ public final class LoradStore: @unchecked Sendable {
         return .database("\(error)")
     }
 
-    private func run<T: Sendable>(write: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    func run<T: Sendable>(write: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return write ? try await pool.write(body) : try await pool.read(body)
         } catch {
