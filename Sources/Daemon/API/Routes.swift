@@ -32,6 +32,16 @@ public enum Route: Sendable, Equatable {
     case feedbackItem(id: String)
     /// `GET` feedback as fine-tuning JSONL.
     case feedbackExport
+    /// `GET` lists fine-tuning jobs, `POST` creates one.
+    case fineTuningJobs
+    /// `GET` one fine-tuning job.
+    case fineTuningJob(id: String)
+    /// `POST` `cancel`, `pause` or `resume` of a fine-tuning job.
+    case fineTuningJobAction(id: String, action: String)
+    /// `GET` a fine-tuning job's events.
+    case fineTuningJobEvents(id: String)
+    /// `GET` a fine-tuning job's checkpoints.
+    case fineTuningJobCheckpoints(id: String)
 
     /// Route template used as the `route` label in metrics.
     public var template: String {
@@ -54,6 +64,11 @@ public enum Route: Sendable, Equatable {
         case .feedback: return "/v1/feedback"
         case .feedbackItem: return "/v1/feedback/{id}"
         case .feedbackExport: return "/v1/feedback/export"
+        case .fineTuningJobs: return "/v1/fine_tuning/jobs"
+        case .fineTuningJob: return "/v1/fine_tuning/jobs/{id}"
+        case .fineTuningJobAction(_, let action): return "/v1/fine_tuning/jobs/{id}/\(action)"
+        case .fineTuningJobEvents: return "/v1/fine_tuning/jobs/{id}/events"
+        case .fineTuningJobCheckpoints: return "/v1/fine_tuning/jobs/{id}/checkpoints"
         }
     }
 
@@ -61,7 +76,8 @@ public enum Route: Sendable, Equatable {
     public var methods: [String] {
         switch self {
         case .completions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize: return ["POST"]
-        case .adapters, .chatCompletions, .feedback: return ["GET", "POST"]
+        case .adapters, .chatCompletions, .feedback, .fineTuningJobs: return ["GET", "POST"]
+        case .fineTuningJobAction: return ["POST"]
         case .storedCompletion: return ["GET", "POST", "DELETE"]
         case .adapter: return ["GET", "DELETE"]
         default: return ["GET"]
@@ -99,6 +115,7 @@ public enum Route: Sendable, Equatable {
         case "/detokenize": route = .detokenize
         case "/v1/feedback": route = .feedback
         case "/v1/feedback/export": route = .feedbackExport
+        case "/v1/fine_tuning/jobs": route = .fineTuningJobs
         default:
             let prefix = "/v1/models/"
             if path.hasPrefix(prefix), path.count > prefix.count {
@@ -115,6 +132,17 @@ public enum Route: Sendable, Equatable {
                     route = .storedCompletionMessages(id: String(parts[0]).removingPercentEncodingSafely())
                 } else {
                     throw APIError.routeNotFound(method: method, path: String(path))
+                }
+            } else if path.hasPrefix("/v1/fine_tuning/jobs/"), path.count > "/v1/fine_tuning/jobs/".count {
+                let parts = path.dropFirst("/v1/fine_tuning/jobs/".count).split(separator: "/", omittingEmptySubsequences: false)
+                let id = String(parts[0]).removingPercentEncodingSafely()
+                switch (parts.count, parts.count > 1 ? String(parts[1]) : "") {
+                case (1, _) where !id.isEmpty: route = .fineTuningJob(id: id)
+                case (2, "cancel"), (2, "pause"), (2, "resume"):
+                    route = .fineTuningJobAction(id: id, action: String(parts[1]))
+                case (2, "events"): route = .fineTuningJobEvents(id: id)
+                case (2, "checkpoints"): route = .fineTuningJobCheckpoints(id: id)
+                default: throw APIError.routeNotFound(method: method, path: String(path))
                 }
             } else if path.hasPrefix("/v1/feedback/"), path.count > "/v1/feedback/".count,
                 !path.dropFirst("/v1/feedback/".count).contains("/")

@@ -99,6 +99,9 @@ public enum LoradServer {
             let store = try LoradStore(stateDir: dir, maxBytes: config.storeMaxMB.map { $0 << 20 })
             state.store = store
             metrics.setStoreSource { store.stats }
+            state.jobs = FineTuningJobs(
+                store: store, files: DirectoryFineTuningFiles(root: dir + "/files"), stateDir: dir, state: state,
+                logger: Logger(label: "lorad.jobs"))
             logger.info(
                 "store open",
                 metadata: [
@@ -135,7 +138,7 @@ public enum LoradServer {
             configuration: .init(
                 services: [
                     .init(service: engineService), .init(service: apiService),
-                ],
+                ] + (state.jobs.map { [.init(service: JobService(jobs: $0))] } ?? []),
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "lorad.lifecycle")))
         try await group.run()

@@ -207,6 +207,7 @@ public final class LoradStore: @unchecked Sendable {
                     CREATE INDEX feedback_model ON feedback(model, seq);
                     """)
         }
+        m.registerMigration("v4_jobs") { db in try migrateV4Jobs(db) }
         return m
     }
 
@@ -222,7 +223,7 @@ public final class LoradStore: @unchecked Sendable {
         return .database("\(error)")
     }
 
-    private func run<T: Sendable>(write: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    func run<T: Sendable>(write: Bool, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return write ? try await pool.write(body) : try await pool.read(body)
         } catch {
