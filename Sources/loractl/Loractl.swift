@@ -4,6 +4,7 @@
 //   loractl chat                            interactive chat (keeps the conversation)
 //   loractl models | status                 what is served, and how busy it is
 //   loractl adapters list|add|show|rm       manage LoRA adapters (see Adapters.swift)
+//   loractl jobs create|list|show|events|cancel|pause|resume   fine-tuning jobs (see Jobs.swift)
 //
 // Socket: --socket, else $LORAD_SOCKET, else /run/lorad/lorad.sock, $XDG_RUNTIME_DIR/lorad.sock or
 // ./lorad.sock, whichever exists first. API errors print the server's message on stderr and exit non-zero.
@@ -150,7 +151,7 @@ func findEventEnd(_ bytes: [UInt8]) -> Int? {
 struct Loractl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loractl", abstract: "Talk to lorad over its Unix socket.",
-        subcommands: [Generate.self, Chat.self, Models.self, Status.self, Adapters.self, Feedback.self, Bench.self])
+        subcommands: [Generate.self, Chat.self, Models.self, Status.self, Adapters.self, Feedback.self, Jobs.self, Bench.self])
 }
 
 struct Generate: AsyncParsableCommand {
