@@ -271,6 +271,67 @@ import Glibc
         #expect(metrics.contains("lorad_fine_tuning_jobs{status=\"cancelled\"} 1"))
     }
 
+    @Test func feedbackJobWithValidationThroughLoractl() throws {
+        trainingLock.lock()
+        defer { trainingLock.unlock() }
+        let d = try LoradProcess()
+        defer { d.stop() }
+        // Stored completions and feedback: two corrections and a thumbs-up → three SFT lines.
+        var ids: [String] = []
+        for q in ["Name a color.", "Name a fruit.", "Name a planet."] {
+            let r = try d.post(
+                "/v1/chat/completions",
+                json: ["messages": [["role": "user", "content": q]], "max_tokens": 4, "temperature": 0, "store": true]
+                    as [String: Any])
+            ids.append(try #require(try r.json()["id"] as? String))
+        }
+        for (id, fb) in zip(ids, [["correction": "COLOR => red"], ["correction": "FRUIT => apple"], ["rating": 1]]) {
+            var body: [String: Any] = ["completion_id": id]
+            for (k, v) in fb { body[k] = v }
+            #expect(try d.post("/v1/feedback", json: body).status == 201)
+        }
+        _ = try Self.putFile(d, "file-valid", try chatJSONL(Array(Self.examples.prefix(2))))
+
+        var r = try loractl(
+            d, ["jobs", "create", "--model", "gemma-3-270m-q4_k_m", "--feedback-model", "gemma-3-270m-q4_k_m",
+                "--validation-file", "file-valid", "--epochs", "1", "--batch-size", "1", "--rank", "2", "--alpha", "4",
+                "--checkpoint-every", "1", "--suffix", "fb", "--seed", "3"])
+        #expect(r.0 == 0, "\(r)")
+        let id = try #require(r.1.split(separator: " ").first.map(String.init))
+        #expect(id.hasPrefix("ftjob-"))
+        // The job trains on exactly the feedback export's lines.
+        let export = try d.get("/v1/feedback/export?model=gemma-3-270m-q4_k_m&format=sft")
+        let trained = try String(contentsOfFile: d.dir.appendingPathComponent("state/jobs/\(id)/train.jsonl").path, encoding: .utf8)
+        #expect(trained == export.text)
+        #expect(trained.split(separator: "\n").count == 3)
+
+        // --follow prints progress lines until the end, then the summary.
+        r = try loractl(d, ["jobs", "show", id, "--follow"])
+        #expect(r.0 == 0, "\(r)")
+        #expect(r.1.contains(" step 3/3"), "\(r.1)")
+        #expect(r.1.split(separator: "\n").last?.contains("succeeded") == true, "\(r.1)")
+        #expect(r.1.contains("→ fb"))
+        r = try loractl(d, ["jobs", "events", id])
+        #expect(r.0 == 0 && r.1.contains("published: fb@"), "\(r)")
+        r = try loractl(d, ["jobs", "list"])
+        #expect(r.0 == 0 && r.1.contains(id), "\(r)")
+        r = try loractl(d, ["jobs", "pause", id])
+        #expect(r.0 == 1 && r.2.contains("409"), "\(r)")
+
+        // Validation loss in the checkpoints and the result CSV.
+        let ckpts = try d.get("/v1/fine_tuning/jobs/\(id)/checkpoints").json()["data"] as? [[String: Any]] ?? []
+        #expect(ckpts.count == 3)
+        #expect(ckpts.allSatisfy { ($0["metrics"] as? [String: Any])?["valid_loss"] is Double })
+        let job = try d.get("/v1/fine_tuning/jobs/\(id)").json()
+        let f = try #require((job["result_files"] as? [String])?.first)
+        let csv = try String(contentsOfFile: d.dir.appendingPathComponent("state/files/\(f)").path, encoding: .utf8)
+        let rows = csv.split(separator: "\n").dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        // Step 0: the starting adapter's validation loss; steps 1-3: both losses.
+        #expect(rows.count == 4)
+        #expect(rows.first.map { $0.count == 5 && $0[0] == "0" && $0[1].isEmpty && Double($0[3]) != nil } == true)
+        #expect(rows.dropFirst().allSatisfy { $0.count == 5 && Double($0[1]) != nil && Double($0[3]) != nil }, "\(csv)")
+    }
+
     @Test func badInputIsRefusedWithTheFieldNamed() throws {
         let d = try LoradProcess()
         defer { d.stop() }

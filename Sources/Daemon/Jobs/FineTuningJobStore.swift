@@ -324,6 +324,15 @@ extension LoradStore {
         }
     }
 
+    /// Replaces the metrics of checkpoint `id` (a validation loss computed after the checkpoint was written).
+    public func updateJobCheckpoint(id: String, metrics: JSONValue) async throws {
+        try await run(write: true) { db in
+            try db.execute(
+                sql: "UPDATE fine_tuning_job_checkpoint SET metrics_json = ? WHERE id = ?",
+                arguments: [metrics.serialized, id])
+        }
+    }
+
     /// A page of a job's checkpoints, newest first, after the checkpoint `after`.
     public func listJobCheckpoints(jobID: String, after: String?, limit: Int) async throws
         -> StorePage<FineTuningJobCheckpoint>

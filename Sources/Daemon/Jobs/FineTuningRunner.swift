@@ -264,6 +264,8 @@ public final class FineTuningJobs: @unchecked Sendable {
 
         var lastStep: TrainingStepReport?
         var validLoss: [Int: Double] = [:]
+        // The last checkpoint written: the final eval comes after the final checkpoint and is added to it.
+        var lastCheckpoint: (id: String, step: Int, metrics: [(String, JSONValue)])?
         var tokens = job.trainedTokens ?? 0
         let nextStep = { [self] () -> Bool in
             if lock.withLock({ stopReason != nil }) { return true }
@@ -301,6 +303,11 @@ public final class FineTuningJobs: @unchecked Sendable {
                 }
             case .eval(let step, let loss):
                 validLoss[step] = loss
+                if let c = lastCheckpoint, c.step == step, !c.metrics.contains(where: { $0.0 == "valid_loss" }) {
+                    let metrics: JSONValue = .object(
+                        c.metrics + [("valid_loss", .double(loss)), ("valid_mean_token_accuracy", .null)])
+                    blocking { try? await self.store.updateJobCheckpoint(id: c.id, metrics: metrics) }
+                }
                 blocking {
                     await self.event(
                         id, String(format: "Step %d: validation loss=%.4f", step, loss), type: "metrics",
@@ -321,6 +328,7 @@ public final class FineTuningJobs: @unchecked Sendable {
                     id: "ftckpt-" + ResponseRenderer.randomHex(24), jobID: id,
                     createdAt: Int(Date().timeIntervalSince1970), stepNumber: step, metrics: .object(metrics),
                     fineTunedModelCheckpoint: "\(name)@ckpt-step-\(step)")
+                lastCheckpoint = (c.id, step, metrics)
                 blocking {
                     try? await self.store.insertJobCheckpoint(c)
                     await self.event(id, "Checkpoint written at step \(step).", data: .object([("step", .int(step))]))
@@ -429,7 +437,8 @@ public final class FineTuningJobs: @unchecked Sendable {
     }
 
     /// The CSV of step metrics (OpenAI's result file): `step,train_loss,train_accuracy,valid_loss,
-    /// valid_mean_token_accuracy`, one row per step (a step repeated after a resume keeps its last values).
+    /// valid_mean_token_accuracy`, one row per step (a step repeated after a resume keeps its last values); with
+    /// a validation file, a row for step 0 holds the starting adapter's validation loss.
     func metricsCSV(_ id: String) async throws -> String {
         let events = try await store.listJobEvents(jobID: id, after: nil, limit: nil).items.reversed()
         var train: [Int: Double] = [:]
