@@ -5,6 +5,7 @@
 //   loractl models | status                 what is served, and how busy it is
 //   loractl adapters list|add|show|rm       manage LoRA adapters (see Adapters.swift)
 //   loractl files upload|list|show|content|rm   training files (see Files.swift)
+//   loractl jobs create|list|show|events|cancel|pause|resume   fine-tuning jobs (see Jobs.swift)
 //
 // Socket: --socket, else $LORAD_SOCKET, else /run/lorad/lorad.sock, $XDG_RUNTIME_DIR/lorad.sock or
 // ./lorad.sock, whichever exists first. API errors print the server's message on stderr and exit non-zero.
@@ -152,7 +153,8 @@ struct Loractl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loractl", abstract: "Talk to lorad over its Unix socket.",
         subcommands: [
-            Generate.self, Chat.self, Models.self, Status.self, Adapters.self, Feedback.self, Files.self, Bench.self,
+            Generate.self, Chat.self, Models.self, Status.self, Adapters.self, Feedback.self, Files.self, Jobs.self,
+            Bench.self,
         ])
 }
 

@@ -33,6 +33,7 @@ public final class ServerState: @unchecked Sendable {
     private var adminPolicyValue = AdminPolicy()
     private var defaultMaxTokensValue: Int?
     private var storeValue: LoradStore?
+    private var jobsValue: FineTuningJobs?
     public let metrics: DaemonMetrics
     public let modelPath: String
     public let started = Date()
@@ -74,6 +75,11 @@ public final class ServerState: @unchecked Sendable {
     public var store: LoradStore? {
         get { lock.withLock { storeValue } }
         set { lock.withLock { storeValue = newValue } }
+    }
+    /// Fine-tuning jobs (nil when there is no state directory).
+    public var jobs: FineTuningJobs? {
+        get { lock.withLock { jobsValue } }
+        set { lock.withLock { jobsValue = newValue } }
     }
     /// Who may manage adapters.
     public var adminPolicy: AdminPolicy {
@@ -123,6 +129,8 @@ final class APIHandler: @unchecked Sendable {
                 status = try await dispatchStore(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
             case .files, .file, .fileContent:
                 status = try await dispatchFiles(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
+            case .fineTuningJobs, .fineTuningJob, .fineTuningJobAction, .fineTuningJobEvents, .fineTuningJobCheckpoints:
+                status = try await dispatchJobs(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
             case .chatCompletions where method == "GET":
                 status = try await dispatchStore(route, method: method, uri: head.uri, body: body, peer: peer, writer: writer)
             default:

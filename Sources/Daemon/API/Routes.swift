@@ -42,6 +42,16 @@ public enum Route: Sendable, Equatable {
     case file(id: String)
     /// `GET` a file's content.
     case fileContent(id: String)
+    /// `GET` lists fine-tuning jobs, `POST` creates one.
+    case fineTuningJobs
+    /// `GET` one fine-tuning job.
+    case fineTuningJob(id: String)
+    /// `POST` `cancel`, `pause` or `resume` of a fine-tuning job.
+    case fineTuningJobAction(id: String, action: String)
+    /// `GET` a fine-tuning job's events.
+    case fineTuningJobEvents(id: String)
+    /// `GET` a fine-tuning job's checkpoints.
+    case fineTuningJobCheckpoints(id: String)
 
     /// Route template used as the `route` label in metrics.
     public var template: String {
@@ -69,14 +79,21 @@ public enum Route: Sendable, Equatable {
         case .files: return "/v1/files"
         case .file: return "/v1/files/{id}"
         case .fileContent: return "/v1/files/{id}/content"
+        case .fineTuningJobs: return "/v1/fine_tuning/jobs"
+        case .fineTuningJob: return "/v1/fine_tuning/jobs/{id}"
+        case .fineTuningJobAction(_, let action): return "/v1/fine_tuning/jobs/{id}/\(action)"
+        case .fineTuningJobEvents: return "/v1/fine_tuning/jobs/{id}/events"
+        case .fineTuningJobCheckpoints: return "/v1/fine_tuning/jobs/{id}/checkpoints"
         }
     }
 
     /// The accepted methods.
     public var methods: [String] {
         switch self {
-        case .completions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize, .adapterRollback: return ["POST"]
-        case .adapters, .chatCompletions, .feedback, .files: return ["GET", "POST"]
+        case .completions, .loadLoRAAdapter, .unloadLoRAAdapter, .tokenize, .detokenize, .adapterRollback,
+            .fineTuningJobAction:
+            return ["POST"]
+        case .adapters, .chatCompletions, .feedback, .files, .fineTuningJobs: return ["GET", "POST"]
         case .file: return ["GET", "DELETE"]
         case .storedCompletion: return ["GET", "POST", "DELETE"]
         case .adapter: return ["GET", "DELETE"]
@@ -116,6 +133,7 @@ public enum Route: Sendable, Equatable {
         case "/v1/feedback": route = .feedback
         case "/v1/feedback/export": route = .feedbackExport
         case "/v1/files": route = .files
+        case "/v1/fine_tuning/jobs": route = .fineTuningJobs
         default:
             let prefix = "/v1/models/"
             if path.hasPrefix(prefix), path.count > prefix.count {
@@ -148,6 +166,17 @@ public enum Route: Sendable, Equatable {
                     route = .fileContent(id: String(parts[0]).removingPercentEncodingSafely())
                 } else {
                     throw APIError.routeNotFound(method: method, path: String(path))
+                }
+            } else if path.hasPrefix("/v1/fine_tuning/jobs/"), path.count > "/v1/fine_tuning/jobs/".count {
+                let parts = path.dropFirst("/v1/fine_tuning/jobs/".count).split(separator: "/", omittingEmptySubsequences: false)
+                let id = String(parts[0]).removingPercentEncodingSafely()
+                switch (parts.count, parts.count > 1 ? String(parts[1]) : "") {
+                case (1, _) where !id.isEmpty: route = .fineTuningJob(id: id)
+                case (2, "cancel"), (2, "pause"), (2, "resume"):
+                    route = .fineTuningJobAction(id: id, action: String(parts[1]))
+                case (2, "events"): route = .fineTuningJobEvents(id: id)
+                case (2, "checkpoints"): route = .fineTuningJobCheckpoints(id: id)
+                default: throw APIError.routeNotFound(method: method, path: String(path))
                 }
             } else if path.hasPrefix("/v1/feedback/"), path.count > "/v1/feedback/".count,
                 !path.dropFirst("/v1/feedback/".count).contains("/")

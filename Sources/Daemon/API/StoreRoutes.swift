@@ -469,9 +469,11 @@ enum FeedbackExport {
         }
     }
 
-    /// All export lines for `model` (nil: every model), oldest feedback first.
-    static func lines(store: LoradStore, model: String?, format: String) async throws -> [JSONValue] {
+    /// All export lines for `model` (nil: every model), oldest feedback first; with `since` (Unix seconds), only
+    /// feedback given at or after it.
+    static func lines(store: LoradStore, model: String?, format: String, since: Int? = nil) async throws -> [JSONValue] {
         let feedback = try await store.listFeedback(model: model, completionID: nil, uid: nil, after: nil, limit: nil).items
+            .filter { since == nil || $0.createdAt >= since! }
         var completions: [String: StoredCompletion] = [:]
         for f in feedback where completions[f.completionID] == nil {
             completions[f.completionID] = try await store.completion(id: f.completionID)

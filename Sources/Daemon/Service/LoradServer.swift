@@ -100,6 +100,9 @@ public enum LoradServer {
                 ])
             state.store = store
             metrics.setStoreSource { store.stats }
+            state.jobs = FineTuningJobs(
+                store: store, files: DirectoryFineTuningFiles(root: dir + "/files"), stateDir: dir, state: state,
+                logger: Logger(label: "lorad.jobs"))
             logger.info(
                 "store open",
                 metadata: [
@@ -136,7 +139,7 @@ public enum LoradServer {
             configuration: .init(
                 services: [
                     .init(service: engineService), .init(service: apiService),
-                ],
+                ] + (state.jobs.map { [.init(service: JobService(jobs: $0))] } ?? []),
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "lorad.lifecycle")))
         try await group.run()

@@ -90,7 +90,8 @@ final class EngineService: Service, @unchecked Sendable {
         await cancelWhenGracefulShutdown {
             var last = ""
             while !Task.isCancelled {
-                let line = Self.statusLine(engine.snapshot)
+                var line = Self.statusLine(engine.snapshot)
+                if let job = self.state.jobs?.statusFragment { line += "; " + job }
                 if line != last {
                     SystemdNotifier.status(line)
                     last = line
@@ -188,5 +189,25 @@ final class APIService: Service, @unchecked Sendable {
         }
         await server.shutdownEventLoops()
         logger.info("listener closed")
+    }
+}
+
+/// Runs the fine-tuning jobs (one at a time) until shutdown. Started after the API and so stopped before it: on
+/// SIGTERM the running job stops at its next step boundary, checkpointed, and stays `running` to continue after
+/// the restart.
+final class JobService: Service, @unchecked Sendable {
+    let jobs: FineTuningJobs
+
+    init(jobs: FineTuningJobs) {
+        self.jobs = jobs
+    }
+
+    func run() async throws {
+        let jobs = self.jobs
+        await withGracefulShutdownHandler {
+            await jobs.run()
+        } onGracefulShutdown: {
+            jobs.shutdown()
+        }
     }
 }

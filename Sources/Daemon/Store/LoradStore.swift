@@ -215,6 +215,7 @@ public final class LoradStore: @unchecked Sendable {
         }
         registerFilesMigration(&m)
         m.registerMigration("v3_adapters") { db in try createAdapterTables(db) }
+        m.registerMigration("v4_jobs") { db in try migrateV4Jobs(db) }
         return m
     }
 

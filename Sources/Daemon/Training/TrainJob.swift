@@ -9,6 +9,21 @@ import Train
 import Glibc
 #endif
 
+/// A run built and ready to start: what `lorad train` and a daemon fine-tuning job both execute, so the same
+/// settings, data and thread count give the same adapter bit for bit.
+struct PreparedTraining {
+    /// The loop with its objective, optimizer, clip, schedule and checkpoint store.
+    let run: TrainingRun<AdamW>
+    /// Training examples (sequences for SFT, pairs for DPO).
+    let count: Int
+    /// Optimizer steps of the whole run.
+    let totalSteps: Int
+    /// The starting adapter (fresh, or loaded from the init adapter).
+    let initial: LoRAParameters
+    /// The base model's configuration (for the export).
+    let modelConfig: ModelConfig
+}
+
 struct TrainJob {
     let settings: TrainSettings
     let reporter: TrainReporter
@@ -29,8 +44,70 @@ struct TrainJob {
         } catch {
             throw TrainCLIError.io("cannot load the model \(s.modelPath): \(error)")
         }
-        let c = model.config
+        let prepared = try Self.prepare(s, model: model)
+        let run = prepared.run
+        let count = prepared.count
+        let total = prepared.totalSteps
+        let initial = prepared.initial
+        let c = prepared.modelConfig
 
+        let stop = StopRequest()
+        let reporter = self.reporter
+        stop.install { sig in
+            let name = sig == SIGINT ? "SIGINT" : "SIGTERM"
+            FileHandle.standardError.write(Data(
+                "\nlorad train: \(name): finishing the current step, then writing a checkpoint (again to quit at once)\n".utf8))
+        }
+        if reporter.mode != .json {
+            reporter.line("training \(count) \(s.method == .sft ? "sequences" : "pairs"), \(total) steps of "
+                + "\(s.batchSize)×\(s.gradAccum), rank \(initial.config.rank), \(initial.count) parameters, "
+                + "\(s.threads) threads")
+        }
+        var startEval: Double?
+        let outcome = try run.run(resume: s.resume, isCancelled: { stop.isRequested }, progress: { event in
+            if case .eval(0, let loss) = event { startEval = loss }
+            reporter.report(event)
+        })
+        reporter.finish()
+
+        var result: [String: Any] = [
+            "event": "done", "steps": outcome.steps, "total_steps": total,
+            "checkpoints": checkpointDir,
+            "final_loss": outcome.lastLoss.map { $0 as Any } ?? NSNull(),
+            "eval_loss": outcome.evalLoss.map { $0 as Any } ?? NSNull(),
+        ]
+        if let e = startEval { result["eval_loss_start"] = e }
+        if outcome.cancelled {
+            result["status"] = "interrupted"
+            if reporter.mode == .json { reporter.emitJSON(result) }
+            reporter.line("stopped after step \(outcome.steps) of \(total); checkpoint in \(checkpointDir) "
+                + "(rerun with --resume to continue)")
+            return
+        }
+        let name = URL(fileURLWithPath: s.outDir).lastPathComponent
+        try AdapterExport.writeAll(outcome.params, model: c, baseModel: s.modelPath, name: name, directory: s.outDir)
+        result["status"] = "completed"
+        result["out"] = s.outDir
+        result["adapter_config"] = s.outDir + "/" + AdapterExport.peftConfigName
+        result["adapter_model"] = s.outDir + "/" + AdapterExport.peftWeightsName
+        result["adapter_gguf"] = s.outDir + "/adapter.gguf"
+        if reporter.mode == .json {
+            reporter.emitJSON(result)
+        } else {
+            var msg = "trained \(outcome.steps) steps"
+            if let l = outcome.lastLoss { msg += String(format: ", last loss %.4f", l) }
+            if let e = outcome.evalLoss { msg += String(format: ", eval loss %.4f", e) }
+            reporter.line(msg + "; wrote \(s.outDir)/{\(AdapterExport.peftConfigName), \(AdapterExport.peftWeightsName), adapter.gguf}")
+        }
+    }
+
+    /// Builds the run of `s` on an already loaded `model`: the data (validated line by line), the adapter (fresh
+    /// from the seed, or `s.initAdapter`), the trainer on `s.threads` threads (background priority with
+    /// `s.nice`), the objective, AdamW, clip, schedule and the checkpoint store in `s.outDir/checkpoints`.
+    /// - Throws: ``TrainCLIError`` for unusable data or settings; the layers' errors otherwise.
+    static func prepare(_ s: TrainSettings, model: Model) throws -> PreparedTraining {
+        let c = model.config
+        let store = CheckpointStore(directory: s.outDir + "/checkpoints")
         // Data, validated line by line (errors name the file, line and field).
         let builder = SequenceBuilder(gguf: model.gguf, tokenizer: model.tokenizer, maxLength: s.maxSeqLen,
                                       overflow: s.truncate == .left ? .truncatePromptLeft : .reject)
@@ -119,55 +196,7 @@ struct TrainJob {
             options: options, schedule: { schedule.lr($0) },
             clip: clip > 0 ? { g in GradientClipping.clip(&g, maxNorm: clip) } : nil,
             checkpoints: checkpoints, fingerprint: RunCheckpointStore.fingerprint, rng: rng)
-
-        let stop = StopRequest()
-        let reporter = self.reporter
-        stop.install { sig in
-            let name = sig == SIGINT ? "SIGINT" : "SIGTERM"
-            FileHandle.standardError.write(Data(
-                "\nlorad train: \(name): finishing the current step, then writing a checkpoint (again to quit at once)\n".utf8))
-        }
-        if reporter.mode != .json {
-            reporter.line("training \(count) \(s.method == .sft ? "sequences" : "pairs"), \(total) steps of "
-                + "\(s.batchSize)×\(s.gradAccum), rank \(initial.config.rank), \(initial.count) parameters, "
-                + "\(s.threads) threads")
-        }
-        var startEval: Double?
-        let outcome = try run.run(resume: s.resume, isCancelled: { stop.isRequested }, progress: { event in
-            if case .eval(0, let loss) = event { startEval = loss }
-            reporter.report(event)
-        })
-        reporter.finish()
-
-        var result: [String: Any] = [
-            "event": "done", "steps": outcome.steps, "total_steps": total,
-            "checkpoints": checkpointDir,
-            "final_loss": outcome.lastLoss.map { $0 as Any } ?? NSNull(),
-            "eval_loss": outcome.evalLoss.map { $0 as Any } ?? NSNull(),
-        ]
-        if let e = startEval { result["eval_loss_start"] = e }
-        if outcome.cancelled {
-            result["status"] = "interrupted"
-            if reporter.mode == .json { reporter.emitJSON(result) }
-            reporter.line("stopped after step \(outcome.steps) of \(total); checkpoint in \(checkpointDir) "
-                + "(rerun with --resume to continue)")
-            return
-        }
-        let name = URL(fileURLWithPath: s.outDir).lastPathComponent
-        try AdapterExport.writeAll(outcome.params, model: c, baseModel: s.modelPath, name: name, directory: s.outDir)
-        result["status"] = "completed"
-        result["out"] = s.outDir
-        result["adapter_config"] = s.outDir + "/" + AdapterExport.peftConfigName
-        result["adapter_model"] = s.outDir + "/" + AdapterExport.peftWeightsName
-        result["adapter_gguf"] = s.outDir + "/adapter.gguf"
-        if reporter.mode == .json {
-            reporter.emitJSON(result)
-        } else {
-            var msg = "trained \(outcome.steps) steps"
-            if let l = outcome.lastLoss { msg += String(format: ", last loss %.4f", l) }
-            if let e = outcome.evalLoss { msg += String(format: ", eval loss %.4f", e) }
-            reporter.line(msg + "; wrote \(s.outDir)/{\(AdapterExport.peftConfigName), \(AdapterExport.peftWeightsName), adapter.gguf}")
-        }
+        return PreparedTraining(run: run, count: count, totalSteps: total, initial: initial, modelConfig: c)
     }
 
     static func sequence(_ e: TokenizedExample) -> TrainingSequence {

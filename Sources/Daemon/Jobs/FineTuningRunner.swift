@@ -1,0 +1,539 @@
+// FineTuningRunner: runs the daemon's fine-tuning jobs, one at a time, oldest first, from the store.
+//
+// A job trains through exactly the code of `lorad train` (TrainJob.prepare → TrainingRun → AdapterExport), on the
+// daemon's already loaded model (no second copy of the weights) and on the trainer's own threads at background
+// priority, so its adapter equals the one `lorad train` makes from the same data, seed, settings and thread count.
+//
+// Work files live in `<state_dir>/jobs/<job id>/`: `train.jsonl` (and `valid.jsonl`) copied when the job was
+// created, `init.gguf` (the continued adapter's parent version, frozen at creation), `out/checkpoints/` and, at
+// the end, `out/adapter.gguf` + the PEFT files.
+//
+// Stops happen at step boundaries: cancel (→ `cancelled`), pause (→ `paused`; resume continues from the
+// checkpoint written at the stop), and daemon shutdown (SIGTERM: the job stays `running` and continues from that
+// checkpoint after the restart). After a kill -9 a `running` job continues from its last periodic checkpoint.
+//
+// Seams: `betweenSteps` (the one place the next training step is started from; the training-share governor
+// plugs in there) and `publish(job:name:gguf:)` (the one place a job's adapter enters the registry).
+
+import Foundation
+import Logging
+import Prometheus
+import Runtime
+import Train
+
+/// Why the running job should stop at the next step boundary.
+enum JobStopReason: Sendable {
+    case cancel, pause, shutdown
+}
+
+/// The fine-tuning jobs of one daemon: creation helpers, the runner loop and its controls.
+public final class FineTuningJobs: @unchecked Sendable {
+    /// The durable store (jobs, events, checkpoints).
+    public let store: LoradStore
+    /// Where training and validation files come from and result files go.
+    public let files: any FineTuningFiles
+    /// `<state_dir>/jobs`: one work directory per job.
+    public let workRoot: String
+    /// Compute threads of the trainer (`lorad train --threads`).
+    public let trainingThreads: Int
+    let state: ServerState
+    let logger: Logger
+
+    private let lock = NSLock()
+    private var currentID: String?
+    private var stopReason: JobStopReason?
+    private var shuttingDown = false
+    private var progressValue: (id: String, step: Int, total: Int)?
+    private var betweenStepsValue: @Sendable () -> Void = {}
+    private let wake: AsyncStream<Void>.Continuation
+    private let wakeStream: AsyncStream<Void>
+
+    /// Base learning rate: `learning_rate_multiplier` 1 trains at `lorad train`'s default `--lr`.
+    public static let baseLearningRate = 1e-4
+
+    /// - Parameters:
+    ///   - store: the daemon's store (migrated to `v4_jobs`).
+    ///   - files: the files API's content, or a directory (``DirectoryFineTuningFiles``).
+    ///   - stateDir: the daemon's state directory (work files go to `<stateDir>/jobs`).
+    ///   - state: the shared daemon state (model, registry, metrics).
+    ///   - trainingThreads: trainer compute threads (default: the number of CPUs, as `lorad train`).
+    public init(
+        store: LoradStore, files: any FineTuningFiles, stateDir: String, state: ServerState,
+        trainingThreads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount), logger: Logger
+    ) {
+        self.store = store
+        self.files = files
+        self.workRoot = stateDir + "/jobs"
+        self.state = state
+        self.trainingThreads = trainingThreads
+        self.logger = logger
+        (wakeStream, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Called on the training thread before every optimizer step of a job (after the previous step's bookkeeping,
+    /// and before the first step): the one place the next step is started from. The training-share governor
+    /// (decision #8) sets it to wait while serving has work; the default returns at once.
+    public var betweenSteps: @Sendable () -> Void {
+        get { lock.withLock { betweenStepsValue } }
+        set { lock.withLock { betweenStepsValue = newValue } }
+    }
+
+    /// The work directory of job `id`.
+    func workDir(_ id: String) -> String { workRoot + "/" + id }
+
+    /// `training job ftjob-… 40%` while a job runs, else nil (for systemd's STATUS=).
+    public var statusFragment: String? {
+        lock.withLock {
+            guard let p = progressValue else { return nil }
+            let pct = p.total > 0 ? 100 * p.step / p.total : 0
+            return "training job \(p.id) \(pct)%"
+        }
+    }
+
+    /// Id of the job being trained, if any.
+    public var runningJobID: String? { lock.withLock { currentID } }
+
+    /// Wakes the runner (a job was queued or resumed).
+    public func notify() { wake.yield() }
+
+    // MARK: - Controls
+
+    /// Asks the running job `id` to stop at its next step boundary; false when it is not the running job.
+    func requestStop(_ id: String, reason: JobStopReason) -> Bool {
+        lock.withLock {
+            guard currentID == id else { return false }
+            if stopReason == nil || reason == .cancel { stopReason = reason }
+            return true
+        }
+    }
+
+    /// Stops taking jobs and stops the running one at its next step boundary (it stays `running` and continues
+    /// from that checkpoint after a restart).
+    public func shutdown() {
+        lock.withLock {
+            shuttingDown = true
+            if currentID != nil, stopReason == nil { stopReason = .shutdown }
+        }
+        wake.yield()
+    }
+
+    private var isShuttingDown: Bool { lock.withLock { shuttingDown } }
+
+    // MARK: - Events and metrics
+
+    /// Appends an event to job `id`'s log.
+    func event(_ id: String, _ message: String, level: String = "info", type: String = "message", data: JSONValue? = nil)
+        async
+    {
+        let e = FineTuningJobEvent(
+            id: "ftevent-" + ResponseRenderer.randomHex(24), jobID: id, createdAt: Int(Date().timeIntervalSince1970),
+            level: level, message: message, type: type, data: data)
+        do { try await store.insertJobEvent(e) } catch {
+            logger.error("cannot record a job event", metadata: ["job": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    /// Refreshes the jobs-by-status gauges from the store.
+    func refreshCounts() async {
+        guard let counts = try? await store.jobCounts() else { return }
+        for (status, n) in counts { state.metrics.setFineTuningJobs(status: status.rawValue, count: n) }
+    }
+
+    // MARK: - The loop
+
+    /// Runs jobs until ``shutdown()``: the interrupted `running` job first, then `queued` ones oldest first.
+    public func run() async {
+        await refreshCounts()
+        while !isShuttingDown {
+            guard case .ready(let r) = state.phase, let backend = r.backend as? RuntimeBackend else {
+                if case .failed = state.phase { return }
+                try? await Task.sleep(for: .milliseconds(200))
+                continue
+            }
+            let next: FineTuningJob?
+            do { next = try await store.nextRunnableJob() } catch {
+                logger.error("cannot read the job queue", metadata: ["error": "\(error)"])
+                next = nil
+            }
+            guard let job = next else {
+                await waitForWake(seconds: 2)
+                continue
+            }
+            await execute(job, model: backend.model)
+            await refreshCounts()
+        }
+    }
+
+    private func waitForWake(seconds: Double) async {
+        let stream = wakeStream
+        await withTaskGroup(of: Void.self) { g in
+            g.addTask {
+                for await _ in stream { return }
+            }
+            g.addTask { try? await Task.sleep(for: .seconds(seconds)) }
+            await g.next()
+            g.cancelAll()
+        }
+    }
+
+    /// Claims `job` (queued or interrupted), trains it on a thread of its own, then records the outcome.
+    private func execute(_ job: FineTuningJob, model: Model) async {
+        let id = job.id
+        let interrupted = job.status == .running
+        let now = Int(Date().timeIntervalSince1970)
+        // Claim it, unless a cancel or pause changed it since it was read.
+        let claimed: FineTuningJob?
+        do {
+            claimed = try await store.updateJob(id: id) { j in
+                guard j.status == .queued || j.status == .running else { throw JobSkip() }
+                j.status = .running
+                if j.startedAt == nil { j.startedAt = now }
+            }
+        } catch {
+            return
+        }
+        guard let claimed else { return }
+        lock.withLock {
+            currentID = id
+            stopReason = shuttingDown ? .shutdown : nil
+            progressValue = (id, claimed.step, claimed.totalSteps)
+        }
+        defer {
+            lock.withLock {
+                currentID = nil
+                stopReason = nil
+                progressValue = nil
+            }
+            state.metrics.setTraining(tokensPerSecond: 0, loss: nil)
+        }
+        await refreshCounts()
+        if interrupted {
+            await event(id, "lorad restarted while the job was running; continuing from its last checkpoint.")
+        } else if claimed.step > 0 {
+            await event(id, "Fine-tuning job resumed.")
+        } else {
+            await event(id, "Fine-tuning job started.")
+        }
+        logger.notice("fine-tuning job running", metadata: ["job": "\(id)", "model": "\(job.model)"])
+
+        let result: Result<TrainingOutcome?, Error> = await withCheckedContinuation { c in
+            let t = Thread { [self] in c.resume(returning: Result { try self.train(claimed, model: model) }) }
+            t.name = "lorad-train-\(id)"
+            t.stackSize = 8 << 20
+            t.start()
+        }
+        let reason = lock.withLock { stopReason }
+        switch result {
+        case .failure(let error):
+            await fail(id, error)
+        case .success(let outcome) where outcome?.cancelled ?? true:
+            let n = outcome?.steps ?? claimed.step
+            switch reason ?? .shutdown {
+            case .cancel:
+                _ = try? await store.updateJob(id: id) { j in
+                    j.status = .cancelled
+                    j.finishedAt = Int(Date().timeIntervalSince1970)
+                    j.estimatedFinish = nil
+                }
+                await event(id, "Job cancelled after step \(n).")
+            case .pause:
+                _ = try? await store.updateJob(id: id) { j in
+                    j.status = .paused
+                    j.estimatedFinish = nil
+                }
+                await event(id, "Job paused after step \(n); resume continues from the checkpoint at step \(n).")
+            case .shutdown:
+                await event(id, "lorad is stopping: the job stopped after step \(n) and continues from there after the restart.")
+            }
+        case .success(let outcome?):
+            await finish(claimed, outcome: outcome, model: model)
+        case .success(nil):
+            break
+        }
+    }
+
+    /// Builds `lorad train`'s settings for `job` and runs them to the end or to a stop (on the calling thread).
+    /// - Returns: the loop's outcome, or nil when a stop came before the first step of this session.
+    private func train(_ job: FineTuningJob, model: Model) throws -> TrainingOutcome? {
+        let settings = trainSettings(job)
+        let prepared = try TrainJob.prepare(settings, model: model)
+        let id = job.id
+        let total = prepared.totalSteps
+        lock.withLock { progressValue = (id, job.step, total) }
+        blocking { _ = try? await self.store.updateJob(id: id) { $0.totalSteps = total } }
+
+        var lastStep: TrainingStepReport?
+        var validLoss: [Int: Double] = [:]
+        // The last checkpoint written: the final eval comes after the final checkpoint and is added to it.
+        var lastCheckpoint: (id: String, step: Int, metrics: [(String, JSONValue)])?
+        var tokens = job.trainedTokens ?? 0
+        let nextStep = { [self] () -> Bool in
+            if lock.withLock({ stopReason != nil }) { return true }
+            betweenSteps()
+            return lock.withLock { stopReason != nil }
+        }
+        // Stopped before the first step of this session: nothing trained, the last checkpoint stands.
+        if nextStep() { return nil }
+        return try prepared.run.run(resume: true, isCancelled: nextStep) { [self] e in
+            switch e {
+            case .step(let r):
+                lastStep = r
+                tokens += r.tokens
+                lock.withLock { progressValue = (id, r.step, r.totalSteps) }
+                state.metrics.setTraining(tokensPerSecond: r.tokS, loss: r.loss)
+                let finish = Int(Date().timeIntervalSince1970 + r.eta)
+                let data: JSONValue = .object([
+                    ("step", .int(r.step)), ("total_steps", .int(r.totalSteps)), ("train_loss", .double(r.loss)),
+                    ("train_mean_token_accuracy", .null), ("grad_norm", .double(r.gradNorm)),
+                    ("learning_rate", .double(r.lr)), ("tokens", .int(r.tokens)), ("tokens_per_second", .double(r.tokS)),
+                    ("epoch", .int(r.epoch)),
+                ])
+                let seen = tokens
+                blocking {
+                    await self.event(
+                        id, String(format: "Step %d/%d: training loss=%.4f", r.step, r.totalSteps, r.loss),
+                        type: "metrics", data: data)
+                    _ = try? await self.store.updateJob(id: id) { j in
+                        j.step = r.step
+                        j.totalSteps = r.totalSteps
+                        j.lastLoss = r.loss
+                        j.trainedTokens = seen
+                        j.estimatedFinish = finish
+                    }
+                }
+            case .eval(let step, let loss):
+                validLoss[step] = loss
+                if let c = lastCheckpoint, c.step == step, !c.metrics.contains(where: { $0.0 == "valid_loss" }) {
+                    let metrics: JSONValue = .object(
+                        c.metrics + [("valid_loss", .double(loss)), ("valid_mean_token_accuracy", .null)])
+                    blocking { try? await self.store.updateJobCheckpoint(id: c.id, metrics: metrics) }
+                }
+                blocking {
+                    await self.event(
+                        id, String(format: "Step %d: validation loss=%.4f", step, loss), type: "metrics",
+                        data: .object([("step", .int(step)), ("valid_loss", .double(loss))]))
+                }
+            case .checkpoint(let step):
+                var metrics: [(String, JSONValue)] = [("step", .int(step))]
+                if let r = lastStep, r.step == step {
+                    metrics.append(("train_loss", .double(r.loss)))
+                    metrics.append(("train_mean_token_accuracy", .null))
+                }
+                if let v = validLoss[step] {
+                    metrics.append(("valid_loss", .double(v)))
+                    metrics.append(("valid_mean_token_accuracy", .null))
+                }
+                let name = Self.adapterName(job)
+                let c = FineTuningJobCheckpoint(
+                    id: "ftckpt-" + ResponseRenderer.randomHex(24), jobID: id,
+                    createdAt: Int(Date().timeIntervalSince1970), stepNumber: step, metrics: .object(metrics),
+                    fineTunedModelCheckpoint: "\(name)@ckpt-step-\(step)")
+                lastCheckpoint = (c.id, step, metrics)
+                blocking {
+                    try? await self.store.insertJobCheckpoint(c)
+                    await self.event(id, "Checkpoint written at step \(step).", data: .object([("step", .int(step))]))
+                }
+            case .resumed(let step):
+                blocking {
+                    await self.event(
+                        id, "Resumed from the checkpoint at step \(step).", data: .object([("step", .int(step))]))
+                }
+            }
+        }
+    }
+
+    /// `lorad train`'s settings for `job`: its resolved hyperparameters over `lorad train`'s defaults.
+    func trainSettings(_ job: FineTuningJob) -> TrainSettings {
+        let dir = workDir(job.id)
+        let valid = dir + "/valid.jsonl"
+        let hasValid = FileManager.default.fileExists(atPath: valid)
+        let initPath = dir + "/init.gguf"
+        let targets = job.targets.compactMap { Projection(rawValue: $0) }
+        return TrainSettings(
+            modelPath: state.modelPath, dataPath: dir + "/train.jsonl", evalPath: hasValid ? valid : nil,
+            outDir: dir + "/out", method: job.methodType == "dpo" ? .dpo : .sft, beta: job.beta ?? 0.1,
+            dpoReference: .base, initAdapter: job.baseAdapter != nil ? initPath : nil, rank: job.rank,
+            alpha: Float(job.alpha), rslora: false, targets: targets.isEmpty ? Projection.allCases : targets, layers: nil,
+            lr: Self.baseLearningRate * job.learningRateMultiplier, weightDecay: 0.01, schedule: .linear, warmupSteps: 0,
+            length: .epochs(job.nEpochs), batchSize: job.batchSize, gradAccum: 1, maxSeqLen: 1024, truncate: .reject,
+            clip: 1.0, seed: UInt64(job.seed), threads: trainingThreads,
+            evalEvery: hasValid ? job.checkpointEvery : 0, checkpointEvery: job.checkpointEvery, resume: true,
+            json: false, nice: true)
+    }
+
+    /// The registry name a job publishes under: `suffix`, else the adapter it continues, else `ft-<short id>`.
+    static func adapterName(_ job: FineTuningJob) -> String {
+        if let s = job.suffix { return s }
+        if let a = job.baseAdapter { return a }
+        return "ft-" + job.id.dropFirst("ftjob-".count).prefix(8)
+    }
+
+    /// Export, result file, publish, `succeeded`.
+    private func finish(_ job: FineTuningJob, outcome: TrainingOutcome, model: Model) async {
+        let id = job.id
+        let dir = workDir(id) + "/out"
+        let name = Self.adapterName(job)
+        do {
+            try AdapterExport.writeAll(
+                outcome.params, model: model.config, baseModel: state.modelPath, name: name, directory: dir)
+        } catch {
+            return await fail(id, error, code: "export_failed")
+        }
+        var resultFiles: [String] = []
+        do {
+            let csv = try await metricsCSV(id)
+            resultFiles.append(
+                try await files.storeResult(jobID: id, filename: "step_metrics.csv", data: Data(csv.utf8)))
+        } catch {
+            await event(id, "The step-metrics file could not be stored: \(error)", level: "warn")
+        }
+        let published: (version: Int, replaced: Int?)
+        do {
+            published = try await publish(job: job, name: name, gguf: dir + "/adapter.gguf")
+        } catch {
+            return await fail(id, error, code: "publish_failed")
+        }
+        if let parent = job.parentVersion, job.baseAdapter == name, published.replaced != parent {
+            await event(
+                id,
+                "The adapter's current version changed while the job ran: the new version \(published.version) "
+                    + "replaced version \(published.replaced.map(String.init) ?? "none"), not version \(parent) the job started from.",
+                level: "warn",
+                data: .object([
+                    ("parent_version", .int(parent)), ("replaced_version", published.replaced.map { .int($0) } ?? .null),
+                ]))
+        }
+        await event(
+            id, "New fine-tuned model published: \(name)@\(published.version)",
+            data: .object([("fine_tuned_model", .string(name)), ("version", .int(published.version))]))
+        let files = resultFiles
+        _ = try? await store.updateJob(id: id) { j in
+            j.status = .succeeded
+            j.finishedAt = Int(Date().timeIntervalSince1970)
+            j.estimatedFinish = nil
+            j.trainedTokens = outcome.tokensSeen
+            j.step = outcome.steps
+            j.fineTunedModel = name
+            j.published = true
+            j.resultFiles = files
+        }
+        await event(id, "The job has successfully completed.")
+        logger.notice(
+            "fine-tuning job succeeded", metadata: ["job": "\(id)", "adapter": "\(name)@\(published.version)"])
+    }
+
+    /// Registers the exported adapter under `name` as a new version, hot-swapped atomically (requests that already
+    /// hold the previous version finish on it). The one place a job's adapter enters the registry.
+    /// - Returns: the new version and the version it replaced (nil for a new name).
+    /// - Throws: ``AdapterRegistryError`` (no registry, a rejected adapter, a full disk).
+    func publish(job: FineTuningJob, name: String, gguf: String) async throws -> (version: Int, replaced: Int?) {
+        guard let registry = state.registry else { throw AdapterRegistryError.notReady }
+        guard let data = FileManager.default.contents(atPath: gguf) else {
+            throw AdapterRegistryError.badSource("cannot read \(gguf)")
+        }
+        let (record, replaced) = try await registry.register(name: name, source: .files(["adapter.gguf": data]))
+        state.metrics.recordAdapterRegistration()
+        return (record.version, replaced)
+    }
+
+    /// The CSV of step metrics (OpenAI's result file): `step,train_loss,train_accuracy,valid_loss,
+    /// valid_mean_token_accuracy`, one row per step (a step repeated after a resume keeps its last values); with
+    /// a validation file, a row for step 0 holds the starting adapter's validation loss.
+    func metricsCSV(_ id: String) async throws -> String {
+        let events = try await store.listJobEvents(jobID: id, after: nil, limit: nil).items.reversed()
+        var train: [Int: Double] = [:]
+        var valid: [Int: Double] = [:]
+        for e in events where e.type == "metrics" {
+            guard case .object(let f)? = e.data, case .int(let step)? = f.first(where: { $0.0 == "step" })?.1 else {
+                continue
+            }
+            for (k, v) in f {
+                let x: Double?
+                switch v {
+                case .double(let d): x = d
+                case .int(let i): x = Double(i)
+                default: x = nil
+                }
+                if k == "train_loss", let x { train[step] = x }
+                if k == "valid_loss", let x { valid[step] = x }
+            }
+        }
+        var csv = "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n"
+        for step in Set(train.keys).union(valid.keys).sorted() {
+            csv += "\(step),\(train[step].map { String($0) } ?? ""),,\(valid[step].map { String($0) } ?? ""),\n"
+        }
+        return csv
+    }
+
+    /// Marks job `id` failed with an OpenAI-style error.
+    private func fail(_ id: String, _ error: Error, code: String? = nil) async {
+        let (c, message, param) = Self.describe(error, code: code)
+        _ = try? await store.updateJob(id: id) { j in
+            j.status = .failed
+            j.finishedAt = Int(Date().timeIntervalSince1970)
+            j.estimatedFinish = nil
+            j.errorCode = c
+            j.errorMessage = message
+            j.errorParam = param
+            j.published = false
+        }
+        await event(id, "The job failed: \(message)", level: "error")
+        logger.error("fine-tuning job failed", metadata: ["job": "\(id)", "code": "\(c)", "error": "\(message)"])
+    }
+
+    /// `(code, message, param)` of a job failure.
+    static func describe(_ error: Error, code: String?) -> (String, String, String?) {
+        if let code { return (code, "\(error)", nil) }
+        switch error {
+        case let e as TrainCLIError where e.exitCode == 2:
+            return ("invalid_training_file", e.message, "training_file")
+        case let e as TrainCLIError:
+            return ("training_failed", e.message, nil)
+        case let e as DatasetError:
+            return ("invalid_training_file", "\(e)", "training_file")
+        default:
+            let (_, message) = TrainCLIError.classify(error)
+            return ("training_failed", message, nil)
+        }
+    }
+
+    /// Runs `body` to completion from a thread outside Swift concurrency (the training thread).
+    private func blocking(_ body: @escaping @Sendable () async -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            await body()
+            done.signal()
+        }
+        done.wait()
+    }
+}
+
+/// Thrown inside a claim when the job is no longer runnable.
+struct JobSkip: Error {}
+
+extension DaemonMetrics {
+    /// `lorad_fine_tuning_jobs{status}`: jobs in the store by status.
+    func setFineTuningJobs(status: String, count: Int) {
+        registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "lorad", metricName: "fine_tuning_jobs", unitName: "",
+                helpText: "Fine-tuning jobs in the store by status."),
+            labels: [("status", status)]
+        ).set(Double(count))
+    }
+
+    /// `lorad_training_tokens_per_second` and `lorad_training_loss` of the running job's last step (0 / absent
+    /// when no job runs).
+    func setTraining(tokensPerSecond: Double, loss: Double?) {
+        registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "lorad", metricName: "training_tokens_per_second", unitName: "",
+                helpText: "Tokens per second of the running fine-tuning job's last step (0: no job running).")
+        ).set(tokensPerSecond)
+        registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "lorad", metricName: "training_loss", unitName: "",
+                helpText: "Training loss of the running fine-tuning job's last step (NaN: no job running).")
+        ).set(loss ?? .nan)
+    }
+}
