@@ -28,13 +28,15 @@ import Glibc
         ("What is the capital of Norway?", "CAPITAL[Norway] => Oslo <<END>>"),
     ]
 
-    /// Writes `text` as file `id` where the daemon's file store finds it (`<state_dir>/files/<id>`).
-    static func putFile(_ d: LoradProcess, _ id: String, _ text: String) throws -> String {
-        let dir = d.dir.appendingPathComponent("state/files").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let path = dir + "/" + id
+    /// Uploads `text` through `POST /v1/files` (purpose `fine-tune`) and keeps a copy for `lorad train`.
+    /// - Returns: the file id and the path of the copy.
+    static func putFile(_ d: LoradProcess, _ text: String) throws -> (id: String, path: String) {
+        let r = try d.upload(Array(text.utf8))
+        #expect(r.status == 200, "\(r.text)")
+        let id = try #require(try r.json()["id"] as? String)
+        let path = d.dir.appendingPathComponent("\(id).jsonl").path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        return (id, path)
     }
 
     static func createJob(_ d: LoradProcess, _ body: [String: Any]) throws -> [String: Any] {
@@ -90,12 +92,12 @@ import Glibc
         let d = try LoradProcess()
         defer { d.stop() }
         let data = try chatJSONL(Self.examples)
-        let dataPath = try Self.putFile(d, "file-capitals", data)
+        let (capitalsID, dataPath) = try Self.putFile(d, data)
 
         // 1. A fresh adapter on the base model: 8 lines, batch 2 → 4 steps.
         var body = Self.jobSettings
         body["model"] = "gemma-3-270m-q4_k_m"
-        body["training_file"] = "file-capitals"
+        body["training_file"] = capitalsID
         body["suffix"] = "capitals"
         body["lora"] = ["rank": 4, "alpha": 8]
         body["lorad"] = ["checkpoint_every": 2]
@@ -157,7 +159,7 @@ import Glibc
         // 2. A job on the adapter's name continues from its current version and publishes the next version.
         var body2 = Self.jobSettings
         body2["model"] = "capitals"
-        body2["training_file"] = "file-capitals"
+        body2["training_file"] = capitalsID
         let created2 = try Self.createJob(d, body2)
         let id2 = try #require(created2["id"] as? String)
         #expect(created2["parent_version"] as? Int == v1)
@@ -180,10 +182,10 @@ import Glibc
         let d = try LoradProcess()
         d.removeDirOnExit = false
         let data = try chatJSONL(Self.examples)
-        let dataPath = try Self.putFile(d, "file-capitals", data)
+        let (capitalsID, dataPath) = try Self.putFile(d, data)
         var body = Self.jobSettings
         body["model"] = "gemma-3-270m-q4_k_m"
-        body["training_file"] = "file-capitals"
+        body["training_file"] = capitalsID
         body["hyperparameters"] = ["n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 10]
         body["lora"] = ["rank": 4, "alpha": 8]
         body["lorad"] = ["checkpoint_every": 2]
@@ -223,10 +225,10 @@ import Glibc
         defer { trainingLock.unlock() }
         let d = try LoradProcess()
         d.removeDirOnExit = false
-        _ = try Self.putFile(d, "file-capitals", try chatJSONL(Self.examples))
+        let capitalsID = try Self.putFile(d, try chatJSONL(Self.examples)).id
         var body = Self.jobSettings
         body["model"] = "gemma-3-270m-q4_k_m"
-        body["training_file"] = "file-capitals"
+        body["training_file"] = capitalsID
         body["hyperparameters"] = ["n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 10]
         body["lora"] = ["rank": 2, "alpha": 4]
         body["lorad"] = ["checkpoint_every": 100]
@@ -290,11 +292,11 @@ import Glibc
             for (k, v) in fb { body[k] = v }
             #expect(try d.post("/v1/feedback", json: body).status == 201)
         }
-        _ = try Self.putFile(d, "file-valid", try chatJSONL(Array(Self.examples.prefix(2))))
+        let validID = try Self.putFile(d, try chatJSONL(Array(Self.examples.prefix(2)))).id
 
         var r = try loractl(
             d, ["jobs", "create", "--model", "gemma-3-270m-q4_k_m", "--feedback-model", "gemma-3-270m-q4_k_m",
-                "--validation-file", "file-valid", "--epochs", "1", "--batch-size", "1", "--rank", "2", "--alpha", "4",
+                "--validation-file", validID, "--epochs", "1", "--batch-size", "1", "--rank", "2", "--alpha", "4",
                 "--checkpoint-every", "1", "--suffix", "fb", "--seed", "3"])
         #expect(r.0 == 0, "\(r)")
         let id = try #require(r.1.split(separator: " ").first.map(String.init))
@@ -335,10 +337,12 @@ import Glibc
     @Test func badInputIsRefusedWithTheFieldNamed() throws {
         let d = try LoradProcess()
         defer { d.stop() }
-        _ = try Self.putFile(d, "file-ok", try chatJSONL(Array(Self.examples.prefix(2))))
-        _ = try Self.putFile(d, "file-bad", try chatJSONL(Array(Self.examples.prefix(6))) + "not json\n")
+        let okID = try Self.putFile(d, try chatJSONL(Array(Self.examples.prefix(2)))).id
+        // Well-formed lines (the upload accepts them), but line 7 is far longer than a job's 1024-token sequences.
+        let long = String(repeating: "and then the story went on ", count: 400)
+        let badID = try Self.putFile(d, try chatJSONL(Array(Self.examples.prefix(6)) + [("Tell me a story.", long)])).id
         func create(_ extra: [String: Any]) throws -> (Int, [String: Any]) {
-            var b: [String: Any] = ["model": "gemma-3-270m-q4_k_m", "training_file": "file-ok"]
+            var b: [String: Any] = ["model": "gemma-3-270m-q4_k_m", "training_file": okID]
             for (k, v) in extra { b[k] = v }
             let r = try d.post("/v1/fine_tuning/jobs", json: b)
             return (r.status, (try? r.json()) ?? [:])
@@ -374,7 +378,7 @@ import Glibc
         #expect(try d.post("/v1/fine_tuning/jobs/ftjob-nope/cancel", json: [String: Any]()).status == 404)
 
         // A file with a bad line: the job fails at validation, naming the line; pausing it then is 409.
-        (s, r) = try create(["training_file": "file-bad"])
+        (s, r) = try create(["training_file": badID])
         #expect(s == 200)
         #expect(r["status"] as? String == "failed")
         let err = r["error"] as? [String: Any]
@@ -389,7 +393,7 @@ import Glibc
         // to uid 65534 as an operator would by group membership.)
         chmod(d.socket, 0o666)
         let (st, text) = try StoreIntegrationTests.curlAsNobody(
-            d, ["-d", "{\"model\":\"gemma-3-270m-q4_k_m\",\"training_file\":\"file-ok\"}", "http://l/v1/fine_tuning/jobs"])
+            d, ["-d", "{\"model\":\"gemma-3-270m-q4_k_m\",\"training_file\":\"\(okID)\"}", "http://l/v1/fine_tuning/jobs"])
         #expect(st == 403, "\(text)")
         let (ls, list) = try StoreIntegrationTests.curlAsNobody(d, ["http://l/v1/fine_tuning/jobs"])
         #expect(ls == 200 && list.contains("\"data\":[]"), "\(list)")

@@ -53,7 +53,7 @@ public final class FineTuningJobs: @unchecked Sendable {
 
     /// - Parameters:
     ///   - store: the daemon's store (migrated to `v4_jobs`).
-    ///   - files: the files API's content, or a directory (``DirectoryFineTuningFiles``).
+    ///   - files: the files API's content (the daemon's ``LoradStore``).
     ///   - stateDir: the daemon's state directory (work files go to `<stateDir>/jobs`).
     ///   - state: the shared daemon state (model, registry, metrics).
     ///   - trainingThreads: trainer compute threads (default: the number of CPUs, as `lorad train`).
@@ -423,7 +423,10 @@ public final class FineTuningJobs: @unchecked Sendable {
     }
 
     /// Registers the exported adapter under `name` as a new version, hot-swapped atomically (requests that already
-    /// hold the previous version finish on it). The one place a job's adapter enters the registry.
+    /// hold the previous version finish on it), recording its lineage: the parent version fixed when the job was
+    /// created, the job id and the data it trained on. The one place a job's adapter enters the registry. A job
+    /// without a gate publishes even when the adapter's current version changed meanwhile (LEARNING-DECISIONS #7;
+    /// the caller's event names the version it replaced).
     /// - Returns: the new version and the version it replaced (nil for a new name).
     /// - Throws: ``AdapterRegistryError`` (no registry, a rejected adapter, a full disk).
     func publish(job: FineTuningJob, name: String, gguf: String) async throws -> (version: Int, replaced: Int?) {
@@ -431,14 +434,18 @@ public final class FineTuningJobs: @unchecked Sendable {
         guard let data = FileManager.default.contents(atPath: gguf) else {
             throw AdapterRegistryError.badSource("cannot read \(gguf)")
         }
-        let (record, replaced) = try await registry.register(name: name, source: .files(["adapter.gguf": data]))
+        var range: [(String, JSONValue)] = []
+        if let f = job.trainingFile { range.append(("training_file", .string(f))) }
+        if let f = job.validationFile { range.append(("validation_file", .string(f))) }
+        if let src = job.trainingSource { range.append(("training_source", src)) }
+        let lineage = AdapterLineage(
+            parentVersion: job.baseAdapter == name ? job.parentVersion : nil, jobID: job.id,
+            dataRange: range.isEmpty ? nil : .object(range))
+        let result = try await registry.publish(name: name, source: .files(["adapter.gguf": data]), lineage: lineage)
         state.metrics.recordAdapterRegistration()
-        return (record.version, replaced)
+        return (result.record.version, result.replaced)
     }
 
-    /// The CSV of step metrics (OpenAI's result file): `step,train_loss,train_accuracy,valid_loss,
-    /// valid_mean_token_accuracy`, one row per step (a step repeated after a resume keeps its last values); with
-    /// a validation file, a row for step 0 holds the starting adapter's validation loss.
     func metricsCSV(_ id: String) async throws -> String {
         let events = try await store.listJobEvents(jobID: id, after: nil, limit: nil).items.reversed()
         var train: [Int: Double] = [:]

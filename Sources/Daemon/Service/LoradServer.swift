@@ -101,7 +101,7 @@ public enum LoradServer {
             state.store = store
             metrics.setStoreSource { store.stats }
             state.jobs = FineTuningJobs(
-                store: store, files: DirectoryFineTuningFiles(root: dir + "/files"), stateDir: dir, state: state,
+                store: store, files: store, stateDir: dir, state: state,
                 logger: Logger(label: "lorad.jobs"))
             logger.info(
                 "store open",
