@@ -106,6 +106,10 @@ public struct ServeCommand: AsyncParsableCommand {
     var defaultMaxTokens: Int?
     @Option(name: .customLong("store-max-mb"), help: "Budget of stored completions, MiB; the oldest without feedback are pruned (default: unbounded).")
     var storeMaxMB: Int?
+    @Option(
+        name: .customLong("training-min-share"),
+        help: "Share of wall time a fine-tuning job keeps while serving is busy, 0...1; 0: train only while idle (default 0.25).")
+    var trainingMinShare: Double?
 
     public init() {}
 
@@ -134,6 +138,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.stepTimeTarget = stepTimeTarget
         l.defaultMaxTokens = defaultMaxTokens
         l.storeMaxMB = storeMaxMB
+        l.training = trainingMinShare.map { ConfigLayer.TrainingLayer(minShare: $0) }
         return l
     }
 

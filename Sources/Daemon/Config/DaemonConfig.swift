@@ -59,8 +59,27 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var stepTimeTarget: Double?
     public var defaultMaxTokens: Int?
     public var storeMaxMB: Int?
+    /// The `training:` mapping of the config file (`--training-min-share` on the command line).
+    public var training: TrainingLayer?
 
     public init() {}
+
+    /// Keys under `training:`.
+    public struct TrainingLayer: Sendable, Equatable, Decodable {
+        /// `training.min_share`: the trainer's share of wall time while serving is busy, 0…1.
+        public var minShare: Double?
+
+        public init(minShare: Double? = nil) { self.minShare = minShare }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case minShare = "min_share"
+        }
+
+        /// Values of `self` where set, else those of `lower`.
+        public func over(_ lower: TrainingLayer?) -> TrainingLayer {
+            TrainingLayer(minShare: minShare ?? lower?.minShare)
+        }
+    }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case model, socket, threads
@@ -84,6 +103,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case stepTimeTarget = "step_time_target"
         case defaultMaxTokens = "default_max_tokens"
         case storeMaxMB = "store_max_mb"
+        case training
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -112,6 +132,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.stepTimeTarget = stepTimeTarget ?? lower.stepTimeTarget
         r.defaultMaxTokens = defaultMaxTokens ?? lower.defaultMaxTokens
         r.storeMaxMB = storeMaxMB ?? lower.storeMaxMB
+        r.training = training.map { $0.over(lower.training) } ?? lower.training
         return r
     }
 }
@@ -135,7 +156,14 @@ public enum ConfigFile {
         guard let map = node as? [String: Any] else {
             throw ConfigError.invalidYAML(path: path, reason: "the top level must be a mapping of key: value")
         }
-        let unknown = map.keys.filter { !knownKeys.contains($0) }.sorted()
+        var unknown = map.keys.filter { !knownKeys.contains($0) }.sorted()
+        if let training = map["training"] {
+            guard let t = training as? [String: Any] else {
+                throw ConfigError.invalidYAML(path: path, reason: "training must be a mapping (e.g. training: {min_share: 0.25})")
+            }
+            let known = Set(ConfigLayer.TrainingLayer.CodingKeys.allCases.map(\.rawValue))
+            unknown += t.keys.filter { !known.contains($0) }.sorted().map { "training.\($0)" }
+        }
         if !unknown.isEmpty { throw ConfigError.unknownKeys(path: path, keys: unknown) }
         do {
             return try YAMLDecoder().decode(ConfigLayer.self, from: text)
@@ -216,6 +244,10 @@ public struct DaemonConfig: Sendable, Equatable {
     /// Budget of stored completions in the store, MiB (the oldest rows no feedback refers to are pruned past it);
     /// nil: unbounded.
     public var storeMaxMB: Int?
+    /// The trainer's share of wall time while serving has work, 0…1 (`training.min_share`, `--training-min-share`;
+    /// LEARNING-DECISIONS #8): a fine-tuning job runs freely while serving is idle and pauses at its yield points
+    /// while serving is busy, but never below this share; 0 = train only while serving is idle.
+    public var trainingMinShare: Double = 0.25
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -343,6 +375,12 @@ public struct DaemonConfig: Sendable, Equatable {
                 throw ConfigError.invalidValue(key: "store_max_mb", reason: "must be 1...\(1 << 24), got \(mb)")
             }
             c.storeMaxMB = mb
+        }
+        if let share = l.training?.minShare {
+            guard share.isFinite, share >= 0, share <= 1 else {
+                throw ConfigError.invalidValue(key: "training.min_share", reason: "must be 0...1, got \(share)")
+            }
+            c.trainingMinShare = share
         }
         return c
     }
