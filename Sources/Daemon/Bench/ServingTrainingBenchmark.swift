@@ -68,6 +68,9 @@ enum ServingTrainingBenchmark {
         var trainAloneTokS: Double
         var referenceTokS: Double
         var yieldPointsPerStep: Int
+        /// Longest time between two yield points of an unpaced step (step start and end count as yield points),
+        /// seconds, and the index of the yield point that ends it (`yieldPointsPerStep` + 1 = the step's end).
+        var longestGap: (seconds: Double, endsAt: Int)
         var loadAverage: String
 
         var json: [String: Any] {
@@ -91,6 +94,7 @@ enum ServingTrainingBenchmark {
                 },
                 "phase3_train_tok_s": r1(trainAloneTokS), "reference_train_tok_s": r1(referenceTokS),
                 "phase3_vs_reference": r3(trainAloneTokS / referenceTokS), "yield_points_per_step": yieldPointsPerStep,
+                "longest_unpaced_gap_ms": r2(longestGap.seconds * 1000), "longest_gap_ends_at_yield_point": longestGap.endsAt,
             ]
         }
 
@@ -111,8 +115,10 @@ enum ServingTrainingBenchmark {
                                     p.serving.tokS / idle.tokS, p.serving.tokS >= 0.8 * idle.tokS ? "met" : "MISSED",
                                     p.serving.p99 / idle.p99, p.serving.p99 <= 1.5 * idle.p99 ? "met" : "MISSED"))
             }
-            lines.append(String(format: "phase 3  training alone (governed): %6.1f tok/s = %.3f x unpaced training (%.1f tok/s, as bench --train); %d yield points per step",
-                                trainAloneTokS, trainAloneTokS / referenceTokS, referenceTokS, yieldPointsPerStep))
+            lines.append(String(format: "phase 3  training alone (governed): %6.1f tok/s = %.3f x unpaced training (%.1f tok/s, as bench --train)",
+                                trainAloneTokS, trainAloneTokS / referenceTokS, referenceTokS))
+            lines.append(String(format: "         %d yield points per step; longest unpaced stretch between two: %.1f ms (ending at yield point %d)",
+                                yieldPointsPerStep, longestGap.seconds * 1000, longestGap.endsAt))
             return lines.joined(separator: "\n")
         }
     }
@@ -189,7 +195,7 @@ enum ServingTrainingBenchmark {
         }
         await clients.stop(streams)
         return Report(options: o, idle: idle, shared: shared, trainAloneTokS: aloneTokS, referenceTokS: referenceTokS,
-                      yieldPointsPerStep: pacer.yieldPointsPerStep, loadAverage: loadAverage)
+                      yieldPointsPerStep: pacer.yieldPointsPerStep, longestGap: pacer.longestGap, loadAverage: loadAverage)
     }
 
     // MARK: - Serving clients
@@ -360,6 +366,7 @@ enum ServingTrainingBenchmark {
         /// Mean time of the k-th yield point of a step as a fraction of the step, from the recorded steps.
         private var profile: [Double] = []
         private var profileSteps = 0
+        private var profileSeconds = 0.0
         private var steps = 0
 
         var inner: TrainingGovernor? {
@@ -394,17 +401,32 @@ enum ServingTrainingBenchmark {
                     if profile.count != fractions.count {
                         profile = fractions
                         profileSteps = 1
+                        profileSeconds = total
                     } else {
                         profileSteps += 1
                         for i in 0..<profile.count {
                             profile[i] += (fractions[i] - profile[i]) / Double(profileSteps)
                         }
+                        profileSeconds += (total - profileSeconds) / Double(profileSteps)
                     }
                 }
                 times.removeAll(keepingCapacity: true)
                 steps += 1
                 inStep = 0
                 stepStart = now
+            }
+        }
+
+        /// The longest gap between consecutive yield points of the mean recorded step (seconds) and the 1-based
+        /// index of the yield point that ends it (count + 1: the step's end).
+        var longestGap: (seconds: Double, endsAt: Int) {
+            lock.withLock {
+                let marks = [0] + profile + [1]
+                var best = (seconds: 0.0, endsAt: 0)
+                for i in 1..<marks.count where (marks[i] - marks[i - 1]) * profileSeconds > best.seconds {
+                    best = ((marks[i] - marks[i - 1]) * profileSeconds, i)
+                }
+                return best
             }
         }
 
