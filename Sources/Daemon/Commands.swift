@@ -110,6 +110,10 @@ public struct ServeCommand: AsyncParsableCommand {
     var storeMaxMB: Int?
     @Option(name: .customLong("max-upload-mb"), help: "Largest POST /v1/files upload, MiB (default 512).")
     var maxUploadMB: Int?
+    @Option(
+        name: .customLong("training-min-share"),
+        help: "Share of wall time a fine-tuning job keeps while serving is busy, 0...1; 0: train only while idle (default 0.25).")
+    var trainingMinShare: Double?
 
     public init() {}
 
@@ -140,6 +144,7 @@ public struct ServeCommand: AsyncParsableCommand {
         l.defaultMaxTokens = defaultMaxTokens
         l.storeMaxMB = storeMaxMB
         l.maxUploadMB = maxUploadMB
+        l.training = trainingMinShare.map { ConfigLayer.TrainingLayer(minShare: $0) }
         return l
     }
 

@@ -57,6 +57,39 @@ struct KernelPoolTests {
         }
     }
 
+    @Test("participants 1 runs every task on the calling thread; raising it brings the workers back")
+    func participants() {
+        let pool = ComputePool(threads: 3, spinMicroseconds: 1)
+        #expect(pool.participants == 3)
+        pool.participants = 1
+        #expect(pool.participants == 1)
+        let caller = pthread_self()
+        let lock = NSLock()
+        for round in 0..<20 {
+            let c = Counts(32)
+            var others = 0
+            pool.parallelFor(32) { i in
+                c.hit(i)
+                if pthread_equal(pthread_self(), caller) == 0 { lock.withLock { others += 1 } }
+                usleep(20)
+            }
+            #expect(c.counts.allSatisfy { $0 == 1 } && others == 0, "round \(round): \(others) tasks on workers")
+        }
+        pool.participants = 0  // clamped
+        #expect(pool.participants == 1)
+        pool.participants = 99
+        #expect(pool.participants == 3)
+        // Woken workers take part again: some task of some job runs off the calling thread.
+        var threads = Set<UInt>()
+        for _ in 0..<200 where threads.count < 3 {
+            pool.parallelFor(16) { _ in
+                lock.withLock { _ = threads.insert(UInt(pthread_self())) }
+                usleep(100)
+            }
+        }
+        #expect(threads.count == 3)
+    }
+
     @Test("results written by tasks are visible after the job returns")
     func visibility() {
         let pool = ComputePool(threads: 2)

@@ -36,6 +36,9 @@ public final class ServerState: @unchecked Sendable {
     private var jobsValue: FineTuningJobs?
     public let metrics: DaemonMetrics
     public let modelPath: String
+    /// Paces fine-tuning jobs against serving (`training.min_share`); attached to the engine once it runs. A job
+    /// sets it as its trainer's `pacer`.
+    public let trainingGovernor = TrainingGovernor(minShare: 0.25)
     public let started = Date()
 
     public init(modelPath: String, maxBodyBytes: Int, metrics: DaemonMetrics) {

@@ -11,6 +11,8 @@ import Runtime
 /// with `--batch-context` tokens, then `--batch-steps` decode steps of N rows (one new token per sequence, logits
 /// for every row), printing the aggregate decode tokens/s (as llama-batched-bench's S_TG at npl = N).
 /// With `--train` it measures LoRA training instead (rank 8, batch 4 × 256, AdamW; see TrainBenchmark).
+/// With `--serving-while-training` it measures serving and a fine-tuning run sharing the cores through the
+/// training governor (see ServingTrainingBenchmark).
 public struct BenchCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Measure prefill and decode throughput (tokens/s) of the runtime.")
@@ -54,6 +56,36 @@ public struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("train-steps"), help: "Measured training steps per case (after one warm-up step); the median is reported.")
     var trainSteps: Int = 4
 
+    @Flag(name: .customLong("serving-while-training"), help: "Serving and training together: concurrent greedy streams alone, then with a training run paced by the training governor at each --training-min-share, then the training alone (governed and unpaced).")
+    var servingWhileTraining = false
+
+    @Option(name: .customLong("training-min-share"), help: "With --serving-while-training: the trainer's share of wall time while serving is busy, 0...1 (repeatable; default 0.25).")
+    var trainingMinShares: [Double] = []
+
+    @Option(help: "With --serving-while-training: concurrent greedy streams.")
+    var streams: Int = 4
+
+    @Option(name: .customLong("stream-tokens"), help: "With --serving-while-training: tokens generated per request (EOS ignored).")
+    var streamTokens: Int = 128
+
+    @Option(name: .customLong("stream-prompt-tokens"), help: "With --serving-while-training: prompt tokens per request.")
+    var streamPromptTokens: Int = 32
+
+    @Option(name: .customLong("phase-seconds"), help: "With --serving-while-training: seconds each serving phase is measured.")
+    var phaseSeconds: Double = 20
+
+    @Option(name: .customLong("busy-threads"), help: "With --serving-while-training: trainer threads while serving is busy (default: all).")
+    var busyThreads: Int?
+
+    @Option(name: .customLong("train-batch"), help: "With --serving-while-training: sequences per training step.")
+    var trainBatch: Int = 4
+
+    @Option(name: .customLong("train-seq"), help: "With --serving-while-training: tokens per training sequence.")
+    var trainSeq: Int = 256
+
+    @Option(name: .customLong("train-last"), help: "With --serving-while-training: score only the last N positions of each sequence (default: all).")
+    var trainLast: Int?
+
     public init() {}
 
     public func run() async throws {
@@ -63,6 +95,10 @@ public struct BenchCommand: AsyncParsableCommand {
             return
         }
         let path = try model ?? DefaultModel.resolve()
+        if servingWhileTraining {
+            try await runServingWhileTraining(path: path)
+            return
+        }
         if train {
             let model = try Model.load(path: path, options: ModelOptions(threads: 1, batchCopyBytes: 0))
             for t in threads.isEmpty ? [max(1, ProcessInfo.processInfo.activeProcessorCount)] : threads {
@@ -110,6 +146,51 @@ public struct BenchCommand: AsyncParsableCommand {
                 print(String(format: "threads %d  prefill pp%d %8.1f tok/s  decode tg%d %7.1f tok/s  peak RSS %.0f MB",
                              t, prefillTokens, result.prefill, decodeTokens, result.decode, result.peakRSSMB))
             }
+        }
+    }
+
+    func runServingWhileTraining(path: String) async throws {
+        let shares = trainingMinShares.isEmpty ? [0.25] : trainingMinShares
+        if let bad = shares.first(where: { !$0.isFinite || $0 < 0 || $0 > 1 }) {
+            throw ValidationError("--training-min-share must be 0...1, got \(bad)")
+        }
+        guard streams >= 1, streamTokens >= 2, streamPromptTokens >= 2 else {
+            throw ValidationError("--streams must be >= 1, --stream-tokens and --stream-prompt-tokens >= 2")
+        }
+        guard phaseSeconds > 0, phaseSeconds <= 3600 else { throw ValidationError("--phase-seconds must be 0...3600") }
+        guard trainBatch >= 1, trainSeq >= 2, trainSteps >= 1 else {
+            throw ValidationError("--train-batch and --train-steps must be >= 1, --train-seq >= 2")
+        }
+        if let t = trainLast, t < 1 || t >= trainSeq { throw ValidationError("--train-last must be 1...\(trainSeq - 1)") }
+        if let t = busyThreads, t < 1 { throw ValidationError("--busy-threads must be >= 1") }
+        guard threads.count <= 1, threads.allSatisfy({ $0 >= 1 }) else {
+            throw ValidationError("--serving-while-training takes one --threads N (serving and trainer threads)")
+        }
+        let t = threads.first ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
+        var o = ServingTrainingBenchmark.Options()
+        o.streams = streams
+        o.promptTokens = streamPromptTokens
+        o.genTokens = streamTokens
+        o.seconds = phaseSeconds
+        o.shares = shares
+        o.servingThreads = t
+        o.trainerThreads = t
+        o.busyThreads = busyThreads
+        o.trainBatch = trainBatch
+        o.trainSeq = trainSeq
+        o.trainLast = trainLast
+        o.trainSteps = trainSteps
+        let quiet = json
+        let report = try await ServingTrainingBenchmark.run(path: path, options: o) { line in
+            if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) }
+        }
+        if json {
+            var obj = report.json
+            obj["model"] = path
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(report.text)
         }
     }
 

@@ -61,8 +61,27 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var defaultMaxTokens: Int?
     public var storeMaxMB: Int?
     public var maxUploadMB: Int?
+    /// The `training:` mapping of the config file (`--training-min-share` on the command line).
+    public var training: TrainingLayer?
 
     public init() {}
+
+    /// Keys under `training:`.
+    public struct TrainingLayer: Sendable, Equatable, Decodable {
+        /// `training.min_share`: the trainer's share of wall time while serving is busy, 0…1.
+        public var minShare: Double?
+
+        public init(minShare: Double? = nil) { self.minShare = minShare }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case minShare = "min_share"
+        }
+
+        /// Values of `self` where set, else those of `lower`.
+        public func over(_ lower: TrainingLayer?) -> TrainingLayer {
+            TrainingLayer(minShare: minShare ?? lower?.minShare)
+        }
+    }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case model, socket, threads
@@ -88,6 +107,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         case defaultMaxTokens = "default_max_tokens"
         case storeMaxMB = "store_max_mb"
         case maxUploadMB = "max_upload_mb"
+        case training
     }
 
     /// Values of `self` where set, else those of `lower`.
@@ -118,6 +138,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.defaultMaxTokens = defaultMaxTokens ?? lower.defaultMaxTokens
         r.storeMaxMB = storeMaxMB ?? lower.storeMaxMB
         r.maxUploadMB = maxUploadMB ?? lower.maxUploadMB
+        r.training = training.map { $0.over(lower.training) } ?? lower.training
         return r
     }
 }
@@ -141,7 +162,14 @@ public enum ConfigFile {
         guard let map = node as? [String: Any] else {
             throw ConfigError.invalidYAML(path: path, reason: "the top level must be a mapping of key: value")
         }
-        let unknown = map.keys.filter { !knownKeys.contains($0) }.sorted()
+        var unknown = map.keys.filter { !knownKeys.contains($0) }.sorted()
+        if let training = map["training"] {
+            guard let t = training as? [String: Any] else {
+                throw ConfigError.invalidYAML(path: path, reason: "training must be a mapping (e.g. training: {min_share: 0.25})")
+            }
+            let known = Set(ConfigLayer.TrainingLayer.CodingKeys.allCases.map(\.rawValue))
+            unknown += t.keys.filter { !known.contains($0) }.sorted().map { "training.\($0)" }
+        }
         if !unknown.isEmpty { throw ConfigError.unknownKeys(path: path, keys: unknown) }
         do {
             return try YAMLDecoder().decode(ConfigLayer.self, from: text)
@@ -226,6 +254,10 @@ public struct DaemonConfig: Sendable, Equatable {
     public var storeMaxMB: Int?
     /// Largest `POST /v1/files` upload, MiB (413 beyond).
     public var maxUploadMB: Int = 512
+    /// The trainer's share of wall time while serving has work, 0…1 (`training.min_share`, `--training-min-share`;
+    /// LEARNING-DECISIONS #8): a fine-tuning job runs freely while serving is idle and pauses at its yield points
+    /// while serving is busy, but never below this share; 0 = train only while serving is idle.
+    public var trainingMinShare: Double = 0.25
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -356,6 +388,12 @@ public struct DaemonConfig: Sendable, Equatable {
             c.storeMaxMB = mb
         }
         c.maxUploadMB = try positive(l.maxUploadMB, "max_upload_mb", 512, max: 1 << 20)
+        if let share = l.training?.minShare {
+            guard share.isFinite, share >= 0, share <= 1 else {
+                throw ConfigError.invalidValue(key: "training.min_share", reason: "must be 0...1, got \(share)")
+            }
+            c.trainingMinShare = share
+        }
         return c
     }
 

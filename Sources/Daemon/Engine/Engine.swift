@@ -31,6 +31,8 @@ public final class Engine: @unchecked Sendable {
     private var snapshotValue = EngineSnapshot()
     private var thread: Thread?
     private var threadDone = false
+    private var loadObserver: (@Sendable (Bool) -> Void)?
+    private var reportedBusy = false
 
     // Compute-thread state.
     private var active: [ActiveSequence] = []
@@ -111,6 +113,7 @@ public final class Engine: @unchecked Sendable {
                 id: id, request: request, capacity: total, reservedBytes: need.partialValue,
                 continuation: continuation, submitted: .now))
         snapshotValue.waiting = waiting.count
+        noteLoadLocked()
         lock.signal()
         // Cancelling a finished id is a no-op, so releasing the iterator after `.finished` costs nothing.
         return GenerationHandle(
@@ -123,6 +126,26 @@ public final class Engine: @unchecked Sendable {
         cancelled.insert(id)
         lock.signal()
         lock.unlock()
+    }
+
+    /// Calls `observer(true)` when the engine goes from idle (no sequence running or waiting) to busy and
+    /// `observer(false)` when it goes back, in that order, and once at once with the current state; nil removes it.
+    /// It runs under the engine's lock, on the submitting or the compute thread: it must be quick and must not call
+    /// the engine. The training governor uses it to pause training while serving has work.
+    public func observeLoad(_ observer: (@Sendable (Bool) -> Void)?) {
+        lock.lock()
+        defer { lock.unlock() }
+        loadObserver = observer
+        reportedBusy = snapshotValue.running > 0 || !waiting.isEmpty
+        observer?(reportedBusy)
+    }
+
+    /// Reports a change of busy/idle to the load observer (call with `lock` held, after updating the snapshot).
+    private func noteLoadLocked() {
+        let busy = snapshotValue.running > 0 || !waiting.isEmpty
+        guard busy != reportedBusy else { return }
+        reportedBusy = busy
+        loadObserver?(busy)
     }
 
     /// Current load.
@@ -227,6 +250,7 @@ public final class Engine: @unchecked Sendable {
             }
             snapshotValue.running = active.count + admitted.count
             snapshotValue.waiting = waiting.count
+            noteLoadLocked()
             lock.unlock()
 
             for p in unfit {
@@ -288,6 +312,7 @@ public final class Engine: @unchecked Sendable {
         let pending = waiting
         waiting.removeAll()
         snapshotValue.waiting = 0
+        noteLoadLocked()
         lock.unlock()
         for p in pending {
             p.continuation.yield(
@@ -515,6 +540,7 @@ public final class Engine: @unchecked Sendable {
         snapshotValue.kvBytesLimit = limits.kvCacheBytes
         snapshotActiveIDs = running.map(\.id)
         let s = snapshotValue
+        noteLoadLocked()
         lock.unlock()
         metrics?.setQueue(depth: s.waiting, running: s.running, kvUsed: s.kvBytesUsed, kvLimit: s.kvBytesLimit)
     }

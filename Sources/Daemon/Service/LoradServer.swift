@@ -195,6 +195,7 @@ final class Reloader: @unchecked Sendable {
         state.maxUploadBytes = new.maxUploadBytes
         state.maxFileUploadBytes = new.maxUploadMB << 20
         state.defaultMaxTokens = new.defaultMaxTokens
+        state.trainingGovernor.minShare = new.trainingMinShare
         if let registry = state.registry {
             registry.setCacheLimit(bytes: new.adapterCacheMB << 20)
             registry.setKeepVersions(new.adapterKeepVersions)
@@ -235,6 +236,7 @@ final class Reloader: @unchecked Sendable {
                 "max_prefill_tokens_per_step": "\(new.maxPrefillTokensPerStep)",
                 "step_time_target": "\(new.stepTimeTarget)",
                 "default_max_tokens": "\(new.defaultMaxTokens.map { String($0) } ?? "none")",
+                "training_min_share": "\(new.trainingMinShare)",
             ])
         SystemdNotifier.reloaded(status: status)
     }

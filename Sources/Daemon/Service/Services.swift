@@ -70,6 +70,8 @@ final class EngineService: Service, @unchecked Sendable {
         let engine = Engine(
             backend: backend, limits: limits, metrics: state.metrics, heartbeat: { pinger.ping() },
             idleWakeInterval: watchdog.map { min(1, Self.seconds($0) / 4) } ?? 1)
+        state.trainingGovernor.minShare = config.trainingMinShare
+        state.trainingGovernor.attach(to: engine)
         engine.start()
         lock.withLock { self.engine = engine }
         state.defaultMaxTokens = config.defaultMaxTokens

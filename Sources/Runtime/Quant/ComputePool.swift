@@ -29,10 +29,10 @@ public final class ComputePool: @unchecked Sendable {
             shared = nil
             return
         }
-        let state = PoolState(spinNanoseconds: UInt64(max(0, spinMicroseconds)) * 1000)
+        let state = PoolState(spinNanoseconds: UInt64(max(0, spinMicroseconds)) * 1000, workers: self.threads - 1)
         shared = state
         for index in 1..<self.threads {
-            let thread = Thread { state.workerLoop() }
+            let thread = Thread { state.workerLoop(index: index) }
             thread.name = "lorad-compute-\(index)"
             thread.stackSize = 1 << 20
             thread.start()
@@ -41,6 +41,15 @@ public final class ComputePool: @unchecked Sendable {
 
     deinit {
         shared?.shutdown()
+    }
+
+    /// Threads that take part in jobs from now on: the caller plus `participants - 1` workers (clamped to
+    /// 1…`threads`; initially `threads`). The other workers sleep until it is raised again. Tasks are claimed
+    /// dynamically, so a job runs the same tasks with the same results on fewer threads. Any thread may set it, also
+    /// while a job runs (a worker already in that job finishes the tasks it claims).
+    public var participants: Int {
+        get { (shared?.activeWorkers ?? 0) + 1 }
+        set { shared?.setActiveWorkers(min(max(newValue, 1), threads) - 1) }
     }
 
     /// Calls `body(threadIndex)` for every threadIndex in `0..<threads` concurrently and waits for all.
@@ -73,24 +82,41 @@ final class PoolState: @unchecked Sendable {
     private let sleepingWorkers = Atomic<Int>(0)
     private let callerSleeping = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
+    /// Workers (indices 1…) that take part in jobs; the ones above sleep on `unpark`.
+    private let active: Atomic<Int>
     private var body: ((Int) -> Void)?
     private let spinNanoseconds: UInt64
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private let done = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let unpark = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
-    init(spinNanoseconds: UInt64) {
+    init(spinNanoseconds: UInt64, workers: Int) {
         self.spinNanoseconds = spinNanoseconds
+        active = Atomic<Int>(workers)
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(wake, nil)
         pthread_cond_init(done, nil)
+        pthread_cond_init(unpark, nil)
     }
 
     func shutdown() {
         stopping.store(true, ordering: .sequentiallyConsistent)
         pthread_mutex_lock(mutex)
         pthread_cond_broadcast(wake)
+        pthread_cond_broadcast(unpark)
         pthread_mutex_unlock(mutex)
+    }
+
+    var activeWorkers: Int { active.load(ordering: .relaxed) }
+
+    func setActiveWorkers(_ n: Int) {
+        let old = active.exchange(n, ordering: .sequentiallyConsistent)
+        if n > old {
+            pthread_mutex_lock(mutex)
+            pthread_cond_broadcast(unpark)
+            pthread_mutex_unlock(mutex)
+        }
     }
 
     /// Runs one job on the calling thread plus the workers; returns when every task has completed.
@@ -168,9 +194,20 @@ final class PoolState: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    func workerLoop() {
+    func workerLoop(index: Int) {
         var seen: UInt64 = 0
         while !stopping.load(ordering: .relaxed) {
+            if index > active.load(ordering: .relaxed) {
+                // Parked: sleep until the pool takes this worker back; jobs published meanwhile are not ours.
+                pthread_mutex_lock(mutex)
+                while index > active.load(ordering: .sequentiallyConsistent)
+                    && !stopping.load(ordering: .sequentiallyConsistent) {
+                    pthread_cond_wait(unpark, mutex)
+                }
+                pthread_mutex_unlock(mutex)
+                seen = state.load(ordering: .acquiring) >> 32
+                continue
+            }
             // Spin for a new generation, then sleep.
             var generation = state.load(ordering: .acquiring) >> 32
             if generation == seen {
@@ -198,6 +235,7 @@ final class PoolState: @unchecked Sendable {
                 continue
             }
             seen = generation
+            if index > active.load(ordering: .relaxed) { continue }  // parked while it waited
             work(generation: generation)
         }
     }

@@ -86,6 +86,13 @@ public final class LoRATrainer: @unchecked Sendable {
     /// Keep dequantized f32 copies of the layer projections between calls (forward and backward then skip the
     /// dequantization; Gemma 3 270M: 400 MB). Off: each projection is dequantized into one scratch per use.
     public let cacheWeights: Bool
+    /// Asked at fine-grained points of every pass (before each layer projection, between output-head tile rounds)
+    /// whether training goes on, sleeps or uses fewer threads; nil: never asked. Results are the same bit for bit
+    /// with or without it (see `TrainingPacer`). Set it between calls, not during one; setting nil gives the
+    /// trainer all of its pool's threads again.
+    public var pacer: (any TrainingPacer)? {
+        didSet { if pacer == nil { pool.participants = pool.threads } }
+    }
 
     /// - Parameters:
     ///   - model: the base model (Gemma 3 or Llama).
@@ -121,6 +128,15 @@ public final class LoRATrainer: @unchecked Sendable {
                 usleep(1000)
             }
         }
+    }
+
+    /// A yield point: asks the pacer (if any), then applies its thread limit to the pool for the work up to the
+    /// next yield point.
+    func yieldPoint() {
+        guard let pacer else { return }
+        pacer.yieldPoint()
+        let n = min(pool.threads, max(1, pacer.threadLimit ?? pool.threads))
+        if pool.participants != n { pool.participants = n }
     }
 
     /// `SCHED_IDLE` (5 in linux/sched.h; glibc declares it only under _GNU_SOURCE).
@@ -269,6 +285,7 @@ public final class LoRATrainer: @unchecked Sendable {
             weightCache = weights.layers.map { lw in
                 var m: [Projection: TrainBuffer] = [:]
                 for p in Projection.allCases {
+                    yieldPoint()
                     let w = lw.matrix(p)
                     let b = TrainBuffer(w.rows * w.cols)
                     dequantizeMatrix(pool, w, into: b.p)
@@ -292,6 +309,7 @@ public final class LoRATrainer: @unchecked Sendable {
         var saved: [LayerActivations?] = Array(repeating: nil, count: c.nLayer)
         let scratch = firstPatched > 0 ? LayerActivations(ctx, T: T) : nil
         for l in 0..<c.nLayer {
+            yieldPoint()
             let acts = l >= firstPatched ? LayerActivations(ctx, T: T) : scratch!
             ctx.layerForward(l, x: x.p, acts: acts)
             if l >= firstPatched { saved[l] = acts }
@@ -307,7 +325,7 @@ public final class LoRATrainer: @unchecked Sendable {
         let g = wantGrad && firstPatched < c.nLayer ? TrainBuffer(N * D) : nil
         logp.withUnsafeMutableBufferPointer {
             outputHead(pool, w: self.weights.output, xn: xn.p, rows: N, targets: packed.headTargets,
-                       logp: $0.baseAddress!, grad: g?.p)
+                       logp: $0.baseAddress!, grad: g?.p, yieldPoint: pacer == nil ? nil : { self.yieldPoint() })
         }
         let (w, extra) = rowWeights(logp)
         guard let g, wantGrad else {
@@ -325,6 +343,7 @@ public final class LoRATrainer: @unchecked Sendable {
         }
         let bscratch = BackwardScratch(ctx, T: T)
         for l in stride(from: c.nLayer - 1, through: firstPatched, by: -1) {
+            yieldPoint()
             ctx.layerBackward(l, dx: dx.p, acts: saved[l]!, s: bscratch)
             saved[l] = nil
         }
@@ -433,10 +452,13 @@ final class PassContext {
     let wf: TrainBuffer
     let tmpD: TrainBuffer
     let weightCache: [[Projection: TrainBuffer]]?
+    /// The trainer's yield point (nil without a pacer), called before each projection.
+    let yieldPoint: (() -> Void)?
 
     init(trainer: LoRATrainer, packed: Packed, terms: [ModuleKey: LoRATerm]) {
         let c = trainer.config
         config = c
+        yieldPoint = trainer.pacer == nil ? nil : { [unowned trainer] in trainer.yieldPoint() }
         weights = trainer.weights
         pool = trainer.pool
         self.packed = packed
@@ -473,6 +495,7 @@ final class PassContext {
 
     func linF(_ p: Projection, _ l: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
               _ acts: LayerActivations) {
+        yieldPoint?()
         let (w, wfp) = f32Weight(p, l)
         let term = terms[ModuleKey(layer: l, projection: p)]
         linearForward(pool, wf: wfp, nIn: w.cols, nOut: w.rows, x: x, rows: T, y: y, lora: term,
@@ -481,6 +504,7 @@ final class PassContext {
 
     func linB(_ p: Projection, _ l: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
               dx: UnsafeMutablePointer<Float>, accumulate: Bool, _ acts: LayerActivations, _ s: BackwardScratch) {
+        yieldPoint?()
         let (w, wfp) = f32Weight(p, l)
         let term = terms[ModuleKey(layer: l, projection: p)]
         linearBackward(pool, wf: wfp, nIn: w.cols, nOut: w.rows, dy: dy, x: x, rows: T, dx: dx,
@@ -532,6 +556,7 @@ final class PassContext {
             ropeForward(A.kF.p, rows: T, rowStride: c.kvDim, heads: c.nHeadKV, headDim: c.headDim,
                         positions: pos.baseAddress!, table: table, style: c.ropeStyle)
         }
+        yieldPoint?()
         attentionForward(pool, q: A.qF.p, k: A.kF.p, v: A.v.p, out: A.att.p, spans: packed.spans,
                          shape: attentionShape(l))
         linF(.attnOutput, l, A.att.p, A.oRaw.p, A)
@@ -578,6 +603,7 @@ final class PassContext {
             dBranch = UnsafePointer(s.tmpD.p)
         }
         linB(.attnOutput, l, dy: dBranch, x: A.att.p, dx: s.datt.p, accumulate: false, A, s)
+        yieldPoint?()
         attentionBackward(pool, dOut: s.datt.p, q: A.qF.p, k: A.kF.p, v: A.v.p, out: A.att.p, dq: s.dq.p, dk: s.dk.p,
                           dv: s.dv.p, spans: packed.spans, shape: attentionShape(l))
         let table = rope(l)

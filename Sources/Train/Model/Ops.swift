@@ -466,10 +466,12 @@ package func attentionBackward(_ pool: ComputePool, dOut: UnsafePointer<Float>, 
 /// Never forms `[N, n_vocab]`: the vocabulary is processed in tiles of `tile` rows (dequantized to f32, then
 /// sgemm), with an online log-sum-exp (running max and rescaled sums, Milakov & Gimelshein 2018) and the
 /// softmax-weighted sum of W rows accumulated tile by tile, so logits, softmax and the gradient take one pass
-/// over the head. Tiles are split over the pool; the partial results are merged at the end.
+/// over the head. Tiles are split over the pool: part `p` takes tiles `p, p + parts, …` in that order, one tile per
+/// part per round (a pool job); the partial results are merged at the end. `yieldPoint` runs before each round.
 /// - Parameters: w: output head `[n_vocab, n_embd]`; xn: normalised final hidden rows `[N, n_embd]`.
 package func outputHead(_ pool: ComputePool, w: WeightMatrix, xn: UnsafePointer<Float>, rows N: Int, targets: [Int32],
-                logp: UnsafeMutablePointer<Double>, grad: UnsafeMutablePointer<Float>?, tile: Int = 2048) {
+                logp: UnsafeMutablePointer<Double>, grad: UnsafeMutablePointer<Float>?, tile: Int = 2048,
+                yieldPoint: (() -> Void)? = nil) {
     guard N > 0 else { return }
     let V = w.rows, D = w.cols
     let nTiles = (V + tile - 1) / tile
@@ -478,24 +480,27 @@ package func outputHead(_ pool: ComputePool, w: WeightMatrix, xn: UnsafePointer<
     let sums = UnsafeMutablePointer<Double>.allocate(capacity: parts * N)
     let tl = UnsafeMutablePointer<Float>.allocate(capacity: N)
     let acc: UnsafeMutablePointer<Float>? = grad == nil ? nil : UnsafeMutablePointer<Float>.allocate(capacity: parts * N * D)
+    // Per part: the dequantized tile `[tile, n_embd]` and its logits `[N, tile]`.
+    let wts = UnsafeMutablePointer<Float>.allocate(capacity: parts * tile * D)
+    let lgs = UnsafeMutablePointer<Float>.allocate(capacity: parts * N * tile)
     defer {
-        mx.deallocate(); sums.deallocate(); tl.deallocate(); acc?.deallocate()
+        mx.deallocate(); sums.deallocate(); tl.deallocate(); acc?.deallocate(); wts.deallocate(); lgs.deallocate()
     }
     mx.initialize(repeating: -Float.infinity, count: parts * N)
     sums.initialize(repeating: 0, count: parts * N)
     tl.initialize(repeating: 0, count: N)
     acc?.initialize(repeating: 0, count: parts * N * D)
+    let rounds = (nTiles + parts - 1) / parts
     targets.withUnsafeBufferPointer { tg in
-        pool.parallelFor(parts) { part in
-            let wt = UnsafeMutablePointer<Float>.allocate(capacity: tile * D)
-            let lg = UnsafeMutablePointer<Float>.allocate(capacity: N * tile)
-            defer { wt.deallocate(); lg.deallocate() }
-            let m = mx + part * N, s = sums + part * N
-            let ac = acc.map { $0 + part * N * D }
-            var ti = part
-            while ti < nTiles {
+        for round in 0..<rounds {
+            yieldPoint?()
+            pool.parallelFor(parts) { part in
+                let ti = round * parts + part
+                guard ti < nTiles else { return }
+                let wt = wts + part * tile * D, lg = lgs + part * N * tile
+                let m = mx + part * N, s = sums + part * N
+                let ac = acc.map { $0 + part * N * D }
                 let v0 = ti * tile, vc = min(tile, V - v0)
-                ti += parts
                 Quant.dequantize(w.type, w.data + v0 * w.rowBytes, count: vc * D, into: wt)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(N), Int32(vc), Int32(D), 1, xn, Int32(D),
                             wt, Int32(D), 0, lg, Int32(vc))
