@@ -256,7 +256,7 @@ public final class FineTuningJobs: @unchecked Sendable {
     /// - Returns: the loop's outcome, or nil when a stop came before the first step of this session.
     private func train(_ job: FineTuningJob, model: Model) throws -> TrainingOutcome? {
         let settings = trainSettings(job)
-        let prepared = try TrainJob.prepare(settings, model: model)
+        let prepared = try TrainJob.prepare(settings, model: model, pacer: state.trainingGovernor)
         let id = job.id
         let total = prepared.totalSteps
         lock.withLock { progressValue = (id, job.step, total) }
@@ -358,7 +358,7 @@ public final class FineTuningJobs: @unchecked Sendable {
             length: .epochs(job.nEpochs), batchSize: job.batchSize, gradAccum: 1, maxSeqLen: 1024, truncate: .reject,
             clip: 1.0, seed: UInt64(job.seed), threads: trainingThreads,
             evalEvery: hasValid ? job.checkpointEvery : 0, checkpointEvery: job.checkpointEvery, resume: true,
-            json: false, nice: true)
+            json: false, nice: false)
     }
 
     /// The registry name a job publishes under: `suffix`, else the adapter it continues, else `ft-<short id>`.

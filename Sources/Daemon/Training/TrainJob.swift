@@ -103,9 +103,10 @@ struct TrainJob {
 
     /// Builds the run of `s` on an already loaded `model`: the data (validated line by line), the adapter (fresh
     /// from the seed, or `s.initAdapter`), the trainer on `s.threads` threads (background priority with
-    /// `s.nice`), the objective, AdamW, clip, schedule and the checkpoint store in `s.outDir/checkpoints`.
+    /// `s.nice`; paced by `pacer` when given), the objective, AdamW, clip, schedule and the checkpoint store in
+    /// `s.outDir/checkpoints`.
     /// - Throws: ``TrainCLIError`` for unusable data or settings; the layers' errors otherwise.
-    static func prepare(_ s: TrainSettings, model: Model) throws -> PreparedTraining {
+    static func prepare(_ s: TrainSettings, model: Model, pacer: (any TrainingPacer)? = nil) throws -> PreparedTraining {
         let c = model.config
         let store = CheckpointStore(directory: s.outDir + "/checkpoints")
         // Data, validated line by line (errors name the file, line and field).
@@ -162,6 +163,8 @@ struct TrainJob {
         do { trainer = try LoRATrainer(model: model, threads: s.threads, background: s.nice, cacheWeights: true) } catch {
             throw TrainCLIError.usage("\(error)")
         }
+        // A daemon's job is paced against serving (TrainingGovernor); the arithmetic is the same with or without.
+        trainer.pacer = pacer
         let objective: TrainingObjective
         switch s.method {
         case .sft:
