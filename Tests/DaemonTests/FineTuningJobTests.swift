@@ -127,7 +127,7 @@ import Glibc
         let results = done["result_files"] as? [String] ?? []
         #expect(results.count == 1)
         if let f = results.first {
-            let csv = try String(contentsOfFile: d.dir.appendingPathComponent("state/files/\(f)").path, encoding: .utf8)
+            let csv = try d.get("/v1/files/\(f)/content").text
             let rows = csv.split(separator: "\n")
             #expect(rows.first == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy")
             #expect(rows.count == 5)
@@ -326,7 +326,7 @@ import Glibc
         #expect(ckpts.allSatisfy { ($0["metrics"] as? [String: Any])?["valid_loss"] is Double })
         let job = try d.get("/v1/fine_tuning/jobs/\(id)").json()
         let f = try #require((job["result_files"] as? [String])?.first)
-        let csv = try String(contentsOfFile: d.dir.appendingPathComponent("state/files/\(f)").path, encoding: .utf8)
+        let csv = try d.get("/v1/files/\(f)/content").text
         let rows = csv.split(separator: "\n").dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false) }
         // Step 0: the starting adapter's validation loss; steps 1-3: both losses.
         #expect(rows.count == 4)

@@ -202,9 +202,14 @@ struct CreateJobBody {
         if let c = try int(field(lorad, "checkpoint_every"), "lorad.checkpoint_every", 1...1_000_000, auto: false) {
             checkpointEvery = c
         }
-        if let g = field(lorad, "gate") {
-            _ = try object(g, "lorad.gate")
+        if let g = field(lorad, "gate"), g != .null {
+            _ = try JobGate.settings(g)
             gate = g
+            guard validationFile != nil else {
+                throw APIError.invalidRequest(
+                    "A gated job ('lorad.gate') needs 'validation_file': the held-out data the gate measures it on.",
+                    param: "validation_file")
+            }
         }
     }
 }

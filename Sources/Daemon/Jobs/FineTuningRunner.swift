@@ -387,9 +387,49 @@ public final class FineTuningJobs: @unchecked Sendable {
         } catch {
             await event(id, "The step-metrics file could not be stored: \(error)", level: "warn")
         }
+        var gateNumbers: JSONValue? = nil
+        if let g = job.gate {
+            let verdict: GateVerdict
+            do {
+                verdict = try await gate(job, settings: try JobGate.settings(g), candidate: outcome.params, model: model)
+            } catch {
+                return await fail(id, error, code: "gate_failed")
+            }
+            let numbers = JobGate.json(verdict)
+            guard verdict.passed else {
+                await event(
+                    id,
+                    "The evaluation gate kept the current version: \(verdict.reasons.joined(separator: "; ")) "
+                        + "(\(JobGate.summary(verdict))).", level: "warn", data: numbers)
+                let files = resultFiles
+                _ = try? await store.updateJob(id: id) { j in
+                    j.status = .succeeded
+                    j.finishedAt = Int(Date().timeIntervalSince1970)
+                    j.estimatedFinish = nil
+                    j.trainedTokens = outcome.tokensSeen
+                    j.step = outcome.steps
+                    j.fineTunedModel = nil
+                    j.published = false
+                    j.metadata["published"] = "false"
+                    j.resultFiles = files
+                }
+                await event(id, "The job has successfully completed; the gate did not publish its adapter.")
+                logger.notice("fine-tuning job not published by its gate", metadata: ["job": "\(id)", "adapter": "\(name)"])
+                return
+            }
+            await event(id, "The evaluation gate passed: \(JobGate.summary(verdict)).", data: numbers)
+            gateNumbers = numbers
+        }
         let published: (version: Int, replaced: Int?)
         do {
-            published = try await publish(job: job, name: name, gguf: dir + "/adapter.gguf")
+            published = try await publish(job: job, name: name, gguf: dir + "/adapter.gguf", gate: gateNumbers)
+        } catch AdapterRegistryError.parentChanged(let current) where job.gate != nil {
+            return await fail(
+                id,
+                AdapterRegistryError.badSource(
+                    "the adapter's current version is \(current.map(String.init) ?? "none"), not version "
+                        + "\(job.parentVersion.map(String.init) ?? "none") this job started from; nothing was published"),
+                code: "parent_changed")
         } catch {
             return await fail(id, error, code: "publish_failed")
         }
@@ -429,7 +469,9 @@ public final class FineTuningJobs: @unchecked Sendable {
     /// the caller's event names the version it replaced).
     /// - Returns: the new version and the version it replaced (nil for a new name).
     /// - Throws: ``AdapterRegistryError`` (no registry, a rejected adapter, a full disk).
-    func publish(job: FineTuningJob, name: String, gguf: String) async throws -> (version: Int, replaced: Int?) {
+    func publish(job: FineTuningJob, name: String, gguf: String, gate: JSONValue? = nil) async throws
+        -> (version: Int, replaced: Int?)
+    {
         guard let registry = state.registry else { throw AdapterRegistryError.notReady }
         guard let data = FileManager.default.contents(atPath: gguf) else {
             throw AdapterRegistryError.badSource("cannot read \(gguf)")
@@ -440,10 +482,45 @@ public final class FineTuningJobs: @unchecked Sendable {
         if let src = job.trainingSource { range.append(("training_source", src)) }
         let lineage = AdapterLineage(
             parentVersion: job.baseAdapter == name ? job.parentVersion : nil, jobID: job.id,
-            dataRange: range.isEmpty ? nil : .object(range))
-        let result = try await registry.publish(name: name, source: .files(["adapter.gguf": data]), lineage: lineage)
+            dataRange: range.isEmpty ? nil : .object(range), gate: gate)
+        // A gated job publishes only over the version it was measured against (compare and swap, decision #7).
+        let expected: Int?? = gate == nil ? nil : .some(job.baseAdapter == name ? job.parentVersion : nil)
+        let result = try await registry.publish(
+            name: name, source: .files(["adapter.gguf": data]), lineage: lineage, expectedParent: expected)
         state.metrics.recordAdapterRegistration()
         return (result.record.version, result.replaced)
+    }
+
+    /// Runs the job's evaluation gate on a thread of its own (the evaluation is as heavy as a few training steps):
+    /// the candidate against the version the job started from (`init.gguf`; the base model for a fresh adapter).
+    /// - Throws: the layers' errors for unusable held-out data or a mismatched adapter.
+    private func gate(_ job: FineTuningJob, settings: GateSettings, candidate: LoRAParameters, model: Model) async throws
+        -> GateVerdict
+    {
+        let dir = workDir(job.id)
+        let valid = dir + "/valid.jsonl"
+        let validPath = FileManager.default.fileExists(atPath: valid) ? valid : nil
+        let threads = trainingThreads
+        let pacer = state.trainingGovernor
+        let dpo = job.methodType == "dpo"
+        let result: Result<GateVerdict, Error> = await withCheckedContinuation { c in
+            let t = Thread {
+                c.resume(returning: Result {
+                    var current: LoRAParameters? = nil
+                    if job.baseAdapter != nil {
+                        let a = try model.loadGGUFAdapter(path: dir + "/init.gguf", name: "gate-current")
+                        current = try LoRAParameters(adapter: a, model: model.config)
+                    }
+                    return try JobGate.evaluate(
+                        model: model, threads: threads, pacer: pacer, current: current, candidate: candidate,
+                        validPath: validPath, dpo: dpo, settings: settings)
+                })
+            }
+            t.name = "lorad-gate-\(job.id)"
+            t.stackSize = 8 << 20
+            t.start()
+        }
+        return try result.get()
     }
 
     func metricsCSV(_ id: String) async throws -> String {
