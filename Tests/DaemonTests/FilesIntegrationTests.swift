@@ -272,18 +272,33 @@ extension LoradProcess {
         #expect(r.0 != 0 && r.2.contains("HTTP 404"), "\(r)")
     }
 
-    /// A file whose upload got its 200 is there after kill -9 and a restart, with the same bytes; what a crash
-    /// leaves mid-upload (a temp file, a content file without a row) is removed at start-up.
+    /// A file whose upload got its 200 is there after kill -9 and a restart, with the same bytes; an upload
+    /// killed mid-body leaves nothing (its temporary file, like a content file without a row, is removed at
+    /// start-up).
     @Test func uploadSurvivesKill9() throws {
         let d = try LoradProcess()
         d.removeDirOnExit = false
         let r = try d.upload(Self.goodFile)
         #expect(r.status == 200, "\(r.text)")
         let id = try #require(try r.json()["id"] as? String)
+        // A second upload is mid-body (its Content-Length promises more) when the daemon is killed.
+        let files = d.dir.path + "/state/files"
+        let b = OpenAIMultipart.boundary()
+        let partial = OpenAIMultipart.body(boundary: b, content: Self.goodFile + Self.goodFile, close: false)
+        let c = try RawConnection(path: d.socket)
+        try c.send(
+            Array(
+                ("POST /v1/files HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=\(b)\r\n"
+                    + "Content-Length: \(partial.count + 10_000)\r\n\r\n").utf8) + partial)
+        var sawTemp = false
+        for _ in 0..<250 where !sawTemp {
+            sawTemp = (try FileManager.default.contentsOfDirectory(atPath: files)).contains { $0.hasPrefix(".upload-") }
+            if !sawTemp { usleep(20_000) }
+        }
+        #expect(sawTemp, "the interrupted upload's temporary file never appeared")
         kill(d.process.processIdentifier, SIGKILL)
         d.process.waitUntilExit()
-        let files = d.dir.path + "/state/files"
-        try "half".write(toFile: files + "/.upload-0123456789abcdef.tmp", atomically: false, encoding: .utf8)
+        // What a kill between the content's rename and its row's insert would leave.
         try "{}\n".write(toFile: files + "/file-ffffffffffffffffffffffff.jsonl", atomically: false, encoding: .utf8)
 
         let d2 = try LoradProcess(reuse: d.dir)
@@ -294,6 +309,8 @@ extension LoradProcess {
         #expect(try d2.get("/v1/files/\(id)/content").body == Self.goodFile)
         #expect(Set(try FileManager.default.contentsOfDirectory(atPath: files)) == ["\(id).jsonl"])
         #expect(try d2.get("/v1/files/file-ffffffffffffffffffffffff").status == 404)
+        let listed = (try d2.get("/v1/files").json()["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+        #expect(listed == [id])
     }
 
     /// The state directory on a 1 MiB tmpfs: an upload that does not fit answers 507 and leaves no trace; files
