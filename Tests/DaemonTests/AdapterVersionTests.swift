@@ -226,7 +226,7 @@ import Testing
 
     /// Rows whose files vanished are dropped at start-up; a name whose current version is gone falls back to its
     /// newest remaining version; a version directory no row lists (a publish interrupted before its transaction)
-    /// is removed.
+    /// is removed; every name is pruned to the keep window.
     @Test func startupRepairsRowsAndOrphans() async throws {
         let f = try RegistryFixture()
         defer { f.cleanup() }
@@ -247,6 +247,10 @@ import Testing
         // Numbers are not reused, even those of dropped versions.
         let next = try await reg.register(name: "x", source: .path(try f.file("x4", "x 4"))).record.version
         #expect(next > vs[2] + 1)
+        // Start-up prunes to the window (a crash between a publish's transaction and its prune left extra ones).
+        let small = try f.registry(keepVersions: 1)
+        #expect(try small.versions(of: "x").map(\.record.version) == [next])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(store)/x") == ["\(next)"])
     }
 }
 
