@@ -261,3 +261,25 @@ final class RollbackLog: @unchecked Sendable {
     func append(_ e: AdapterRollback) { lock.withLock { list.append(e) } }
     var events: [AdapterRollback] { lock.withLock { list } }
 }
+
+@Suite struct AdapterVersionRouteTests {
+    @Test func versionsAndRollbackRoutes() throws {
+        #expect(try Route.resolve(method: "GET", uri: "/v1/adapters/a%3Ab/versions") == .adapterVersions(name: "a:b"))
+        #expect(try Route.resolve(method: "POST", uri: "/v1/adapters/a/rollback") == .adapterRollback(name: "a"))
+        #expect(try Route.resolve(method: "GET", uri: "/v1/adapters/a/") == .adapter(name: "a"))
+        #expect(Route.adapterRollback(name: "a").isManagement(method: "POST"))
+        #expect(!Route.adapterVersions(name: "a").isManagement(method: "GET"))
+        #expect(Route.adapterVersions(name: "a").template == "/v1/adapters/{name}/versions")
+        for (method, uri, status) in [
+            ("GET", "/v1/adapters/a/rollback", 405), ("POST", "/v1/adapters/a/versions", 405),
+            ("GET", "/v1/adapters/a/b", 404), ("GET", "/v1/adapters/a/versions/1", 404), ("GET", "/v1/adapters//versions", 404),
+        ] {
+            do {
+                _ = try Route.resolve(method: method, uri: uri)
+                Issue.record("\(method) \(uri) accepted")
+            } catch let e as APIError {
+                #expect(e.status == status, "\(method) \(uri)")
+            }
+        }
+    }
+}
