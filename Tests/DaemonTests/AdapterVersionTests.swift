@@ -226,7 +226,7 @@ import Testing
 
     /// Rows whose files vanished are dropped at start-up; a name whose current version is gone falls back to its
     /// newest remaining version; a version directory no row lists (a publish interrupted before its transaction)
-    /// is removed.
+    /// is removed; every name is pruned to the keep window.
     @Test func startupRepairsRowsAndOrphans() async throws {
         let f = try RegistryFixture()
         defer { f.cleanup() }
@@ -247,6 +247,10 @@ import Testing
         // Numbers are not reused, even those of dropped versions.
         let next = try await reg.register(name: "x", source: .path(try f.file("x4", "x 4"))).record.version
         #expect(next > vs[2] + 1)
+        // Start-up prunes to the window (a crash between a publish's transaction and its prune left extra ones).
+        let small = try f.registry(keepVersions: 1)
+        #expect(try small.versions(of: "x").map(\.record.version) == [next])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(store)/x") == ["\(next)"])
     }
 }
 
@@ -256,4 +260,26 @@ final class RollbackLog: @unchecked Sendable {
     private var list: [AdapterRollback] = []
     func append(_ e: AdapterRollback) { lock.withLock { list.append(e) } }
     var events: [AdapterRollback] { lock.withLock { list } }
+}
+
+@Suite struct AdapterVersionRouteTests {
+    @Test func versionsAndRollbackRoutes() throws {
+        #expect(try Route.resolve(method: "GET", uri: "/v1/adapters/a%3Ab/versions") == .adapterVersions(name: "a:b"))
+        #expect(try Route.resolve(method: "POST", uri: "/v1/adapters/a/rollback") == .adapterRollback(name: "a"))
+        #expect(try Route.resolve(method: "GET", uri: "/v1/adapters/a/") == .adapter(name: "a"))
+        #expect(Route.adapterRollback(name: "a").isManagement(method: "POST"))
+        #expect(!Route.adapterVersions(name: "a").isManagement(method: "GET"))
+        #expect(Route.adapterVersions(name: "a").template == "/v1/adapters/{name}/versions")
+        for (method, uri, status) in [
+            ("GET", "/v1/adapters/a/rollback", 405), ("POST", "/v1/adapters/a/versions", 405),
+            ("GET", "/v1/adapters/a/b", 404), ("GET", "/v1/adapters/a/versions/1", 404), ("GET", "/v1/adapters//versions", 404),
+        ] {
+            do {
+                _ = try Route.resolve(method: method, uri: uri)
+                Issue.record("\(method) \(uri) accepted")
+            } catch let e as APIError {
+                #expect(e.status == status, "\(method) \(uri)")
+            }
+        }
+    }
 }

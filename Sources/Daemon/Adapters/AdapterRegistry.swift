@@ -201,8 +201,8 @@ public final class AdapterRegistry: @unchecked Sendable {
 
     /// Opens (or creates) the registry: files under `<stateDir>/adapters`, index in the daemon's store. On the first
     /// start over a state directory of an earlier release, the JSON index is copied into the store and renamed
-    /// `index.json.migrated`. Version directories no row lists are removed, and rows whose files are missing are
-    /// dropped (a name then falls back to its newest remaining version).
+    /// `index.json.migrated`. Version directories no row lists are removed, rows whose files are missing are
+    /// dropped (a name then falls back to its newest remaining version), and every name is pruned to the window.
     /// - Parameters:
     ///   - stateDir: the daemon's state directory.
     ///   - baseModelID: the base model's id (an adapter may not take this name).
@@ -251,6 +251,9 @@ public final class AdapterRegistry: @unchecked Sendable {
         } catch let e as StoreError {
             throw AdapterStoreError.from(e)
         }
+        // A crash between a publish's transaction and its prune leaves one version too many: prune now (nothing
+        // holds weights yet; pins are respected).
+        setKeepVersions(self.keepVersions)
     }
 
     /// Copies a legacy `index.json` into the store (idempotent) and renames it.
