@@ -264,7 +264,7 @@ import Glibc
         #expect(((j["progress"] as? [String: Any])?["step"] as? Int ?? 99) < 16)
         let messages = try Self.events(d2, id).compactMap { $0["message"] as? String }
         #expect(messages.contains { $0.hasPrefix("Resumed from the checkpoint at step") })
-        #expect(messages.contains { $0.hasPrefix("Job paused after step") })
+        #expect(messages.contains { $0.hasPrefix("Job paused after step") }, "\(messages)")
         #expect(messages.contains { $0.hasPrefix("Job cancelled after step") })
         #expect(try d2.post("/v1/fine_tuning/jobs/\(id)/resume", json: [String: Any]()).status == 409)
 
@@ -377,9 +377,11 @@ import Glibc
         #expect(try d.get("/v1/fine_tuning/jobs/ftjob-nope/checkpoints").status == 404)
         #expect(try d.post("/v1/fine_tuning/jobs/ftjob-nope/cancel", json: [String: Any]()).status == 404)
 
-        // A file with a bad line: the job fails at validation, naming the line; pausing it then is 409.
+        // A line too long for a job's sequences: the upload accepts it (well-formed), the job fails when its data is
+        // tokenized, naming the line; pausing it then is 409.
         (s, r) = try create(["training_file": badID])
         #expect(s == 200)
+        r = try Self.waitJob(d, try #require(r["id"] as? String), timeout: 120)
         #expect(r["status"] as? String == "failed")
         let err = r["error"] as? [String: Any]
         #expect(err?["code"] as? String == "invalid_training_file")
