@@ -304,6 +304,15 @@ import Glibc
         let trained = try String(contentsOfFile: d.dir.appendingPathComponent("state/jobs/\(id)/train.jsonl").path, encoding: .utf8)
         #expect(trained == export.text)
         #expect(trained.split(separator: "\n").count == 3)
+        // …at the token level: the prompt ids as served (decision #4).
+        let itemsData = try Data(contentsOf: d.dir.appendingPathComponent("state/jobs/\(id)/train.feedback.json"))
+        let items = try #require(try JSONSerialization.jsonObject(with: itemsData) as? [[String: Any]])
+        var served: [[Int]] = []
+        for c in ids {
+            let stored = try d.get("/v1/chat/completions/\(c)").json()
+            served.append(try #require((stored["prompt_token_ids"] as? [[Int]])?.first))
+        }
+        #expect(items.compactMap { $0["prompt_ids"] as? [Int] } == served)
 
         // --follow prints progress lines until the end, then the summary.
         r = try loractl(d, ["jobs", "show", id, "--follow"])
@@ -317,6 +326,19 @@ import Glibc
         #expect(r.0 == 0 && r.1.contains(id), "\(r)")
         r = try loractl(d, ["jobs", "pause", id])
         #expect(r.0 == 1 && r.2.contains("409"), "\(r)")
+
+        // Serving renders chat as training does (decision #3), so training on the served ids gives what
+        // `lorad train` gives on the export's text lines, bit for bit.
+        let model = try Model.load(path: try Paths.model(), options: ModelOptions(threads: 1, batchCopyBytes: 0))
+        let cli = try trainTempDir("job-feedback")
+        defer { try? FileManager.default.removeItem(atPath: cli) }
+        try trained.write(toFile: cli + "/export.jsonl", atomically: true, encoding: .utf8)
+        let (st, _, err) = try loradTrain(
+            ["--data", cli + "/export.jsonl", "--out", cli + "/out", "--epochs", "1", "--batch-size", "1", "--rank", "2",
+             "--alpha", "4", "--seed", "3", "--lr", "1e-4", "--threads", "2"])
+        #expect(st == 0, "\(err)")
+        let v = try #require(try d.get("/v1/adapters/fb").json()["version"] as? Int)
+        #expect(try Self.adapterBits(model, Self.registeredGGUF(d, "fb", v)) == (try Self.adapterBits(model, cli + "/out/adapter.gguf")))
 
         // Validation loss in the checkpoints and the result CSV.
         let ckpts = try d.get("/v1/fine_tuning/jobs/\(id)/checkpoints").json()["data"] as? [[String: Any]] ?? []

@@ -440,6 +440,10 @@ extension APIHandler {
                 }
                 try AdapterStore.writeDurably(
                     Data(lines.map { $0.serialized + "\n" }.joined().utf8), to: dir + "/train.jsonl")
+                // What the job trains on: the same feedback with the prompt ids as served (decision #4).
+                let items = try await FeedbackTrainingData.items(
+                    store: try store(), model: fm, dpo: b.methodType == "dpo", since: b.feedbackSince)
+                try AdapterStore.writeDurably(try JSONEncoder().encode(items), to: dir + "/train.feedback.json")
             }
             if let p = validationPath {
                 try AdapterStore.writeDurably(try Data(contentsOf: URL(fileURLWithPath: p)), to: dir + "/valid.jsonl")

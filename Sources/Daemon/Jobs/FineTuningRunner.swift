@@ -349,8 +349,11 @@ public final class FineTuningJobs: @unchecked Sendable {
         let hasValid = FileManager.default.fileExists(atPath: valid)
         let initPath = dir + "/init.gguf"
         let targets = job.targets.compactMap { Projection(rawValue: $0) }
-        return TrainSettings(
-            modelPath: state.modelPath, dataPath: dir + "/train.jsonl", evalPath: hasValid ? valid : nil,
+        // A feedback job trains on the served prompt ids (decision #4), frozen at creation.
+        let feedback = dir + "/train.feedback.json"
+        let tokenized = job.trainingSource != nil && FileManager.default.fileExists(atPath: feedback)
+        var settings = TrainSettings(
+            modelPath: state.modelPath, dataPath: tokenized ? feedback : dir + "/train.jsonl", evalPath: hasValid ? valid : nil,
             outDir: dir + "/out", method: job.methodType == "dpo" ? .dpo : .sft, beta: job.beta ?? 0.1,
             dpoReference: .base, initAdapter: job.baseAdapter != nil ? initPath : nil, rank: job.rank,
             alpha: Float(job.alpha), rslora: false, targets: targets.isEmpty ? Projection.allCases : targets, layers: nil,
@@ -359,6 +362,8 @@ public final class FineTuningJobs: @unchecked Sendable {
             clip: 1.0, seed: UInt64(job.seed), threads: trainingThreads,
             evalEvery: hasValid ? job.checkpointEvery : 0, checkpointEvery: job.checkpointEvery, resume: true,
             json: false, nice: true)
+        settings.tokenizedFeedback = tokenized
+        return settings
     }
 
     /// The registry name a job publishes under: `suffix`, else the adapter it continues, else `ft-<short id>`.
