@@ -243,8 +243,11 @@ import Glibc
         let stoppedAt = try #require(
             try Self.events(d2, id).compactMap { $0["message"] as? String }.first { $0.hasPrefix("lorad is stopping") })
         #expect(stoppedAt.contains("stopped after step"))
-        _ = try Self.waitJob(d2, id, "a resumed step") {
-            ($0["status"] as? String) == "running" && (($0["progress"] as? [String: Any])?["step"] as? Int ?? 0) >= 2
+        // Wait until the runner has picked the job up again (the resume event), so the pause reaches a running job.
+        let deadline = Date().addingTimeInterval(300)
+        while !(try Self.events(d2, id).contains { ($0["message"] as? String ?? "").hasPrefix("Resumed from the checkpoint") }) {
+            guard Date() < deadline else { throw HarnessError(description: "the job did not resume after the restart") }
+            usleep(100_000)
         }
 
         // Pause (a running job stops at the next step), resume, then cancel.
