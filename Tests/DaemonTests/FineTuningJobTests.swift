@@ -6,7 +6,8 @@
 // gets 400/403/404/409 with the field named.
 //
 // These tests train: they take the shared training lock, so no two trainings share the 2 cores. Jobs are tiny
-// (8 short chat lines, 4–8 steps). Times on 2 shared cores: each test ≈ 20–60 s.
+// (8 short chat lines, 2–16 steps). Times on 2 shared cores: 8–26 s each alone (73 s for the suite), up to
+// 90 s while other builds run.
 import Foundation
 import Daemon
 import Runtime
