@@ -31,6 +31,7 @@ public struct FineTuningJob: Sendable, Equatable {
     public var parentVersion: Int?
     /// File ids (nil when absent).
     public var trainingFile: String?
+    /// The validation file id (nil: none).
     public var validationFile: String?
     /// lorad's `training_source` as sent (e.g. `{"feedback": {"model": NAME, "since": TIME}}`), or nil.
     public var trainingSource: JSONValue?
@@ -40,29 +41,41 @@ public struct FineTuningJob: Sendable, Equatable {
     public var beta: Double?
     /// Resolved hyperparameters.
     public var nEpochs: Int
+    /// Examples per step.
     public var batchSize: Int
+    /// Multiplies the base learning rate (`FineTuningJobs.baseLearningRate`).
     public var learningRateMultiplier: Double
     /// LoRA shape of a fresh adapter (a continued adapter keeps its own).
     public var rank: Int
+    /// LoRA alpha (scale alpha/rank).
     public var alpha: Double
     /// llama.cpp projection names (`attn_q`, …).
     public var targets: [String]
+    /// Name of the published adapter (nil: the continued adapter's, else `ft-<short id>`).
     public var suffix: String?
+    /// Seed of the adapter init and the data order (chosen at random when not sent, then stored).
     public var seed: Int
     /// Checkpoint every N optimizer steps (lorad's `lorad.checkpoint_every`).
     public var checkpointEvery: Int
+    /// OpenAI `metadata` (string map).
     public var metadata: [String: String]
+    /// Where the job is in its life.
     public var status: FineTuningJobStatus
     /// Unix seconds.
     public var createdAt: Int
+    /// Unix seconds of the first start (nil: never started).
     public var startedAt: Int?
+    /// Unix seconds of the end (succeeded, failed or cancelled).
     public var finishedAt: Int?
+    /// Tokens run through the model (all positions of all sequences, over every epoch).
     public var trainedTokens: Int?
     /// Unix seconds, from the measured step time.
     public var estimatedFinish: Int?
     /// `{code, message, param}` of a failed job.
     public var errorCode: String?
+    /// The failure's message.
     public var errorMessage: String?
+    /// The request field the failure is about, if any.
     public var errorParam: String?
     /// File ids of the result files (the step-metrics CSV).
     public var resultFiles: [String]
@@ -76,6 +89,7 @@ public struct FineTuningJob: Sendable, Equatable {
     public var uid: UInt32?
     /// Progress: optimizer steps done and of the whole run (0 until known).
     public var step: Int
+    /// Optimizer steps of the whole run (0 until the job first started).
     public var totalSteps: Int
     /// The last step's training loss.
     public var lastLoss: Double?
@@ -85,10 +99,13 @@ public struct FineTuningJob: Sendable, Equatable {
 public struct FineTuningJobEvent: Sendable, Equatable {
     /// `ftevent-…`.
     public var id: String
+    /// The job it belongs to.
     public var jobID: String
+    /// Unix seconds.
     public var createdAt: Int
     /// `info`, `warn` or `error`.
     public var level: String
+    /// Human-readable text.
     public var message: String
     /// `message` or `metrics`.
     public var type: String
@@ -100,8 +117,11 @@ public struct FineTuningJobEvent: Sendable, Equatable {
 public struct FineTuningJobCheckpoint: Sendable, Equatable {
     /// `ftckpt-…`.
     public var id: String
+    /// The job it belongs to.
     public var jobID: String
+    /// Unix seconds.
     public var createdAt: Int
+    /// Optimizer steps done when it was written.
     public var stepNumber: Int
     /// `{step, train_loss, valid_loss, train_mean_token_accuracy, …}`.
     public var metrics: JSONValue
@@ -236,6 +256,16 @@ extension LoradStore {
                     ORDER BY CASE status WHEN 'running' THEN 0 ELSE 1 END, seq LIMIT 1
                     """
             ).map(Self.job)
+        }
+    }
+
+    /// Queues the jobs left in `validating_files` by a stop during their creation (their data was already
+    /// copied; the full check runs when they start). Returns their ids.
+    public func requeueValidatingJobs() async throws -> [String] {
+        try await run(write: true) { db in
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM fine_tuning_job WHERE status = 'validating_files'")
+            try db.execute(sql: "UPDATE fine_tuning_job SET status = 'queued' WHERE status = 'validating_files'")
+            return ids
         }
     }
 

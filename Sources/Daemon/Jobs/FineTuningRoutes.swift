@@ -445,6 +445,10 @@ extension APIHandler {
                 }
                 try AdapterStore.writeDurably(
                     Data(lines.map { $0.serialized + "\n" }.joined().utf8), to: dir + "/train.jsonl")
+                // What the job trains on: the same feedback with the prompt ids as served (decision #4).
+                let items = try await FeedbackTrainingData.items(
+                    store: try store(), model: fm, dpo: b.methodType == "dpo", since: b.feedbackSince)
+                try AdapterStore.writeDurably(try JSONEncoder().encode(items), to: dir + "/train.feedback.json")
             }
             if let p = validationPath {
                 try AdapterStore.writeDurably(try Data(contentsOf: URL(fileURLWithPath: p)), to: dir + "/valid.jsonl")
@@ -572,13 +576,29 @@ extension APIHandler {
             (target, from, message) = (.queued, [.paused], "Job resumed: queued to continue from its last checkpoint.")
         }
         guard from.contains(j.status) else { throw APIError.jobConflict(j, action: action) }
-        let updated = try await jobs.store.updateJob(id: id) { j in
-            guard from.contains(j.status) else { throw JobSkip() }
-            j.status = target
-            if target == .cancelled {
-                j.finishedAt = now
-                j.estimatedFinish = nil
+        let updated: FineTuningJob?
+        do {
+            // In the same transaction order as the runner's claim: a job the runner holds is left to it.
+            updated = try await jobs.store.updateJob(id: id) { j in
+                guard from.contains(j.status), !(j.status == .running && jobs.runningJobID == id) else { throw JobSkip() }
+                j.status = target
+                if target == .cancelled {
+                    j.finishedAt = now
+                    j.estimatedFinish = nil
+                }
             }
+        } catch let e as StoreError {
+            if case .diskFull = e { throw APIError.from(e) }
+            // It changed meanwhile: the runner took it (stop it at its step boundary), or it ended.
+            let current = try await jobs.store.job(id: id) ?? j
+            if action != "resume", current.status == .running,
+                jobs.requestStop(id, reason: action == "cancel" ? .cancel : .pause)
+            {
+                let until: Set<FineTuningJobStatus> =
+                    action == "cancel" ? [.cancelled, .succeeded, .failed] : [.paused, .cancelled, .succeeded, .failed]
+                return try await waitForStop(id, jobs: jobs, until: until)
+            }
+            throw APIError.jobConflict(current, action: action)
         }
         await jobs.event(id, message)
         await jobs.refreshCounts()

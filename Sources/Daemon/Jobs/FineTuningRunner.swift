@@ -143,6 +143,9 @@ public final class FineTuningJobs: @unchecked Sendable {
 
     /// Runs jobs until ``shutdown()``: the interrupted `running` job first, then `queued` ones oldest first.
     public func run() async {
+        if let stuck = try? await store.requeueValidatingJobs() {
+            for id in stuck { await event(id, "lorad restarted while the job's files were validated; the job is queued.") }
+        }
         await refreshCounts()
         while !isShuttingDown {
             guard case .ready(let r) = state.phase, let backend = r.backend as? RuntimeBackend else {
@@ -181,6 +184,12 @@ public final class FineTuningJobs: @unchecked Sendable {
         let id = job.id
         let interrupted = job.status == .running
         let now = Int(Date().timeIntervalSince1970)
+        // The job is current before it is claimed, so a cancel or pause that sees it `running` reaches the runner
+        // (which checks for a stop before the first step).
+        lock.withLock {
+            currentID = id
+            stopReason = shuttingDown ? .shutdown : nil
+        }
         // Claim it, unless a cancel or pause changed it since it was read.
         let claimed: FineTuningJob?
         do {
@@ -190,14 +199,16 @@ public final class FineTuningJobs: @unchecked Sendable {
                 if j.startedAt == nil { j.startedAt = now }
             }
         } catch {
+            claimed = nil
+        }
+        guard let claimed else {
+            lock.withLock {
+                currentID = nil
+                stopReason = nil
+            }
             return
         }
-        guard let claimed else { return }
-        lock.withLock {
-            currentID = id
-            stopReason = shuttingDown ? .shutdown : nil
-            progressValue = (id, claimed.step, claimed.totalSteps)
-        }
+        lock.withLock { progressValue = (id, claimed.step, claimed.totalSteps) }
         defer {
             lock.withLock {
                 currentID = nil
@@ -349,8 +360,11 @@ public final class FineTuningJobs: @unchecked Sendable {
         let hasValid = FileManager.default.fileExists(atPath: valid)
         let initPath = dir + "/init.gguf"
         let targets = job.targets.compactMap { Projection(rawValue: $0) }
-        return TrainSettings(
-            modelPath: state.modelPath, dataPath: dir + "/train.jsonl", evalPath: hasValid ? valid : nil,
+        // A feedback job trains on the served prompt ids (decision #4), frozen at creation.
+        let feedback = dir + "/train.feedback.json"
+        let tokenized = job.trainingSource != nil && FileManager.default.fileExists(atPath: feedback)
+        var settings = TrainSettings(
+            modelPath: state.modelPath, dataPath: tokenized ? feedback : dir + "/train.jsonl", evalPath: hasValid ? valid : nil,
             outDir: dir + "/out", method: job.methodType == "dpo" ? .dpo : .sft, beta: job.beta ?? 0.1,
             dpoReference: .base, initAdapter: job.baseAdapter != nil ? initPath : nil, rank: job.rank,
             alpha: Float(job.alpha), rslora: false, targets: targets.isEmpty ? Projection.allCases : targets, layers: nil,
@@ -359,6 +373,8 @@ public final class FineTuningJobs: @unchecked Sendable {
             clip: 1.0, seed: UInt64(job.seed), threads: trainingThreads,
             evalEvery: hasValid ? job.checkpointEvery : 0, checkpointEvery: job.checkpointEvery, resume: true,
             json: false, nice: false)
+        settings.tokenizedFeedback = tokenized
+        return settings
     }
 
     /// The registry name a job publishes under: `suffix`, else the adapter it continues, else `ft-<short id>`.

@@ -291,6 +291,8 @@ struct TrainSettings {
     var resume: Bool
     var json: Bool
     var nice: Bool
+    /// `dataPath` holds token-level feedback examples (a fine-tuning job's `training_source`), not JSONL.
+    var tokenizedFeedback = false
 }
 
 /// An error of `lorad train` with its exit status: 2 for usage and data, 1 for everything else.

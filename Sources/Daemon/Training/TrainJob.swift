@@ -121,7 +121,19 @@ struct TrainJob {
         var evalSequences: [TrainingSequence] = []
         var pairs: [PreferencePair] = []
         var evalPairs: [PreferencePair] = []
+        if s.tokenizedFeedback {
+            (sequences, pairs) = try FeedbackTrainingData.load(
+                s.dataPath, builder: builder, maxLength: s.maxSeqLen, dpo: s.method == .dpo)
+        }
         switch s.method {
+        case .sft where s.tokenizedFeedback:
+            if let e = s.evalPath {
+                evalSequences = try load(e) { try DatasetLoader.supervisedExamples(path: $0, builder: builder) }.map(Self.sequence)
+            }
+        case .dpo where s.tokenizedFeedback:
+            if let e = s.evalPath {
+                evalPairs = try load(e) { try DatasetLoader.preferencePairs(path: $0, builder: builder) }.map(Self.pair)
+            }
         case .sft:
             sequences = try load(s.dataPath) { try DatasetLoader.supervisedExamples(path: $0, builder: builder) }.map(Self.sequence)
             if let e = s.evalPath {
