@@ -71,8 +71,11 @@ public struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("stream-prompt-tokens"), help: "With --serving-while-training: prompt tokens per request.")
     var streamPromptTokens: Int = 32
 
-    @Option(name: .customLong("phase-seconds"), help: "With --serving-while-training: seconds each serving phase is measured.")
+    @Option(name: .customLong("phase-seconds"), help: "With --serving-while-training: seconds each serving phase is measured, per share.")
     var phaseSeconds: Double = 20
+
+    @Option(name: .customLong("window-seconds"), help: "With --serving-while-training: serving alone and serving with training alternate in windows of this many seconds.")
+    var windowSeconds: Double = 2.5
 
     @Option(name: .customLong("busy-threads"), help: "With --serving-while-training: trainer threads while serving is busy (default: all).")
     var busyThreads: Int?
@@ -158,6 +161,9 @@ public struct BenchCommand: AsyncParsableCommand {
             throw ValidationError("--streams must be >= 1, --stream-tokens and --stream-prompt-tokens >= 2")
         }
         guard phaseSeconds > 0, phaseSeconds <= 3600 else { throw ValidationError("--phase-seconds must be 0...3600") }
+        guard windowSeconds >= 0.5, windowSeconds <= phaseSeconds else {
+            throw ValidationError("--window-seconds must be 0.5...--phase-seconds")
+        }
         guard trainBatch >= 1, trainSeq >= 2, trainSteps >= 1 else {
             throw ValidationError("--train-batch and --train-steps must be >= 1, --train-seq >= 2")
         }
@@ -172,6 +178,7 @@ public struct BenchCommand: AsyncParsableCommand {
         o.promptTokens = streamPromptTokens
         o.genTokens = streamTokens
         o.seconds = phaseSeconds
+        o.window = windowSeconds
         o.shares = shares
         o.servingThreads = t
         o.trainerThreads = t
