@@ -77,7 +77,7 @@ public struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("window-seconds"), help: "With --serving-while-training: serving alone and serving with training alternate in windows of this many seconds.")
     var windowSeconds: Double = 2.5
 
-    @Option(name: .customLong("busy-threads"), help: "With --serving-while-training: trainer threads while serving is busy (default: all).")
+    @Option(name: .customLong("busy-threads"), help: "With --serving-while-training: trainer threads while serving is busy (default: half, at least 1, as the daemon).")
     var busyThreads: Int?
 
     @Option(name: .customLong("train-batch"), help: "With --serving-while-training: sequences per training step.")
@@ -182,7 +182,7 @@ public struct BenchCommand: AsyncParsableCommand {
         o.shares = shares
         o.servingThreads = t
         o.trainerThreads = t
-        o.busyThreads = busyThreads
+        o.busyThreads = busyThreads ?? TrainingGovernor.defaultBusyThreads(trainerThreads: t)
         o.trainBatch = trainBatch
         o.trainSeq = trainSeq
         o.trainLast = trainLast

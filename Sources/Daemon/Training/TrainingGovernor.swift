@@ -13,6 +13,10 @@
 // the debt is forgiven; the stretch that was running when serving became busy is charged in full, so the trainer
 // steps aside at its next yield point.
 //
+// While serving is busy the trainer may also run on fewer threads (`busyThreadLimit`; the daemon uses half): on
+// 2 cores, 2 trainer threads beside serving's 2 halve the speed of every decode step they overlap, 1 thread costs
+// serving far less for about the same training progress (README, "Training while serving").
+//
 // Wiring: `attach(to: engine)` makes the engine report busy/idle; `LoRATrainer.pacer = governor` makes the
 // trainer ask. The clock is CLOCK_MONOTONIC; sleeps are timed waits on a condition variable on that clock, cut
 // short when serving goes idle.
@@ -145,9 +149,8 @@ public struct TrainingGovernorStatistics: Sendable, Equatable {
 ///
 /// Usage (a fine-tuning job in the daemon):
 /// ```swift
-/// let governor = TrainingGovernor(minShare: config.trainingMinShare)
-/// governor.attach(to: engine)
-/// trainer.pacer = governor           // LoRATrainer on the served model
+/// let governor = state.trainingGovernor   // the daemon's: min_share and busy threads from the config, attached
+/// trainer.pacer = governor                // LoRATrainer on the served model
 /// let outcome = try run.run(resume: true, isCancelled: { job.cancelled })
 /// ```
 public final class TrainingGovernor: TrainingPacer, @unchecked Sendable {
@@ -190,6 +193,11 @@ public final class TrainingGovernor: TrainingPacer, @unchecked Sendable {
         get { locked { threadsWhileBusy } }
         set { locked { threadsWhileBusy = newValue.map { max(1, $0) } } }
     }
+
+    /// Threads a trainer of `trainerThreads` uses while serving is busy by default: half, at least 1 (measured on
+    /// 2 cores with `lorad bench --serving-while-training`: 1 of 2 keeps serving within its targets at share 0.25
+    /// with the same training progress as 2).
+    public static func defaultBusyThreads(trainerThreads: Int) -> Int { max(1, trainerThreads / 2) }
 
     /// Whether serving has work, as last reported.
     public var isServingBusy: Bool { locked { busy } }
