@@ -194,10 +194,21 @@ public struct BenchCommand: AsyncParsableCommand {
         if json {
             var obj = report.json
             obj["model"] = path
-            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            let data = try JSONSerialization.data(withJSONObject: Self.finiteJSON(obj), options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(report.text)
+        }
+    }
+
+    /// `value` with every non-finite number (a ratio over a phase that produced nothing) replaced by null, which
+    /// JSON cannot otherwise carry.
+    static func finiteJSON(_ value: Any) -> Any {
+        switch value {
+        case let d as Double: return d.isFinite ? d : NSNull()
+        case let m as [String: Any]: return m.mapValues { finiteJSON($0) }
+        case let a as [Any]: return a.map { finiteJSON($0) }
+        default: return value
         }
     }
 

@@ -183,6 +183,7 @@ enum ServingTrainingBenchmark {
             var aloneWindows: [(Double, Double)] = [], sharedWindows: [(Double, Double)] = []
             var aloneRun = 0.0, trainProgress = 0.0, trainSeconds = 0.0
             var g = TrainingGovernorStatistics()
+            governor.resetStatistics()
             for _ in 0..<rounds {
                 governor.minShare = 0
                 try await Task.sleep(for: .milliseconds(500))

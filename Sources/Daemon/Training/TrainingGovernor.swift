@@ -61,8 +61,8 @@ public struct TrainingSharePolicy: Sendable, Equatable {
         if let since = runningSince {
             let ran = seconds(now &- since, if: now >= since)
             stats.runSeconds += ran
-            stats.longestStretch = max(stats.longestStretch, ran)
             if busy {
+                stats.longestStretch = max(stats.longestStretch, ran)
                 stats.busyRunSeconds += ran
                 debt += (1 - minShare) * ran
             }
@@ -106,6 +106,9 @@ public struct TrainingSharePolicy: Sendable, Equatable {
         return .sleep(until: now &+ UInt64(min(pause, 3600) * 1e9))
     }
 
+    /// Starts the counters afresh (the policy's state is kept).
+    public mutating func resetStatistics() { stats = TrainingGovernorStatistics() }
+
     private func seconds(_ ns: UInt64, if valid: Bool) -> Double { valid ? Double(ns) / 1e9 : 0 }
 }
 
@@ -121,7 +124,8 @@ public struct TrainingGovernorStatistics: Sendable, Equatable {
     public var busyRunSeconds = 0.0
     /// Seconds paused at yield points.
     public var pausedSeconds = 0.0
-    /// Longest stretch between two yield points, seconds: how long serving may wait for the trainer to step aside.
+    /// Longest stretch between two yield points that ended while serving was busy, seconds: how long serving may
+    /// wait for the trainer to step aside.
     public var longestStretch = 0.0
 
     public init() {}
@@ -202,8 +206,11 @@ public final class TrainingGovernor: TrainingPacer, @unchecked Sendable {
     /// Whether serving has work, as last reported.
     public var isServingBusy: Bool { locked { busy } }
 
-    /// Counters since creation.
+    /// Counters since creation or the last `resetStatistics()`.
     public var statistics: TrainingGovernorStatistics { locked { policy.stats } }
+
+    /// Starts the counters afresh.
+    public func resetStatistics() { locked { policy.resetStatistics() } }
 
     /// Reports serving's load: busy = sequences running or waiting. Going idle wakes a paused trainer at once.
     /// Cheap and non-blocking beyond a short lock: safe to call from under the engine's lock.
