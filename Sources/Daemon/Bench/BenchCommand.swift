@@ -71,10 +71,13 @@ public struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("stream-prompt-tokens"), help: "With --serving-while-training: prompt tokens per request.")
     var streamPromptTokens: Int = 32
 
-    @Option(name: .customLong("phase-seconds"), help: "With --serving-while-training: seconds each serving phase is measured.")
+    @Option(name: .customLong("phase-seconds"), help: "With --serving-while-training: seconds each serving phase is measured, per share.")
     var phaseSeconds: Double = 20
 
-    @Option(name: .customLong("busy-threads"), help: "With --serving-while-training: trainer threads while serving is busy (default: all).")
+    @Option(name: .customLong("window-seconds"), help: "With --serving-while-training: serving alone and serving with training alternate in windows of this many seconds.")
+    var windowSeconds: Double = 2.5
+
+    @Option(name: .customLong("busy-threads"), help: "With --serving-while-training: trainer threads while serving is busy (default: half, at least 1, as the daemon).")
     var busyThreads: Int?
 
     @Option(name: .customLong("train-batch"), help: "With --serving-while-training: sequences per training step.")
@@ -158,6 +161,9 @@ public struct BenchCommand: AsyncParsableCommand {
             throw ValidationError("--streams must be >= 1, --stream-tokens and --stream-prompt-tokens >= 2")
         }
         guard phaseSeconds > 0, phaseSeconds <= 3600 else { throw ValidationError("--phase-seconds must be 0...3600") }
+        guard windowSeconds >= 0.5, windowSeconds <= phaseSeconds else {
+            throw ValidationError("--window-seconds must be 0.5...--phase-seconds")
+        }
         guard trainBatch >= 1, trainSeq >= 2, trainSteps >= 1 else {
             throw ValidationError("--train-batch and --train-steps must be >= 1, --train-seq >= 2")
         }
@@ -172,10 +178,11 @@ public struct BenchCommand: AsyncParsableCommand {
         o.promptTokens = streamPromptTokens
         o.genTokens = streamTokens
         o.seconds = phaseSeconds
+        o.window = windowSeconds
         o.shares = shares
         o.servingThreads = t
         o.trainerThreads = t
-        o.busyThreads = busyThreads
+        o.busyThreads = busyThreads ?? TrainingGovernor.defaultBusyThreads(trainerThreads: t)
         o.trainBatch = trainBatch
         o.trainSeq = trainSeq
         o.trainLast = trainLast
@@ -187,10 +194,21 @@ public struct BenchCommand: AsyncParsableCommand {
         if json {
             var obj = report.json
             obj["model"] = path
-            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            let data = try JSONSerialization.data(withJSONObject: Self.finiteJSON(obj), options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(report.text)
+        }
+    }
+
+    /// `value` with every non-finite number (a ratio over a phase that produced nothing) replaced by null, which
+    /// JSON cannot otherwise carry.
+    static func finiteJSON(_ value: Any) -> Any {
+        switch value {
+        case let d as Double: return d.isFinite ? d : NSNull()
+        case let m as [String: Any]: return m.mapValues { finiteJSON($0) }
+        case let a as [Any]: return a.map { finiteJSON($0) }
+        default: return value
         }
     }
 

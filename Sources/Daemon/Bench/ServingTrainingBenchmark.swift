@@ -5,12 +5,15 @@
 // ignored), each client re-submitting as soon as its stream ends, so serving stays busy. A TrainingRun on the same
 // model (its own LoRATrainer and threads; rank 8 on all 7 projections, batches of `trainBatch` × `trainSeq` random
 // tokens, AdamW) runs on a background thread through a TrainingGovernor. The phases:
-//   phase 1    serving alone (no trainer exists yet): aggregate decode tokens/s, p50 / p99 inter-token latency;
-//   reference  training alone, no pacer: the figure of `lorad bench --train` for the same shape;
-//   phase 3    training alone through the governor (serving idle: it must cost nothing);
-//   phase 2    serving and training together, once per `training_min_share` asked for.
-// The trainer's tokens/s over an interval counts whole steps plus the fraction of the current step reached,
-// from the yield points passed and the reference steps' time profile of the yield points.
+//   phase 1    serving alone: aggregate decode tokens/s, p50 / p99 inter-token latency. The trainer is parked
+//              at a yield point (governor share 0 while serving is busy: it runs no instruction);
+//   phase 2    serving and training together at each `training_min_share` asked for;
+//   phase 3    training alone through the governor (serving idle), against
+//   reference  training alone without a pacer: the figure of `lorad bench --train` for the same shape.
+// Phases 1 and 2 alternate in windows of `window` seconds (half a second of settling after each switch), and so
+// do phase 3 and the reference step by step, so a machine whose background load drifts (other processes) weighs
+// on both sides of each ratio alike. The trainer's tokens/s over a window counts whole steps plus the fraction
+// of the current step reached, from the yield points passed and the unpaced steps' time profile of them.
 // Prints figures; it is a measurement tool, not a test.
 import Foundation
 import Runtime
@@ -22,8 +25,10 @@ enum ServingTrainingBenchmark {
         var streams = 4
         var promptTokens = 32
         var genTokens = 128
-        /// Seconds each serving phase is measured (after one second of settling).
+        /// Seconds each serving phase is measured in all, per share (in windows of `window`).
         var seconds = 20.0
+        /// Seconds of one measuring window.
+        var window = 2.5
         var shares: [Double] = [0.25]
         var servingThreads = 2
         var trainerThreads = 2
@@ -33,7 +38,7 @@ enum ServingTrainingBenchmark {
         var trainSeq = 256
         /// Score only the last N positions of each sequence (nil: every position, as `bench --train`'s "all").
         var trainLast: Int?
-        /// Measured training steps of the reference and of phase 3 (after one warm-up step).
+        /// Measured training steps of the reference and of phase 3 each (after one warm-up step and one profiled step).
         var trainSteps = 2
     }
 
@@ -55,6 +60,10 @@ enum ServingTrainingBenchmark {
     /// Phase 2 at one share.
     struct SharedPhase {
         var share: Double
+        /// Phase 1 windows interleaved with this share's.
+        var alone: ServingFigures
+        /// Seconds the trainer ran during the phase 1 windows (0 but for a stretch in progress at a switch).
+        var aloneTrainerRun: Double
         var serving: ServingFigures
         var trainTokS: Double
         var governor: TrainingGovernorStatistics
@@ -63,7 +72,6 @@ enum ServingTrainingBenchmark {
     /// Everything measured.
     struct Report {
         var options: Options
-        var idle: ServingFigures
         var shared: [SharedPhase]
         var trainAloneTokS: Double
         var referenceTokS: Double
@@ -77,19 +85,19 @@ enum ServingTrainingBenchmark {
             let o = options
             return [
                 "streams": o.streams, "prompt_tokens": o.promptTokens, "gen_tokens": o.genTokens,
-                "seconds": o.seconds, "serving_threads": o.servingThreads, "trainer_threads": o.trainerThreads,
-                "busy_threads": o.busyThreads.map { $0 as Any } ?? NSNull(), "train_batch": o.trainBatch,
-                "train_seq": o.trainSeq, "train_loss": o.trainLast.map { "last\($0)" } ?? "all",
+                "seconds": o.seconds, "window_s": o.window, "serving_threads": o.servingThreads,
+                "trainer_threads": o.trainerThreads, "busy_threads": o.busyThreads.map { $0 as Any } ?? NSNull(),
+                "train_batch": o.trainBatch, "train_seq": o.trainSeq, "train_loss": o.trainLast.map { "last\($0)" } ?? "all",
                 "load_average_at_start": loadAverage,
-                "phase1_serving": idle.json,
-                "phase2": shared.map { p -> [String: Any] in
+                "shares": shared.map { p -> [String: Any] in
                     [
-                        "min_share": p.share, "serving": p.serving.json, "train_tok_s": r1(p.trainTokS),
-                        "throughput_ratio": r3(p.serving.tokS / idle.tokS), "p99_itl_ratio": r3(p.serving.p99 / idle.p99),
+                        "min_share": p.share, "phase1_serving_alone": p.alone.json, "phase2_serving": p.serving.json,
+                        "phase1_trainer_run_s": r3(p.aloneTrainerRun), "phase2_train_tok_s": r1(p.trainTokS),
+                        "throughput_ratio": r3(p.serving.tokS / p.alone.tokS), "p99_itl_ratio": r3(p.serving.p99 / p.alone.p99),
                         "measured_share": p.governor.busyShare.map { r3($0) as Any } ?? NSNull(),
                         "pauses": p.governor.pauses, "longest_stretch_ms": r2(p.governor.longestStretch * 1000),
-                        "meets_throughput_target": p.serving.tokS >= 0.8 * idle.tokS,
-                        "meets_p99_target": p.serving.p99 <= 1.5 * idle.p99,
+                        "meets_throughput_target": p.serving.tokS >= 0.8 * p.alone.tokS,
+                        "meets_p99_target": p.serving.p99 <= 1.5 * p.alone.p99,
                     ]
                 },
                 "phase3_train_tok_s": r1(trainAloneTokS), "reference_train_tok_s": r1(referenceTokS),
@@ -101,19 +109,19 @@ enum ServingTrainingBenchmark {
         var text: String {
             var lines: [String] = []
             let o = options
-            lines.append(String(format: "serving while training: %d greedy streams of %d+%d tokens on %d threads; trainer %d threads (%@ while busy), batch %d x %d, loss %@; %.0f s per serving phase; load average at start %@",
+            lines.append(String(format: "serving while training: %d greedy streams of %d+%d tokens on %d threads; trainer %d threads (%@ while busy), batch %d x %d, loss %@; %.0f s per phase in %.1f s windows; load average at start %@",
                                 o.streams, o.promptTokens, o.genTokens, o.servingThreads, o.trainerThreads,
                                 o.busyThreads.map { "\($0)" } ?? "all", o.trainBatch, o.trainSeq,
-                                o.trainLast.map { "last\($0)" } ?? "all", o.seconds, loadAverage))
-            lines.append(String(format: "phase 1  serving alone:            %7.1f tok/s  ITL p50 %6.1f ms  p99 %6.1f ms",
-                                idle.tokS, idle.p50 * 1000, idle.p99 * 1000))
+                                o.trainLast.map { "last\($0)" } ?? "all", o.seconds, o.window, loadAverage))
             for p in shared {
-                lines.append(String(format: "phase 2  serving + training @%.2f: %7.1f tok/s  ITL p50 %6.1f ms  p99 %6.1f ms  trainer %6.1f tok/s (share %.3f, longest stretch %.1f ms)",
-                                    p.share, p.serving.tokS, p.serving.p50 * 1000, p.serving.p99 * 1000, p.trainTokS,
+                lines.append(String(format: "share %.2f  phase 1 serving alone:       %7.1f tok/s  ITL p50 %6.1f ms  p99 %6.1f ms",
+                                    p.share, p.alone.tokS, p.alone.p50 * 1000, p.alone.p99 * 1000))
+                lines.append(String(format: "            phase 2 serving + training: %7.1f tok/s  ITL p50 %6.1f ms  p99 %6.1f ms  trainer %6.1f tok/s (share %.3f, longest stretch %.1f ms)",
+                                    p.serving.tokS, p.serving.p50 * 1000, p.serving.p99 * 1000, p.trainTokS,
                                     p.governor.busyShare ?? 0, p.governor.longestStretch * 1000))
-                lines.append(String(format: "         vs targets: throughput %.3f x idle (>= 0.8: %@), p99 ITL %.3f x idle (<= 1.5: %@)",
-                                    p.serving.tokS / idle.tokS, p.serving.tokS >= 0.8 * idle.tokS ? "met" : "MISSED",
-                                    p.serving.p99 / idle.p99, p.serving.p99 <= 1.5 * idle.p99 ? "met" : "MISSED"))
+                lines.append(String(format: "            vs targets: throughput %.3f x alone (>= 0.8: %@), p99 ITL %.3f x alone (<= 1.5: %@)",
+                                    p.serving.tokS / p.alone.tokS, p.serving.tokS >= 0.8 * p.alone.tokS ? "met" : "MISSED",
+                                    p.serving.p99 / p.alone.p99, p.serving.p99 <= 1.5 * p.alone.p99 ? "met" : "MISSED"))
             }
             lines.append(String(format: "phase 3  training alone (governed): %6.1f tok/s = %.3f x unpaced training (%.1f tok/s, as bench --train)",
                                 trainAloneTokS, trainAloneTokS / referenceTokS, referenceTokS))
@@ -139,18 +147,10 @@ enum ServingTrainingBenchmark {
                                  maxPrefillTokensPerStep: 256, stepTimeTarget: 0.5))
         engine.start()
         defer { engine.shutdown() }
-        let governor = TrainingGovernor(minShare: o.shares.first ?? 0.25, threadsWhileBusy: o.busyThreads)
+        let governor = TrainingGovernor(minShare: 0, threadsWhileBusy: o.busyThreads)
         governor.attach(to: engine)
         let clients = StreamClients(engine: engine, options: o)
         let vocab = model.config.nVocab
-
-        // Phase 1: serving alone, before any training exists.
-        var streams = clients.start(vocab: vocab)
-        try await Task.sleep(for: .seconds(1))
-        let idle = try await clients.measure(seconds: o.seconds)
-        await clients.stop(streams)
-        log(String(format: "phase 1 (serving alone): %.1f tok/s, ITL p50 %.1f ms, p99 %.1f ms", idle.tokS,
-                   idle.p50 * 1000, idle.p99 * 1000))
 
         // The training run, on its own thread from here on.
         let trainer = try LoRATrainer(model: model, threads: o.trainerThreads, cacheWeights: true)
@@ -159,42 +159,63 @@ enum ServingTrainingBenchmark {
         let training = try TrainingThread(trainer: trainer, options: o)
         training.start(pacer: pacer)
         defer { training.stop() }
-        log("training: warm-up step (builds the f32 weight cache)")
+        log("training: warm-up step (builds the f32 weight cache), then one profiled unpaced step")
         try await training.waitForSteps(pacer, 1)
-        // Reference: unpaced (the pacer only counts yield points and times them).
         pacer.recording = true
-        let ref0 = pacer.stepsDone, refT0 = monotonicSeconds()
-        try await training.waitForSteps(pacer, ref0 + o.trainSteps)
-        let referenceTokS = Double(o.trainSteps * training.tokensPerStep) / (monotonicSeconds() - refT0)
+        try await training.waitForSteps(pacer, 2)
         pacer.recording = false
-        log(String(format: "reference (unpaced): %.1f tok/s", referenceTokS))
-
-        // Phase 3: training alone through the governor.
+        // Phase 3 and the reference, step by step in turn (serving idle).
+        pacer.alternate(with: governor)
+        try await training.waitForSteps(pacer, 2 + 2 * o.trainSteps)
+        let (governedSeconds, unpacedSeconds) = pacer.stopAlternating()
         pacer.inner = governor
-        let p3 = pacer.stepsDone, p3T0 = monotonicSeconds()
-        try await training.waitForSteps(pacer, p3 + o.trainSteps)
-        let aloneTokS = Double(o.trainSteps * training.tokensPerStep) / (monotonicSeconds() - p3T0)
-        log(String(format: "phase 3 (governed, serving idle): %.1f tok/s", aloneTokS))
+        let aloneTokS = Double(training.tokensPerStep) / governedSeconds
+        let referenceTokS = Double(training.tokensPerStep) / unpacedSeconds
+        log(String(format: "phase 3 (governed, serving idle): %.1f tok/s; reference (unpaced): %.1f tok/s", aloneTokS,
+                   referenceTokS))
 
-        // Phase 2 at each share, serving kept busy throughout.
+        // Phases 1 and 2 in alternating windows, serving kept busy throughout.
         var shared: [SharedPhase] = []
-        streams = clients.start(vocab: vocab)
+        let streams = clients.start(vocab: vocab)
+        try await Task.sleep(for: .seconds(1))
+        let rounds = max(1, Int((o.seconds / o.window).rounded()))
         for share in o.shares {
-            governor.minShare = share
-            try await Task.sleep(for: .seconds(1))
-            let g0 = governor.statistics
-            let prog0 = pacer.progress(), t0 = monotonicSeconds()
-            let s = try await clients.measure(seconds: o.seconds)
-            let prog1 = pacer.progress(), t1 = monotonicSeconds()
-            let tokS = (prog1 - prog0) * Double(training.tokensPerStep) / (t1 - t0)
-            let g = governor.statistics.since(g0)
-            shared.append(SharedPhase(share: share, serving: s, trainTokS: tokS, governor: g))
-            log(String(format: "phase 2 @%.2f: %.1f tok/s, ITL p50 %.1f ms, p99 %.1f ms, trainer %.1f tok/s", share,
-                       s.tokS, s.p50 * 1000, s.p99 * 1000, tokS))
-            try training.rethrow()
+            var aloneWindows: [(Double, Double)] = [], sharedWindows: [(Double, Double)] = []
+            var aloneRun = 0.0, trainProgress = 0.0, trainSeconds = 0.0
+            var g = TrainingGovernorStatistics()
+            governor.resetStatistics()
+            for _ in 0..<rounds {
+                governor.minShare = 0
+                try await Task.sleep(for: .milliseconds(500))
+                let a0 = governor.statistics
+                aloneWindows.append(try await clients.window(seconds: o.window))
+                aloneRun += governor.statistics.since(a0).runSeconds
+                governor.minShare = share
+                try await Task.sleep(for: .milliseconds(500))
+                let g0 = governor.statistics
+                let prog0 = pacer.progress()
+                let w = try await clients.window(seconds: o.window)
+                trainProgress += pacer.progress() - prog0
+                trainSeconds += w.1 - w.0
+                sharedWindows.append(w)
+                let d = governor.statistics.since(g0)
+                g.yieldPoints += d.yieldPoints
+                g.pauses += d.pauses
+                g.runSeconds += d.runSeconds
+                g.busyRunSeconds += d.busyRunSeconds
+                g.pausedSeconds += d.pausedSeconds
+                g.longestStretch = d.longestStretch
+                try training.rethrow()
+            }
+            let alone = clients.figures(aloneWindows), together = clients.figures(sharedWindows)
+            let tokS = trainProgress * Double(training.tokensPerStep) / trainSeconds
+            shared.append(SharedPhase(share: share, alone: alone, aloneTrainerRun: aloneRun, serving: together,
+                                      trainTokS: tokS, governor: g))
+            log(String(format: "share %.2f: alone %.1f tok/s p99 %.1f ms; with training %.1f tok/s p99 %.1f ms, trainer %.1f tok/s",
+                       share, alone.tokS, alone.p99 * 1000, together.tokS, together.p99 * 1000, tokS))
         }
         await clients.stop(streams)
-        return Report(options: o, idle: idle, shared: shared, trainAloneTokS: aloneTokS, referenceTokS: referenceTokS,
+        return Report(options: o, shared: shared, trainAloneTokS: aloneTokS, referenceTokS: referenceTokS,
                       yieldPointsPerStep: pacer.yieldPointsPerStep, longestGap: pacer.longestGap, loadAverage: loadAverage)
     }
 
@@ -257,20 +278,25 @@ enum ServingTrainingBenchmark {
             }
         }
 
-        /// Figures of the tokens that arrive in the next `seconds`.
-        func measure(seconds: Double) async throws -> ServingFigures {
+        /// Waits `seconds` and returns that window (monotonic seconds).
+        func window(seconds: Double) async throws -> (Double, Double) {
             let t0 = monotonicSeconds()
             try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            let t1 = monotonicSeconds()
+            return (t0, monotonicSeconds())
+        }
+
+        /// Figures of the tokens that arrived within `windows`.
+        func figures(_ windows: [(Double, Double)]) -> ServingFigures {
+            func inside(_ t: Double) -> Bool { windows.contains { t >= $0.0 && t < $0.1 } }
             let (n, g): (Int, [Double]) = lock.withLock {
-                (arrivals.lazy.filter { $0 >= t0 && $0 <= t1 }.count,
-                 gaps.filter { $0.at >= t0 && $0.at <= t1 }.map(\.gap))
+                (arrivals.lazy.filter(inside).count, gaps.filter { inside($0.at) }.map(\.gap))
             }
+            let span = windows.reduce(0) { $0 + ($1.1 - $1.0) }
             let sorted = g.sorted()
             func pct(_ p: Double) -> Double {
                 sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int((p * Double(sorted.count)).rounded(.up)) - 1)]
             }
-            return ServingFigures(tokS: Double(n) / (t1 - t0), p50: pct(0.5), p99: pct(0.99),
+            return ServingFigures(tokS: span > 0 ? Double(n) / span : 0, p50: pct(0.5), p99: pct(0.99),
                                   mean: sorted.isEmpty ? 0 : sorted.reduce(0, +) / Double(sorted.count),
                                   max: sorted.last ?? 0, samples: sorted.count)
         }
@@ -378,6 +404,33 @@ enum ServingTrainingBenchmark {
             set { lock.withLock { recordingValue = newValue } }
         }
         var stepsDone: Int { lock.withLock { steps } }
+        /// While alternating: the governor the odd steps go through, and the step times of each kind.
+        private var alternateWith: TrainingGovernor?
+        private var governedTimes: [Double] = []
+        private var unpacedTimes: [Double] = []
+
+        /// From the next step on, steps alternate between `governor` and no pacer (starting unpaced).
+        func alternate(with governor: TrainingGovernor) {
+            lock.withLock {
+                alternateWith = governor
+                innerValue = nil
+                governedTimes = []
+                unpacedTimes = []
+            }
+        }
+
+        /// Ends alternating; returns the median step seconds (governed, unpaced).
+        func stopAlternating() -> (Double, Double) {
+            lock.withLock {
+                alternateWith = nil
+                func median(_ x: [Double]) -> Double {
+                    let s = x.sorted()
+                    guard !s.isEmpty else { return .nan }
+                    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+                }
+                return (median(governedTimes), median(unpacedTimes))
+            }
+        }
         var yieldPointsPerStep: Int { lock.withLock { profile.count } }
 
         func yieldPoint() {
@@ -409,6 +462,10 @@ enum ServingTrainingBenchmark {
                         }
                         profileSeconds += (total - profileSeconds) / Double(profileSteps)
                     }
+                }
+                if let g = alternateWith {
+                    if innerValue == nil { unpacedTimes.append(now - stepStart) } else { governedTimes.append(now - stepStart) }
+                    innerValue = innerValue == nil ? g : nil
                 }
                 times.removeAll(keepingCapacity: true)
                 steps += 1

@@ -13,6 +13,10 @@
 // the debt is forgiven; the stretch that was running when serving became busy is charged in full, so the trainer
 // steps aside at its next yield point.
 //
+// While serving is busy the trainer may also run on fewer threads (`busyThreadLimit`; the daemon uses half): on
+// 2 cores, 2 trainer threads beside serving's 2 halve the speed of every decode step they overlap, 1 thread costs
+// serving far less for about the same training progress (README, "Training while serving").
+//
 // Wiring: `attach(to: engine)` makes the engine report busy/idle; `LoRATrainer.pacer = governor` makes the
 // trainer ask. The clock is CLOCK_MONOTONIC; sleeps are timed waits on a condition variable on that clock, cut
 // short when serving goes idle.
@@ -57,8 +61,8 @@ public struct TrainingSharePolicy: Sendable, Equatable {
         if let since = runningSince {
             let ran = seconds(now &- since, if: now >= since)
             stats.runSeconds += ran
-            stats.longestStretch = max(stats.longestStretch, ran)
             if busy {
+                stats.longestStretch = max(stats.longestStretch, ran)
                 stats.busyRunSeconds += ran
                 debt += (1 - minShare) * ran
             }
@@ -102,6 +106,9 @@ public struct TrainingSharePolicy: Sendable, Equatable {
         return .sleep(until: now &+ UInt64(min(pause, 3600) * 1e9))
     }
 
+    /// Starts the counters afresh (the policy's state is kept).
+    public mutating func resetStatistics() { stats = TrainingGovernorStatistics() }
+
     private func seconds(_ ns: UInt64, if valid: Bool) -> Double { valid ? Double(ns) / 1e9 : 0 }
 }
 
@@ -117,7 +124,8 @@ public struct TrainingGovernorStatistics: Sendable, Equatable {
     public var busyRunSeconds = 0.0
     /// Seconds paused at yield points.
     public var pausedSeconds = 0.0
-    /// Longest stretch between two yield points, seconds: how long serving may wait for the trainer to step aside.
+    /// Longest stretch between two yield points that ended while serving was busy, seconds: how long serving may
+    /// wait for the trainer to step aside.
     public var longestStretch = 0.0
 
     public init() {}
@@ -145,9 +153,8 @@ public struct TrainingGovernorStatistics: Sendable, Equatable {
 ///
 /// Usage (a fine-tuning job in the daemon):
 /// ```swift
-/// let governor = TrainingGovernor(minShare: config.trainingMinShare)
-/// governor.attach(to: engine)
-/// trainer.pacer = governor           // LoRATrainer on the served model
+/// let governor = state.trainingGovernor   // the daemon's: min_share and busy threads from the config, attached
+/// trainer.pacer = governor                // LoRATrainer on the served model
 /// let outcome = try run.run(resume: true, isCancelled: { job.cancelled })
 /// ```
 public final class TrainingGovernor: TrainingPacer, @unchecked Sendable {
@@ -191,11 +198,19 @@ public final class TrainingGovernor: TrainingPacer, @unchecked Sendable {
         set { locked { threadsWhileBusy = newValue.map { max(1, $0) } } }
     }
 
+    /// Threads a trainer of `trainerThreads` uses while serving is busy by default: half, at least 1 (measured on
+    /// 2 cores with `lorad bench --serving-while-training`: 1 of 2 keeps serving within its targets at share 0.25
+    /// with the same training progress as 2).
+    public static func defaultBusyThreads(trainerThreads: Int) -> Int { max(1, trainerThreads / 2) }
+
     /// Whether serving has work, as last reported.
     public var isServingBusy: Bool { locked { busy } }
 
-    /// Counters since creation.
+    /// Counters since creation or the last `resetStatistics()`.
     public var statistics: TrainingGovernorStatistics { locked { policy.stats } }
+
+    /// Starts the counters afresh.
+    public func resetStatistics() { locked { policy.resetStatistics() } }
 
     /// Reports serving's load: busy = sequences running or waiting. Going idle wakes a paused trainer at once.
     /// Cheap and non-blocking beyond a short lock: safe to call from under the engine's lock.
