@@ -111,6 +111,13 @@ static int clamp_path(int path) {
 }
 
 int ck_dequantize(int type, const void *src, float *dst, size_t n) {
+#if defined(__x86_64__)
+    // Q8_0 is the tied output head of the default model, dequantized tile by tile in every training step.
+    if (type == CK_Q8_0 && n % QK == 0 && ck_best_path() >= CK_PATH_AVX512) {
+        ck_dequantize_q8_0_avx512(src, dst, n);
+        return 0;
+    }
+#endif
     return ck_dequantize_ref(type, src, dst, n);
 }
 

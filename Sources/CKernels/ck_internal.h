@@ -127,6 +127,9 @@ static inline void ck_q3k_scales(const uint8_t *s, int8_t out[16]) {
 float ck_vec_dot_ref(int type, size_t n, const void *w, const void *x);
 int ck_quantize_ref(int type, const float *src, void *dst, size_t n);
 int ck_dequantize_ref(int type, const void *src, float *dst, size_t n);
+/// Q8_0 dequantization with AVX-512 (ck_train.c): the same values as ck_dequantize_ref (int8 → f32 exact, one
+/// multiply by the block scale). n % 32 == 0.
+void ck_dequantize_q8_0_avx512(const void *src, float *dst, size_t n);
 
 // Fast paths (ck_x86.c). Each returns 0 when it handled the call, -1 when the type has no fast path.
 int ck_matmul_avx2(int type, int flags, size_t cols, const void *w, size_t w_stride, const void *w_batch, size_t r0,

@@ -216,6 +216,77 @@ func dotD(_ a: [Double], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + $1
         #expect(rel < Self.tol)
     }
 
+    /// Attention in float64, as the test above (q, k, v concatenated in `all`).
+    static func attentionReference(_ all: [Double], T: Int, spans: [(start: Int, count: Int)],
+                                   shape: AttentionShape) -> [Double] {
+        let qd = shape.qDim, kvd = shape.kvDim, Dh = shape.headDim
+        var out = [Double](repeating: 0, count: T * qd)
+        for (start, L) in spans {
+            for h in 0..<shape.nHead {
+                let g = h / (shape.nHead / shape.nHeadKV)
+                for i in 0..<L {
+                    let lo = shape.window.map { max(0, i - $0 + 1) } ?? 0
+                    var s = [Double]()
+                    for j in lo...i {
+                        var d = 0.0
+                        for e in 0..<Dh { d += all[(start + i) * qd + h * Dh + e] * all[T * qd + (start + j) * kvd + g * Dh + e] }
+                        s.append(d * Double(shape.scale))
+                    }
+                    let m = s.max()!
+                    let ex = s.map { exp($0 - m) }
+                    let z = ex.reduce(0, +)
+                    for (jj, j) in (lo...i).enumerated() {
+                        for e in 0..<Dh {
+                            out[(start + i) * qd + h * Dh + e] += ex[jj] / z * all[T * qd + T * kvd + (start + j) * kvd + g * Dh + e]
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Sequences longer than one block of query rows (`attentionRowBlock` = 64: the products skip the masked upper
+    /// triangle block by block), with a window that crosses block boundaries or none: forward against float64,
+    /// backward against central differences at 90 sampled inputs (rows before, at and after block boundaries).
+    @Test(arguments: [nil, 40] as [Int?])
+    func attentionRowBlocks(window: Int?) {
+        var rng = SplitMix(15)
+        let shape = AttentionShape(nHead: 4, nHeadKV: 2, headDim: 4, scale: 0.5, window: window)
+        let spans: [(start: Int, count: Int)] = [(0, 150), (150, 70)]
+        let T = 220, qd = shape.qDim, kvd = shape.kvDim
+        let pool = ComputePool(threads: 2)
+        let q = randomFloats(T * qd, &rng), k = randomFloats(T * kvd, &rng), v = randomFloats(T * kvd, &rng)
+        let r = randomFloats(T * qd, &rng)
+        let all = (q + k + v).map(Double.init)
+        var out = [Float](repeating: 0, count: T * qd)
+        attentionForward(pool, q: q, k: k, v: v, out: &out, spans: spans, shape: shape)
+        let fwd = compare(out.map(Double.init), Self.attentionReference(all, T: T, spans: spans, shape: shape))
+        #expect(fwd.rel < 1e-5)
+        var dq = [Float](repeating: 0, count: T * qd), dk = [Float](repeating: 0, count: T * kvd), dv = dk
+        attentionBackward(pool, dOut: r, q: q, k: k, v: v, out: out, dq: &dq, dk: &dk, dv: &dv, spans: spans, shape: shape)
+        let grad = (dq + dk + dv).map(Double.init)
+        let rows = [0, 1, 40, 63, 64, 65, 100, 127, 128, 149, 150, 151, 200, 213, 219]
+        var picked: [Double] = [], fd: [Double] = []
+        var p = all
+        for (n, row) in rows.enumerated() {
+            for idx in [row * qd + (n * 5) % qd, T * qd + row * kvd + (n * 3) % kvd, T * qd + T * kvd + row * kvd + n % kvd,
+                        row * qd + (n * 7 + 3) % qd, T * qd + row * kvd + (n + 1) % kvd, T * qd + T * kvd + row * kvd + (n + 5) % kvd] {
+                let h = 1e-5
+                p[idx] = all[idx] + h
+                let a = dotD(Self.attentionReference(p, T: T, spans: spans, shape: shape), r)
+                p[idx] = all[idx] - h
+                let b = dotD(Self.attentionReference(p, T: T, spans: spans, shape: shape), r)
+                p[idx] = all[idx]
+                fd.append((a - b) / (2 * h))
+                picked.append(grad[idx])
+            }
+        }
+        let (rel, maxAbs) = compare(picked, fd)
+        print("attention row blocks (L = 150 and 70, window \(window.map(String.init) ?? "none")): forward rel \(fwd.rel), backward rel \(rel), max abs \(maxAbs) at \(fd.count) inputs")
+        #expect(rel < Self.tol)
+    }
+
     /// The chunked head (tiles of 64 over a 300-word vocabulary, split over 2 threads) against a float64 log-softmax,
     /// and its gradient against central differences of −log p.
     @Test func outputHeadCrossEntropy() {

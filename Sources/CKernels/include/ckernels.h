@@ -163,6 +163,59 @@ void ck_f32_to_f16_p(int path, const float *src, uint16_t *dst, size_t n);
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
 void ck_f16_to_f32_p(int path, const uint16_t *src, float *dst, size_t n);
 
+// bf16 GEMM with f32 accumulation (ck_bf16.c), for the bf16 training mode. Numbers of AVX512_BF16 VDPBF16PS: per
+// output element and pair of k indices (2p, 2p+1), acc += a[2p+1]*b[2p+1] then acc += a[2p]*b[2p] (products exact
+// in f32, each add rounded to nearest even), k pairs in increasing order from acc = 0; bf16 denormal inputs read as
+// zero, denormal sums flush to zero; then c = alpha*acc (beta == 0, C not read) or fma(beta, c, alpha*acc).
+// The AVX512_BF16 kernel and the scalar reference give the same bits. Math: Intel SDM vol. 2, VDPBF16PS;
+// Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep Learning Training" (arXiv:1905.12322).
+/// f32 -> bf16, round to nearest even (NaN stays NaN; f32 denormals become a signed zero, as VCVTNE2PS2BF16).
+uint16_t ck_f32_to_bf16(float f);
+/// Rows of f32 `src [rows, cols]` (row stride lds floats) to bf16 `dst [rows, ldd]` (ldd >= cols rounded up to
+/// even); an odd `cols` gets one zero of padding.
+void ck_bf16_convert_rows(const float *src, size_t lds, size_t rows, size_t cols, uint16_t *dst, size_t ldd);
+/// bf16 elements of the packed form of an `n` x `k` operand: 16-column panels, k padded to even.
+size_t ck_bf16_packed_count(size_t n, size_t k);
+/// Packs B (element (j, kk), j < n columns of C, kk < k, at src[j*rs + kk*cs]) to bf16 panels
+/// `[ceil(n/16)][ceil(k/2)][16][2]`, zero padded. rs = k, cs = 1 packs a row-major W `[n, k]` (x·Wᵀ);
+/// rs = 1, cs = n packs a row-major W `[k, n]` (dy·W).
+void ck_bf16_pack(const float *src, size_t rs, size_t cs, size_t n, size_t k, uint16_t *dst);
+/// C[i, j] for i < m, n0 <= j < n1: `a` bf16 `[m, lda]` (lda even, k padded to even), `bp` from ck_bf16_pack,
+/// c f32 `[m, ldc]`. n0 must be a multiple of 16. Returns 0 (AVX512_BF16 kernel), 1 (scalar reference: same
+/// numbers, no bf16 hardware), -1 (bad n0/n1).
+int ck_gemm_bf16(size_t m, size_t n0, size_t n1, size_t k, const uint16_t *a, size_t lda, const uint16_t *bp,
+                 float alpha, float beta, float *c, size_t ldc);
+/// The scalar reference of ck_gemm_bf16 (always this path). Returns 0, or -1 for bad n0/n1.
+int ck_gemm_bf16_ref(size_t m, size_t n0, size_t n1, size_t k, const uint16_t *a, size_t lda, const uint16_t *bp,
+                     float alpha, float beta, float *c, size_t ldc);
+/// 1 when a CPU in state `s` with CPUID.(7,1):EAX = `leaf7_1_eax` can run the AVX512_BF16 kernel (AVX512_BF16
+/// bit 5 and the AVX-512 path of ck_path_for, which includes the OS-enabled ZMM state in XCR0), else 0.
+int ck_bf16_hw_usable(const ck_cpu_state *s, uint32_t leaf7_1_eax);
+/// ck_bf16_hw_usable for this CPU, and not capped below avx512 by LORAD_KERNELS. Detected once.
+int ck_bf16_available(void);
+
+// Float kernels of the training ops (ck_train.c). The AVX-512 and scalar paths give the same bits (the same
+// operations in the same order, fmaf for fused multiply-adds).
+/// y[i] = exp(x[i]): Cephes expf's range reduction and degree-6 polynomial, then y·2^n; ~1 ulp on the normal
+/// range, 0 below −104, +inf above 89, NaN stays NaN. y may alias x.
+void ck_exp_f32(const float *x, float *y, size_t n);
+/// Exact GELU-tanh GLU (PyTorch gelu(approximate="tanh")): y[i] = g[i]·s·u[i], s = σ(2z) = 0.5·(1 + tanh z),
+/// z = √(2/π)(g + 0.044715g³) (Hendrycks & Gimpel 2016), with ck_f32 exp.
+void ck_gelu_tanh_glu_fwd(const float *g, const float *u, float *y, size_t n);
+/// Its backward: dg = dy·u·act'(g), act' = s + g·s·(1 − s)·2√(2/π)(1 + 3·0.044715g²); du = dy·g·s.
+void ck_gelu_tanh_glu_bwd(const float *dy, const float *g, const float *u, float *dg, float *du, size_t n);
+/// max_i x[i] (−inf for n = 0; NaNs are skipped).
+float ck_max_f32(const float *x, size_t n);
+/// x[i] = exp(x[i] − m) in place (ck_exp_f32), and returns their sum in f32: 16 lane sums (element i of the
+/// leading multiple of 16 into lane i % 16) added in lane order, then the remaining elements one by one.
+float ck_exp_shift_sum(float *x, size_t n, float m);
+// The same with a path (CK_PATH_*; AVX-512 when the path and the CPU allow it, else scalar), for tests.
+void ck_exp_f32_p(int path, const float *x, float *y, size_t n);
+void ck_gelu_tanh_glu_fwd_p(int path, const float *g, const float *u, float *y, size_t n);
+void ck_gelu_tanh_glu_bwd_p(int path, const float *dy, const float *g, const float *u, float *dg, float *du, size_t n);
+float ck_max_f32_p(int path, const float *x, size_t n);
+float ck_exp_shift_sum_p(int path, float *x, size_t n, float m);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,6 +2,7 @@
 // (Gemma 3 270M: tied Q8_0 output head 262144 x 640, Q5_0 / Q4_K / Q6_K projections of 640 <-> 2048).
 // A benchmark, not a test: it prints figures and asserts nothing.
 import CKernels
+import COpenBLAS
 import Foundation
 
 /// Kernel throughput benchmark on random weights of the default model's shapes (see `run`).
@@ -63,7 +64,45 @@ public enum KernelBench {
             lines.append("  " + path.description.padding(toLength: 10, withPad: " ", startingAt: 0)
                          + String(format: " scores %7.1f ns/key   values %7.1f ns/key", dot * 1e9, axpy * 1e9))
         }
+        lines.append("bf16 GEMM (vdpbf16ps, f32 accumulation) vs cblas_sgemm, one thread, training shapes (m = 1024 tokens):")
+        if ck_bf16_available() == 0 { lines.append("  no AVX512_BF16 here: ck_gemm_bf16 runs its scalar reference (not timed)") } else {
+            for (name, n, k) in [("x·Wᵀ 640 -> 2048 (gate/up)", 2048, 640), ("dy·W 2048 -> 640 (gate/up dx)", 640, 2048),
+                                 ("x·Wᵀ 640 -> 1024 (q)", 1024, 640)] {
+                let (f32, bf16) = gemmBF16(m: 1024, n: n, k: k, reps: quick ? 1 : 3)
+                lines.append("  " + name.padding(toLength: 32, withPad: " ", startingAt: 0)
+                             + String(format: "sgemm %6.1f GFLOP/s  bf16 %6.1f GFLOP/s", f32, bf16))
+            }
+        }
         return lines.joined(separator: "\n")
+    }
+
+    /// GFLOP/s (2·m·n·k per call, best of `reps`) of `cblas_sgemm` (row-major `x·Wᵀ`) and of `ck_gemm_bf16` on the
+    /// same random operands, one thread (the activations' bf16 conversion included, the weight packing not).
+    static func gemmBF16(m: Int, n: Int, k: Int, reps: Int) -> (sgemm: Double, bf16: Double) {
+        var rng: UInt64 = 0x2545_F491_4F6C_DD1D
+        func next() -> Float {
+            rng = rng &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(Int64(bitPattern: rng >> 11) % 2001 - 1000) / 1000
+        }
+        let a = (0..<(m * k)).map { _ in next() }, w = (0..<(n * k)).map { _ in next() }
+        var c = [Float](repeating: 0, count: m * n)
+        let kp = (k + 1) & ~1
+        var ab = [UInt16](repeating: 0, count: m * kp), bp = [UInt16](repeating: 0, count: ck_bf16_packed_count(n, k))
+        ck_bf16_pack(w, k, 1, n, k, &bp)
+        openblas_set_num_threads(1)
+        var best = (Double.infinity, Double.infinity)
+        for _ in 0..<max(1, reps) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), w,
+                        Int32(k), 0, &c, Int32(n))
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            ck_bf16_convert_rows(a, k, m, k, &ab, kp)
+            _ = ck_gemm_bf16(m, 0, n, k, ab, kp, bp, 1, 0, &c, n)
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            best = (min(best.0, Double(t1 - t0) / 1e9), min(best.1, Double(t2 - t1) / 1e9))
+        }
+        let flop = 2 * Double(m) * Double(n) * Double(k)
+        return (flop / best.0 / 1e9, flop / best.1 / 1e9)
     }
 
     /// Best seconds per key of the grouped-query attention inner loops on `path`: the scores of 4 query heads

@@ -94,6 +94,13 @@ public final class LoRATrainer: @unchecked Sendable {
         didSet { if pacer == nil { pool.participants = pool.threads } }
     }
 
+    /// Per-layer activation buffers of the last call, reused by the next call with the same row count and LoRA
+    /// rank (`spareKey`): every buffer is fully overwritten by the forward, and reusing them spares each step
+    /// faulting in and zeroing fresh pages (0.7 GB for Gemma 3 270M at 4 × 256 tokens, about 4% of a step).
+    /// The peak resident set is unchanged; between calls the buffers stay allocated.
+    var spareActivations: [LayerActivations] = []
+    var spareKey = (rows: 0, rank: 0)
+
     /// - Parameters:
     ///   - model: the base model (Gemma 3 or Llama).
     ///   - threads: compute threads of the trainer's pool (≥ 1; the calling thread is one of them).
@@ -306,11 +313,17 @@ public final class LoRATrainer: @unchecked Sendable {
             }
         }
         // Layers.
+        let key = (rows: T, rank: terms.values.map(\.rank).max() ?? 0)
+        if spareKey != key { spareActivations = []; spareKey = key }
         var saved: [LayerActivations?] = Array(repeating: nil, count: c.nLayer)
-        let scratch = firstPatched > 0 ? LayerActivations(ctx, T: T) : nil
+        let scratch = firstPatched > 0 ? (spareActivations.popLast() ?? LayerActivations(ctx, T: T)) : nil
+        defer {
+            if let scratch { spareActivations.append(scratch) }
+            spareActivations.append(contentsOf: saved.compactMap { $0 })
+        }
         for l in 0..<c.nLayer {
             yieldPoint()
-            let acts = l >= firstPatched ? LayerActivations(ctx, T: T) : scratch!
+            let acts = l >= firstPatched ? (spareActivations.popLast() ?? LayerActivations(ctx, T: T)) : scratch!
             ctx.layerForward(l, x: x.p, acts: acts)
             if l >= firstPatched { saved[l] = acts }
         }
@@ -345,7 +358,6 @@ public final class LoRATrainer: @unchecked Sendable {
         for l in stride(from: c.nLayer - 1, through: firstPatched, by: -1) {
             yieldPoint()
             ctx.layerBackward(l, dx: dx.p, acts: saved[l]!, s: bscratch)
-            saved[l] = nil
         }
         let grad = Array(UnsafeBufferPointer(start: gbuf.p, count: paramCount))
         return PassResult(logp: logp, grad: grad, extra: extra)

@@ -4,6 +4,7 @@
 // the work). Row-major throughout; T rows of a packed batch (see Train.swift for the glossary).
 //
 // The ops are package-visible so Tests/TrainTests can check them. Every backward here is checked by central differences in Tests/TrainTests/OpGradientTests.swift.
+import CKernels
 import COpenBLAS
 import Foundation
 import Runtime
@@ -281,22 +282,15 @@ package func ropeBackward(_ dx: UnsafeMutablePointer<Float>, rows: Int, rowStrid
 
 // MARK: - Gated feed-forward activation
 
-private let geluC: Float = 0.797_884_560_802_865_4  // √(2/π)
-private let geluK: Float = 0.044_715
-
 /// `y = act(g) · u` element-wise. GELU is the tanh form `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))` evaluated
 /// exactly (PyTorch `gelu(approximate="tanh")`, Hendrycks & Gimpel 2016), not serving's f16 table, through the
 /// identity `0.5·(1 + tanh(z)) = σ(2z)`: `gelu(x) = x·σ(2z)` (one expf, no cancellation); SiLU is `x·σ(x)`
-/// (Elfwing et al. 2017).
+/// (Elfwing et al. 2017). GELU runs in `ck_gelu_tanh_glu_fwd` (CKernels, SIMD exp, same bits on every path).
 package func gluForward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                 count: Int, activation: FFNActivation) {
     switch activation {
     case .geluTanh:
-        for i in 0..<count {
-            let x = g[i]
-            let s = 1 / (1 + expf(-2 * geluC * (x + geluK * x * x * x)))
-            y[i] = x * s * u[i]
-        }
+        ck_gelu_tanh_glu_fwd(g, u, y, count)
     case .silu:
         for i in 0..<count {
             let x = g[i]
@@ -306,20 +300,14 @@ package func gluForward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ 
 }
 
 /// Backward of `gluForward`: `dg = dy·u·act'(g)`, `du = dy·act(g)` (both overwritten). For GELU with
-/// `s = σ(2z)`, `z = √(2/π)(x + 0.044715x³)`: `act' = s + x·s·(1 − s)·2·√(2/π)(1 + 3·0.044715x²)`.
+/// `s = σ(2z)`, `z = √(2/π)(x + 0.044715x³)`: `act' = s + x·s·(1 − s)·2·√(2/π)(1 + 3·0.044715x²)`
+/// (`ck_gelu_tanh_glu_bwd`).
 package func gluBackward(_ dy: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
                  dg: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>, count: Int,
                  activation: FFNActivation) {
     switch activation {
     case .geluTanh:
-        for i in 0..<count {
-            let x = g[i]
-            let s = 1 / (1 + expf(-2 * geluC * (x + geluK * x * x * x)))
-            let d = s + x * s * (1 - s) * 2 * geluC * (1 + 3 * geluK * x * x)
-            let dyi = dy[i]
-            dg[i] = dyi * u[i] * d
-            du[i] = dyi * x * s
-        }
+        ck_gelu_tanh_glu_bwd(dy, g, u, dg, du, count)
     case .silu:
         for i in 0..<count {
             let x = g[i]
@@ -365,15 +353,26 @@ package struct AttentionShape {
     }
 }
 
-/// Softmax probabilities `P [L, L]` of one head of one sequence: `S = scale·Q·Kᵀ`, causal (and windowed) mask,
-/// row softmax (max-subtracted, sum in double); masked entries are 0.
-private func attentionProbs(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, L: Int, shape: AttentionShape,
-                            p: UnsafeMutablePointer<Float>) {
-    let Dh = shape.headDim
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(L), Int32(L), Int32(Dh), shape.scale, q,
-                Int32(shape.qDim), k, Int32(shape.kvDim), 0, p, Int32(L))
-    for i in 0..<L {
-        let row = p + i * L
+/// Query rows per block of the causal attention: a block of rows `[i0, i1)` only meets keys `[c0, i1)` (earlier
+/// ones for a sliding window are masked out), so the products skip the masked upper triangle of `S`.
+let attentionRowBlock = 64
+
+/// The keys `[c0, i1)` a block of query rows `[i0, i1)` can see (causal, and windowed when `shape.window` is set).
+@inline(__always)
+private func attentionBlockKeys(_ i0: Int, _ i1: Int, _ shape: AttentionShape) -> Int {
+    shape.window.map { max(0, i0 - $0 + 1) } ?? 0
+}
+
+/// Softmax probabilities of one head of one sequence for the query rows `[i0, i1)` over the keys `[c0, i1)`:
+/// `S = scale·Q·Kᵀ`, causal (and windowed) mask, row softmax (max-subtracted, sum in double); masked entries are 0.
+/// Row `i` is written at `p + (i − i0)·ldp`, column `j` at offset `j − c0` (`[i1 − i0, i1 − c0]`).
+private func attentionBlockProbs(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, i0: Int, i1: Int, c0: Int,
+                                 shape: AttentionShape, p: UnsafeMutablePointer<Float>, ldp: Int) {
+    let Dh = shape.headDim, width = i1 - c0
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(i1 - i0), Int32(width), Int32(Dh), shape.scale,
+                q + i0 * shape.qDim, Int32(shape.qDim), k + c0 * shape.kvDim, Int32(shape.kvDim), 0, p, Int32(ldp))
+    for i in i0..<i1 {
+        let row = p + (i - i0) * ldp - c0  // row[j] for j in [c0, i1)
         let lo = shape.window.map { max(0, i - $0 + 1) } ?? 0
         var mx = -Float.infinity
         for j in lo...i where row[j] > mx { mx = row[j] }
@@ -384,49 +383,56 @@ private func attentionProbs(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>
             sum += Double(e)
         }
         let inv = Float(1 / sum)
-        for j in 0..<lo { row[j] = 0 }
+        for j in c0..<lo { row[j] = 0 }
         for j in lo...i { row[j] *= inv }
-        for j in (i + 1)..<L { row[j] = 0 }
+        for j in (i + 1)..<i1 { row[j] = 0 }
     }
 }
 
 /// Scaled dot-product attention over packed sequences (`spans`: first row and length of each), causal within each
 /// sequence, sliding window when `shape.window` is set, grouped-query (query head h reads KV head
 /// h / (n_head/n_head_kv)). q, out `[T, n_head·head_dim]`; k, v `[T, n_head_kv·head_dim]`.
-/// Math: Vaswani et al. 2017; per (sequence, KV head) as sgemm over a dense `[L, L]` score tile.
+/// Math: Vaswani et al. 2017; per (sequence, KV head) as sgemm over blocks of `attentionRowBlock` query rows, each
+/// against the keys it can see (the masked upper triangle is not multiplied).
 package func attentionForward(_ pool: ComputePool, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                       v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, spans: [(start: Int, count: Int)],
                       shape: AttentionShape) {
     let group = shape.nHead / shape.nHeadKV
-    let Dh = shape.headDim
+    let Dh = shape.headDim, B = attentionRowBlock
     pool.parallelFor(spans.count * shape.nHeadKV) { item in
         let (start, L) = spans[item / shape.nHeadKV]
         let g = item % shape.nHeadKV
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: L * L)
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: min(B, L) * L)
         defer { p.deallocate() }
         let kg = k + start * shape.kvDim + g * Dh, vg = v + start * shape.kvDim + g * Dh
         for h in (g * group)..<((g + 1) * group) {
-            attentionProbs(q + start * shape.qDim + h * Dh, kg, L: L, shape: shape, p: p)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(L), Int32(Dh), Int32(L), 1, p, Int32(L), vg,
-                        Int32(shape.kvDim), 0, out + start * shape.qDim + h * Dh, Int32(shape.qDim))
+            let qh = q + start * shape.qDim + h * Dh, oh = out + start * shape.qDim + h * Dh
+            for i0 in stride(from: 0, to: L, by: B) {
+                let i1 = min(i0 + B, L), c0 = attentionBlockKeys(i0, i1, shape), width = i1 - c0
+                attentionBlockProbs(qh, kg, i0: i0, i1: i1, c0: c0, shape: shape, p: p, ldp: width)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(i1 - i0), Int32(Dh), Int32(width), 1, p,
+                            Int32(width), vg + c0 * shape.kvDim, Int32(shape.kvDim), 0, oh + i0 * shape.qDim,
+                            Int32(shape.qDim))
+            }
         }
     }
 }
 
 /// Backward of `attentionForward` (probabilities recomputed from q, k rather than stored: `[L, L]` per head would
 /// dominate memory for long sequences). With `dP = dO·Vᵀ`, `D_i = dO_i·O_i`, `dS = P ∘ (dP − D)·scale`:
-/// `dQ = dS·K`, `dK = Σ_heads dSᵀ·Q`, `dV = Σ_heads Pᵀ·dO`. dq, dk, dv are overwritten.
+/// `dQ = dS·K`, `dK = Σ_heads dSᵀ·Q`, `dV = Σ_heads Pᵀ·dO`, over the same row blocks and visible keys as the
+/// forward. dq, dk, dv are overwritten.
 package func attentionBackward(_ pool: ComputePool, dOut: UnsafePointer<Float>, q: UnsafePointer<Float>,
                        k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafePointer<Float>,
                        dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                        dv: UnsafeMutablePointer<Float>, spans: [(start: Int, count: Int)], shape: AttentionShape) {
     let group = shape.nHead / shape.nHeadKV
-    let Dh = shape.headDim, qd = shape.qDim, kvd = shape.kvDim
+    let Dh = shape.headDim, qd = shape.qDim, kvd = shape.kvDim, B = attentionRowBlock
     pool.parallelFor(spans.count * shape.nHeadKV) { item in
         let (start, L) = spans[item / shape.nHeadKV]
         let g = item % shape.nHeadKV
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: L * L)
-        let dp = UnsafeMutablePointer<Float>.allocate(capacity: L * L)
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: min(B, L) * L)
+        let dp = UnsafeMutablePointer<Float>.allocate(capacity: min(B, L) * L)
         defer { p.deallocate(); dp.deallocate() }
         let kg = k + start * kvd + g * Dh, vg = v + start * kvd + g * Dh
         let dkg = dk + start * kvd + g * Dh, dvg = dv + start * kvd + g * Dh
@@ -436,24 +442,28 @@ package func attentionBackward(_ pool: ComputePool, dOut: UnsafePointer<Float>, 
         }
         for h in (g * group)..<((g + 1) * group) {
             let qh = q + start * qd + h * Dh, doh = dOut + start * qd + h * Dh, oh = out + start * qd + h * Dh
-            attentionProbs(qh, kg, L: L, shape: shape, p: p)
-            // dP = dO·Vᵀ [L, L]
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(L), Int32(L), Int32(Dh), 1, doh, Int32(qd),
-                        vg, Int32(kvd), 0, dp, Int32(L))
-            for i in 0..<L {
-                var d: Float = 0
-                for e in 0..<Dh { d += doh[i * qd + e] * oh[i * qd + e] }
-                let pr = p + i * L, dpr = dp + i * L
-                for j in 0..<L { dpr[j] = pr[j] * (dpr[j] - d) * shape.scale }
+            for i0 in stride(from: 0, to: L, by: B) {
+                let i1 = min(i0 + B, L), c0 = attentionBlockKeys(i0, i1, shape), width = i1 - c0, rows = i1 - i0
+                attentionBlockProbs(qh, kg, i0: i0, i1: i1, c0: c0, shape: shape, p: p, ldp: width)
+                // dP = dO·Vᵀ [rows, width]
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(width), Int32(Dh), 1,
+                            doh + i0 * qd, Int32(qd), vg + c0 * kvd, Int32(kvd), 0, dp, Int32(width))
+                for i in 0..<rows {
+                    var d: Float = 0
+                    let dor = doh + (i0 + i) * qd, or = oh + (i0 + i) * qd
+                    for e in 0..<Dh { d += dor[e] * or[e] }
+                    let pr = p + i * width, dpr = dp + i * width
+                    for j in 0..<width { dpr[j] = pr[j] * (dpr[j] - d) * shape.scale }
+                }
+                // dQ_h = dS·K
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(Dh), Int32(width), 1, dp,
+                            Int32(width), kg + c0 * kvd, Int32(kvd), 0, dq + start * qd + h * Dh + i0 * qd, Int32(qd))
+                // dK += dSᵀ·Q_h, dV += Pᵀ·dO_h
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(width), Int32(Dh), Int32(rows), 1, dp,
+                            Int32(width), qh + i0 * qd, Int32(qd), 1, dkg + c0 * kvd, Int32(kvd))
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(width), Int32(Dh), Int32(rows), 1, p,
+                            Int32(width), doh + i0 * qd, Int32(qd), 1, dvg + c0 * kvd, Int32(kvd))
             }
-            // dQ_h = dS·K
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(L), Int32(Dh), Int32(L), 1, dp, Int32(L),
-                        kg, Int32(kvd), 0, dq + start * qd + h * Dh, Int32(qd))
-            // dK += dSᵀ·Q_h, dV += Pᵀ·dO_h
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(L), Int32(Dh), Int32(L), 1, dp, Int32(L),
-                        qh, Int32(qd), 1, dkg, Int32(kvd))
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(L), Int32(Dh), Int32(L), 1, p, Int32(L),
-                        doh, Int32(qd), 1, dvg, Int32(kvd))
         }
     }
 }
@@ -508,8 +518,7 @@ package func outputHead(_ pool: ComputePool, w: WeightMatrix, xn: UnsafePointer<
                     let row = lg + i * vc
                     let t = Int(tg[i]) - v0
                     if t >= 0 && t < vc { tl[i] = row[t] }
-                    var tmax = -Float.infinity
-                    for j in 0..<vc where row[j] > tmax { tmax = row[j] }
+                    let tmax = ck_max_f32(row, vc)
                     if tmax > m[i] {
                         if m[i] > -Float.infinity {
                             let f = expf(m[i] - tmax)
@@ -518,14 +527,7 @@ package func outputHead(_ pool: ComputePool, w: WeightMatrix, xn: UnsafePointer<
                         }
                         m[i] = tmax
                     }
-                    let mi = m[i]
-                    var sum: Float = 0
-                    for j in 0..<vc {
-                        let e = expf(row[j] - mi)
-                        row[j] = e
-                        sum += e
-                    }
-                    s[i] += Double(sum)
+                    s[i] += Double(ck_exp_shift_sum(row, vc, m[i]))
                 }
                 if let ac {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(N), Int32(D), Int32(vc), 1, lg,
