@@ -167,7 +167,8 @@ func adapterTag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         let mount = Process()
         mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=256k", "tmpfs", mountPoint]
+        // Room for the store's schema and WAL and the small adapter, not for the big one.
+        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint]
         try mount.run()
         mount.waitUntilExit()
         try #require(mount.terminationStatus == 0, "mounting a tmpfs needs root")
@@ -180,7 +181,7 @@ func adapterTag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
         }
         let reg = try f.registry(stateDir: mountPoint)
         try await reg.register(name: "small", source: .path(try f.file("small", String(repeating: "s", count: 1000))))
-        let big = try f.file("big", String(repeating: "b", count: 400_000))
+        let big = try f.file("big", String(repeating: "b", count: 1_600_000))
         do {
             try await reg.register(name: "big", source: .path(big))
             Issue.record("registration on a full disk succeeded")

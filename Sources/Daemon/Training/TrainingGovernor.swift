@@ -80,11 +80,13 @@ public struct TrainingSharePolicy: Sendable, Equatable {
             stats.pausedSeconds += slept
             debt = max(0, debt - minShare * slept)
         }
+        let continuing = pausedSince != nil
         pausedSince = nil
-        return decide(now: now, busy: busy)
+        return decide(now: now, busy: busy, continuing: continuing)
     }
 
-    private mutating func decide(now: UInt64, busy: Bool) -> Decision {
+    /// `continuing`: called from `resume`, so a further sleep continues the same pause (counted once).
+    private mutating func decide(now: UInt64, busy: Bool, continuing: Bool = false) -> Decision {
         guard busy else {
             debt = 0
             runningSince = now
@@ -92,7 +94,7 @@ public struct TrainingSharePolicy: Sendable, Equatable {
         }
         if minShare <= 0 {
             pausedSince = now
-            stats.pauses += 1
+            if !continuing { stats.pauses += 1 }
             return .sleepUntilIdle
         }
         // Pay the debt with a pause of debt/s; below a microsecond it is not worth a sleep.
@@ -102,7 +104,7 @@ public struct TrainingSharePolicy: Sendable, Equatable {
             return .run
         }
         pausedSince = now
-        stats.pauses += 1
+        if !continuing { stats.pauses += 1 }
         return .sleep(until: now &+ UInt64(min(pause, 3600) * 1e9))
     }
 
@@ -116,7 +118,7 @@ public struct TrainingSharePolicy: Sendable, Equatable {
 public struct TrainingGovernorStatistics: Sendable, Equatable {
     /// Yield points the trainer passed.
     public var yieldPoints = 0
-    /// Pauses (sleeps) at yield points.
+    /// Pauses at yield points (one per pause, however many wake-ups it takes).
     public var pauses = 0
     /// Seconds the trainer ran (between yield points, outside pauses).
     public var runSeconds = 0.0
