@@ -311,3 +311,32 @@ func sseEvents(_ body: String) -> [String] {
     }
     return out
 }
+
+/// A small tmpfs for full-disk tests (needs root, CAP_SYS_ADMIN), unmounted and removed by `unmount()`.
+final class SmallTmpfs {
+    let path: String
+
+    /// Mounts a tmpfs of `size` (mount(8)'s spelling, e.g. "1m") on a fresh directory under /tmp.
+    init(size: String, tag: String) throws {
+        path = "/tmp/lorad-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let mount = Process()
+        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mount.arguments = ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", path]
+        try mount.run()
+        mount.waitUntilExit()
+        guard mount.terminationStatus == 0 else {
+            try? FileManager.default.removeItem(atPath: path)
+            throw HarnessError(description: "mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+        }
+    }
+
+    func unmount() {
+        let u = Process()
+        u.executableURL = URL(fileURLWithPath: "/bin/umount")
+        u.arguments = [path]
+        try? u.run()
+        u.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}

@@ -316,22 +316,9 @@ extension LoradProcess {
     /// The state directory on a 1 MiB tmpfs: an upload that does not fit answers 507 and leaves no trace; files
     /// stored before keep their bytes; the daemon keeps serving (and stores a small file again).
     @Test func fullDiskAnswers507() throws {
-        let mnt = "/tmp/lorad-files-full-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        let mount = Process()
-        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt]
-        try mount.run()
-        mount.waitUntilExit()
-        try #require(mount.terminationStatus == 0, "this test mounts a tmpfs and needs root (CAP_SYS_ADMIN)")
-        defer {
-            let u = Process()
-            u.executableURL = URL(fileURLWithPath: "/bin/umount")
-            u.arguments = [mnt]
-            try? u.run()
-            u.waitUntilExit()
-            try? FileManager.default.removeItem(atPath: mnt)
-        }
+        let disk = try SmallTmpfs(size: "1m", tag: "files-full")
+        defer { disk.unmount() }
+        let mnt = disk.path
         let d = try LoradProcess(extra: ["--state-dir", mnt])
         defer { d.stop() }
         let small = try d.upload(Self.goodFile)

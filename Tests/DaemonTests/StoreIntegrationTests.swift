@@ -319,22 +319,9 @@ import Glibc
 
     /// A store on a 1 MiB tmpfs: writes beyond it answer 507, nothing acknowledged is lost, the daemon keeps serving.
     @Test func fullDiskAnswers507() throws {
-        let mnt = "/tmp/lorad-full-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        let mount = Process()
-        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt]
-        try mount.run()
-        mount.waitUntilExit()
-        try #require(mount.terminationStatus == 0, "this test mounts a tmpfs and needs root (CAP_SYS_ADMIN)")
-        defer {
-            let u = Process()
-            u.executableURL = URL(fileURLWithPath: "/bin/umount")
-            u.arguments = [mnt]
-            try? u.run()
-            u.waitUntilExit()
-            try? FileManager.default.removeItem(atPath: mnt)
-        }
+        let disk = try SmallTmpfs(size: "1m", tag: "full")
+        defer { disk.unmount() }
+        let mnt = disk.path
         let d = try LoradProcess(extra: ["--state-dir", mnt])
         defer { d.stop() }
         let cID = try #require(try Self.storedChat(d, "Hello")["id"] as? String)

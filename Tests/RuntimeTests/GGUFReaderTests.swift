@@ -332,6 +332,8 @@ struct GGUFReaderTests {
             let range = line.split(separator: " ")[0].split(separator: "-").compactMap { UInt($0, radix: 16) }
             return range.count == 2 && range[0] <= address && address < range[1]
         }
+        // `f` owns the mapping: keep it alive until the maps were read (ARC may release it after its last use).
+        withExtendedLifetime(f) {}
         let mapping = try #require(line.map(String.init))
         #expect(mapping.hasSuffix(resolved), "\(mapping)")
         #expect(mapping.split(separator: " ")[1].hasPrefix("r-"), "mapping must be read-only: \(mapping)")

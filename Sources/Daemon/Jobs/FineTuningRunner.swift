@@ -417,18 +417,7 @@ public final class FineTuningJobs: @unchecked Sendable {
                     id,
                     "The evaluation gate kept the current version: \(verdict.reasons.joined(separator: "; ")) "
                         + "(\(JobGate.summary(verdict))).", level: "warn", data: numbers)
-                let files = resultFiles
-                _ = try? await store.updateJob(id: id) { j in
-                    j.status = .succeeded
-                    j.finishedAt = Int(Date().timeIntervalSince1970)
-                    j.estimatedFinish = nil
-                    j.trainedTokens = outcome.tokensSeen
-                    j.step = outcome.steps
-                    j.fineTunedModel = nil
-                    j.published = false
-                    j.metadata["published"] = "false"
-                    j.resultFiles = files
-                }
+                await markSucceeded(id, outcome: outcome, resultFiles: resultFiles, publishedAs: nil)
                 await event(id, "The job has successfully completed; the gate did not publish its adapter.")
                 logger.notice("fine-tuning job not published by its gate", metadata: ["job": "\(id)", "adapter": "\(name)"])
                 return
@@ -462,17 +451,7 @@ public final class FineTuningJobs: @unchecked Sendable {
         await event(
             id, "New fine-tuned model published: \(name)@\(published.version)",
             data: .object([("fine_tuned_model", .string(name)), ("version", .int(published.version))]))
-        let files = resultFiles
-        _ = try? await store.updateJob(id: id) { j in
-            j.status = .succeeded
-            j.finishedAt = Int(Date().timeIntervalSince1970)
-            j.estimatedFinish = nil
-            j.trainedTokens = outcome.tokensSeen
-            j.step = outcome.steps
-            j.fineTunedModel = name
-            j.published = true
-            j.resultFiles = files
-        }
+        await markSucceeded(id, outcome: outcome, resultFiles: resultFiles, publishedAs: name)
         await event(id, "The job has successfully completed.")
         logger.notice(
             "fine-tuning job succeeded", metadata: ["job": "\(id)", "adapter": "\(name)@\(published.version)"])
@@ -505,6 +484,25 @@ public final class FineTuningJobs: @unchecked Sendable {
             name: name, source: .files(["adapter.gguf": data]), lineage: lineage, expectedParent: expected)
         state.metrics.recordAdapterRegistration()
         return (result.record.version, result.replaced)
+    }
+
+    /// Records a job's successful end: `succeeded`, its final token count and step, its result files, and whether
+    /// it published (`publishedAs` nil: the gate kept it out, so `fine_tuned_model` stays null and
+    /// `metadata.published` says "false", LEARNING-DECISIONS #6).
+    private func markSucceeded(
+        _ id: String, outcome: TrainingOutcome, resultFiles: [String], publishedAs name: String?
+    ) async {
+        _ = try? await store.updateJob(id: id) { j in
+            j.status = .succeeded
+            j.finishedAt = Int(Date().timeIntervalSince1970)
+            j.estimatedFinish = nil
+            j.trainedTokens = outcome.tokensSeen
+            j.step = outcome.steps
+            j.fineTunedModel = name
+            j.published = name != nil
+            if name == nil { j.metadata["published"] = "false" }
+            j.resultFiles = resultFiles
+        }
     }
 
     /// Runs the job's evaluation gate on a thread of its own (the evaluation is as heavy as a few training steps):
