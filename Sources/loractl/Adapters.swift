@@ -8,12 +8,14 @@
 //   loractl adapters rollback NAME VERSION       make an earlier version current again
 
 import ArgumentParser
+import NIOHTTP1
 import Foundation
 
 struct Adapters: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage LoRA adapters (list, add, show, rm, versions, rollback).",
-        subcommands: [List.self, Add.self, Show.self, Remove.self, Versions.self, Rollback.self], defaultSubcommand: List.self)
+        subcommands: [List.self, Add.self, Show.self, Remove.self, Versions.self, Rollback.self, Training.self],
+        defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List registered adapters.")
@@ -203,6 +205,55 @@ struct Adapters: AsyncParsableCommand {
                 throw fail(e.description)
             }
         }
+    }
+}
+
+extension Adapters {
+    /// `loractl adapters training set|show|off NAME`: an adapter's training policy (continual learning).
+    struct Training: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set, show or remove an adapter's training policy (admin).",
+            subcommands: [Set.self, Show.self, Off.self])
+
+        struct Set: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Set the policy from JSON (PUT /v1/adapters/NAME/training); keys the body omits keep their defaults.")
+            @OptionGroup var socket: SocketOption
+            @Argument var name: String
+            @Option(help: "The policy as JSON, e.g. '{\"trigger\": {\"min_new_feedback\": 20}}'; '-' reads stdin.")
+            var json: String = "{}"
+
+            func run() async throws {
+                let text = json == "-" ? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self) : json
+                try await policyRequest(socket, method: .PUT, name: name, body: Array(text.utf8))
+            }
+        }
+
+        struct Show: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Print the policy as JSON.")
+            @OptionGroup var socket: SocketOption
+            @Argument var name: String
+            func run() async throws { try await policyRequest(socket, method: .GET, name: name, body: nil) }
+        }
+
+        struct Off: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Remove the policy: no more automatic jobs.")
+            @OptionGroup var socket: SocketOption
+            @Argument var name: String
+            func run() async throws { try await policyRequest(socket, method: .DELETE, name: name, body: nil) }
+        }
+    }
+}
+
+/// Sends one training-policy request and prints the JSON answer (exit code 1 with the error message otherwise).
+func policyRequest(_ socket: SocketOption, method: HTTPMethod, name: String, body: [UInt8]?) async throws {
+    do {
+        let (status, resp) = try await socket.client.fetch(
+            method: method, path: "/v1/adapters/" + escape(name) + "/training", json: body)
+        guard (200..<300).contains(status) else { throw fail(errorMessage(resp, status: status)) }
+        writeOut(String(decoding: resp, as: UTF8.self) + "\n")
+    } catch let e as ClientError {
+        throw fail(e.description)
     }
 }
 

@@ -5,6 +5,10 @@ import Foundation
 import Testing
 import Train
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct TrainingPolicyTests {
     @Test func defaultsAndAFullPolicyRoundTrip() throws {
         let d = try TrainingPolicy(jsonText: "{}")
@@ -96,5 +100,64 @@ struct TrainingPolicyTests {
         #expect(d.latestFire(atOrBefore: f.date(from: "2026-12-01T03:00:00Z")!, calendar: cal) == f.date(from: "2026-11-30T03:30:00Z"))
         #expect(try TrainingPolicy(jsonText: #"{"trigger": {"schedule": "hourly :15"}}"#).schedule == s)
         #expect(try TrainingPolicy(jsonText: #"{"trigger": {"schedule": "hourly"}}"#).schedule == .hourly(minute: 0))
+    }
+}
+
+/// The training-policy route on the real daemon: set, show, delete; 400 naming the field; 404; 403; a rollback
+/// pauses the policy until it is set again.
+@Suite(.serialized) struct TrainingPolicyRouteTests {
+    @Test func policyRouteAndRollbackPause() throws {
+        let ref = try Paths.referenceDir() + "/lora-r8"
+        let d = try LoradProcess(extra: ["--adapter-import-dir", ref])
+        defer { d.stop() }
+        func put(_ name: String, _ body: String) throws -> HTTPResult {
+            try d.raw(HTTP.request(method: "PUT", path: "/v1/adapters/\(name)/training", body: Array(body.utf8)))
+        }
+        func param(_ r: HTTPResult) -> String? { ((try? r.json())?["error"] as? [String: Any])?["param"] as? String }
+
+        // Unknown names: 404 (no adapter, no policy); an invalid policy: 400 naming the field.
+        #expect(try d.get("/v1/adapters/nobody/training").status == 404)
+        #expect(try d.delete("/v1/adapters/nobody/training").status == 404)
+        var r = try put("rb", #"{"trigger": {"min_interval": "soon"}}"#)
+        #expect(r.status == 400 && param(r) == "trigger.min_interval", "\(r.text)")
+        r = try put("rb", #"{"replay_fraction": 2}"#)
+        #expect(r.status == 400 && param(r) == "replay_fraction", "\(r.text)")
+        r = try put("a/b", "{}")
+        #expect(r.status == 404 || r.status == 400)
+
+        // Two versions, a policy, then a rollback: the policy is paused and says why.
+        let v1 = try #require(try d.register("rb", path: try AdapterFixtures.referenceGGUF())["version"] as? Int)
+        _ = try d.register("rb", path: try AdapterFixtures.referencePEFT())
+        #expect(try d.get("/v1/adapters/rb/training").status == 404)
+        r = try put("rb", #"{"trigger": {"min_new_feedback": 20, "schedule": "daily 03:00"}, "method": "supervised"}"#)
+        #expect(r.status == 200, "\(r.text)")
+        var shown = try d.get("/v1/adapters/rb/training").json()
+        var policy = shown["policy"] as? [String: Any]
+        #expect(policy?["enabled"] as? Bool == true && policy?["method"] as? String == "supervised")
+        #expect((policy?["trigger"] as? [String: Any])?["schedule"] as? String == "daily 03:00")
+        #expect(shown["registered"] as? Bool == true)
+        let rb = try d.post("/v1/adapters/rb/rollback", json: ["version": v1])
+        #expect(rb.status == 200, "\(rb.text)")
+        shown = try d.get("/v1/adapters/rb/training").json()
+        policy = shown["policy"] as? [String: Any]
+        #expect(policy?["enabled"] as? Bool == false)
+        #expect((shown["disabled_reason"] as? String ?? "").contains("to version \(v1)"), "\(shown)")
+        // Setting it again re-enables it; it survives a restart.
+        #expect(try put("rb", #"{"trigger": {"min_new_feedback": 20}}"#).status == 200)
+        #expect(try d.get("/v1/adapters/rb/training").json()["disabled_reason"] is NSNull)
+        // A name without versions may have a policy (its first job starts from a fresh adapter).
+        #expect(try put("fresh-one", "{}").status == 200)
+        #expect(try d.get("/v1/adapters/fresh-one/training").json()["registered"] as? Bool == false)
+
+        // Not an admin: 403 for reading and for changing.
+        chmod(d.socket, 0o666)
+        #expect(try StoreIntegrationTests.curlAsNobody(d, ["http://l/v1/adapters/rb/training"]).0 == 403)
+        #expect(try StoreIntegrationTests.curlAsNobody(d, ["-X", "PUT", "-d", "{}", "http://l/v1/adapters/rb/training"]).0 == 403)
+
+        // Delete: 200, then 404 (the adapter itself stays).
+        #expect(try d.delete("/v1/adapters/rb/training").status == 200)
+        let gone = try d.get("/v1/adapters/rb/training")
+        #expect(gone.status == 404 && ((try? gone.json())?["error"] as? [String: Any])?["code"] as? String == "policy_not_found")
+        #expect(try d.get("/v1/adapters/rb").status == 200)
     }
 }

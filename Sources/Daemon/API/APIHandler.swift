@@ -126,6 +126,8 @@ final class APIHandler: @unchecked Sendable {
             let route = try Route.resolve(method: method, uri: head.uri)
             label = route.template
             switch route {
+            case .adapterTraining(let name):
+                status = try await dispatchTrainingPolicy(name, method: method, body: body, peer: peer, writer: writer)
             case .adapters, .adapter, .adapterVersions, .adapterRollback, .loadLoRAAdapter, .unloadLoRAAdapter:
                 status = try await dispatchAdapters(route, method: method, body: body, peer: peer, writer: writer)
             case .storedCompletion, .storedCompletionMessages, .feedback, .feedbackItem, .feedbackExport:

@@ -186,6 +186,16 @@ extension APIHandler {
             do { event = try reg.rollback(name: name, to: b.version) } catch let e as AdapterRegistryError {
                 throw APIError.from(e)
             }
+            // The adapter's training policy pauses until it is set again, so the loop does not replace the version
+            // that was just made current (issue: rollback).
+            if let store = state.store {
+                do {
+                    try await store.disablePolicy(
+                        name: name, reason: "rolled back from version \(event.fromVersion) to version \(event.toVersion)")
+                } catch let e as StoreError {
+                    throw APIError.from(e)
+                }
+            }
             guard let info = reg.info(name) else { throw APIError.from(.notFound(name)) }
             var fields: [(String, JSONValue)] = []
             if case .object(let f) = adapterJSON(info) { fields = f }

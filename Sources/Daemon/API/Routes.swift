@@ -18,6 +18,8 @@ public enum Route: Sendable, Equatable {
     case adapterVersions(name: String)
     /// `POST {"version": N}` makes an earlier version current.
     case adapterRollback(name: String)
+    /// `GET`/`PUT`/`DELETE` an adapter's training policy (admin).
+    case adapterTraining(name: String)
     /// vLLM's `POST /v1/load_lora_adapter`.
     case loadLoRAAdapter
     /// vLLM's `POST /v1/unload_lora_adapter`.
@@ -67,6 +69,7 @@ public enum Route: Sendable, Equatable {
         case .adapter: return "/v1/adapters/{name}"
         case .adapterVersions: return "/v1/adapters/{name}/versions"
         case .adapterRollback: return "/v1/adapters/{name}/rollback"
+        case .adapterTraining: return "/v1/adapters/{name}/training"
         case .loadLoRAAdapter: return "/v1/load_lora_adapter"
         case .unloadLoRAAdapter: return "/v1/unload_lora_adapter"
         case .tokenize: return "/tokenize"
@@ -95,6 +98,7 @@ public enum Route: Sendable, Equatable {
             return ["POST"]
         case .adapters, .chatCompletions, .feedback, .files, .fineTuningJobs: return ["GET", "POST"]
         case .file: return ["GET", "DELETE"]
+        case .adapterTraining: return ["GET", "PUT", "DELETE"]
         case .storedCompletion: return ["GET", "POST", "DELETE"]
         case .adapter: return ["GET", "DELETE"]
         default: return ["GET"]
@@ -106,7 +110,7 @@ public enum Route: Sendable, Equatable {
         switch self {
         case .adapters: return method == "POST"
         case .adapter: return method == "DELETE"
-        case .loadLoRAAdapter, .unloadLoRAAdapter, .adapterRollback: return true
+        case .loadLoRAAdapter, .unloadLoRAAdapter, .adapterRollback, .adapterTraining: return true
         default: return false
         }
     }
@@ -146,6 +150,7 @@ public enum Route: Sendable, Equatable {
                 case (1, _): route = .adapter(name: name)
                 case (2, "versions") where !name.isEmpty: route = .adapterVersions(name: name)
                 case (2, "rollback") where !name.isEmpty: route = .adapterRollback(name: name)
+                case (2, "training") where !name.isEmpty: route = .adapterTraining(name: name)
                 default: throw APIError.routeNotFound(method: method, path: String(path))
                 }
             } else if path.hasPrefix("/v1/chat/completions/"), path.count > "/v1/chat/completions/".count {

@@ -216,6 +216,7 @@ public final class LoradStore: @unchecked Sendable {
         registerFilesMigration(&m)
         m.registerMigration("v3_adapters") { db in try createAdapterTables(db) }
         m.registerMigration("v4_jobs") { db in try migrateV4Jobs(db) }
+        m.registerMigration("v5_policies") { db in try migrateV5Policies(db) }
         return m
     }
 

@@ -1,0 +1,68 @@
+// `GET`/`PUT`/`DELETE /v1/adapters/{name}/training`: an adapter's training policy (continual learning). Admin only.
+// A policy may name an adapter that has no version yet: its first job then starts from a fresh adapter
+// (LEARNING-DECISIONS #9). GET and DELETE of a name with neither a policy nor a registered adapter are 404.
+
+import Foundation
+
+extension APIHandler {
+    /// Serves the training-policy route.
+    /// - Throws: ``APIError``: 403 for a non-admin, 400 naming the bad field, 404 unknown, 503 without a store.
+    func dispatchTrainingPolicy(
+        _ name: String, method: String, body: [UInt8], peer: PeerCredentials?, writer: ResponseWriter
+    ) async throws -> Int {
+        guard state.adminPolicy.allows(peer) else { throw APIError.notAdmin(peer, policy: state.adminPolicy) }
+        let store = try store()
+        let registered = state.registry?.info(name) != nil
+        do {
+            switch method {
+            case "PUT":
+                guard Self.validAdapterName(name), name != state.modelID else {
+                    throw APIError.invalidRequest(
+                        "'\(name)' cannot name an adapter: use 1 to 128 ASCII letters, digits, '.', '_', '-' or ':', "
+                            + "not the base model's id.", param: "name")
+                }
+                let policy: TrainingPolicy
+                do { policy = try TrainingPolicy(jsonText: String(decoding: body, as: UTF8.self)) } catch let e as PolicyError {
+                    throw APIError.invalidRequest("Invalid training policy: \(e)", param: e.field, code: "invalid_policy")
+                }
+                let stored = try await store.setPolicy(name: name, policy: policy, uid: peer?.uid)
+                try await writer.send(json: Self.policyJSON(stored, registered: registered))
+                return 200
+            case "DELETE":
+                guard try await store.deletePolicy(name: name) else { throw Self.noPolicy(name, registered: registered) }
+                try await writer.send(
+                    json: .object([("object", .string("adapter.training_policy")), ("name", .string(name)), ("deleted", .bool(true))]))
+                return 200
+            default:
+                guard let stored = try await store.policy(name: name) else { throw Self.noPolicy(name, registered: registered) }
+                try await writer.send(json: Self.policyJSON(stored, registered: registered))
+                return 200
+            }
+        } catch let e as StoreError {
+            throw APIError.from(e)
+        }
+    }
+
+    static func policyJSON(_ s: StoredPolicy, registered: Bool) -> JSONValue {
+        .object([
+            ("object", .string("adapter.training_policy")), ("name", .string(s.name)),
+            ("registered", .bool(registered)), ("set_at", .int(Int(s.setAt))),
+            ("disabled_reason", .optional(s.disabledReason)), ("policy", s.policy.json),
+        ])
+    }
+
+    static func noPolicy(_ name: String, registered: Bool) -> APIError {
+        registered
+            ? APIError(status: 404, message: "The adapter '\(name)' has no training policy.", type: "invalid_request_error",
+                       param: "name", code: "policy_not_found")
+            : APIError.from(AdapterRegistryError.notFound(name))
+    }
+
+    /// The registry's name rule: 1–128 ASCII letters, digits, `.`, `_`, `-`, `:`; not `.` or `..`.
+    static func validAdapterName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 128 && name != "." && name != ".."
+            && name.unicodeScalars.allSatisfy {
+                $0.value < 128 && (CharacterSet.alphanumerics.contains($0) || "._-:".unicodeScalars.contains($0))
+            }
+    }
+}

@@ -1,0 +1,94 @@
+// PolicyStore: adapters' training policies in the daemon's store (migration `v5_policies`), as the API sets them
+// (`PUT /v1/adapters/{name}/training`). A policy is kept as its JSON text, parsed by `TrainingPolicy`; `set_at` is
+// when it was last set (triggers count from there), `enabled` is false after a rollback until it is set again.
+
+import Foundation
+import GRDB
+
+/// A stored training policy.
+public struct StoredPolicy: Sendable, Equatable {
+    /// The adapter name.
+    public var name: String
+    /// The policy (its `enabled` reflects the stored flag).
+    public var policy: TrainingPolicy
+    /// When it was last set, Unix seconds.
+    public var setAt: Double
+    /// Why it is disabled (e.g. "rolled back to version 3"), nil while enabled or when disabled by its own body.
+    public var disabledReason: String?
+}
+
+extension LoradStore {
+    static func migrateV5Policies(_ db: Database) throws {
+        try db.execute(
+            sql: """
+                CREATE TABLE adapter_training_policy (
+                    name TEXT PRIMARY KEY,
+                    policy_json TEXT NOT NULL,
+                    enabled INTEGER NOT NULL,
+                    disabled_reason TEXT,
+                    set_at REAL NOT NULL,
+                    uid INTEGER
+                );
+                """)
+    }
+
+    /// Sets (creates or replaces) the policy of `name`; durable before it returns.
+    /// - Throws: ``StoreError/diskFull(_:)``, ``StoreError/database(_:)``.
+    public func setPolicy(name: String, policy: TrainingPolicy, uid: UInt32?) async throws -> StoredPolicy {
+        let now = Date().timeIntervalSince1970
+        let text = policy.json.serialized
+        try await run(write: true) { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO adapter_training_policy (name, policy_json, enabled, disabled_reason, set_at, uid)
+                    VALUES (?, ?, ?, NULL, ?, ?)
+                    ON CONFLICT(name) DO UPDATE SET policy_json = excluded.policy_json, enabled = excluded.enabled,
+                        disabled_reason = NULL, set_at = excluded.set_at, uid = excluded.uid
+                    """, arguments: [name, text, policy.enabled, now, uid.map { Int64($0) }])
+        }
+        return StoredPolicy(name: name, policy: policy, setAt: now, disabledReason: nil)
+    }
+
+    /// The policy of `name`, or nil.
+    /// - Throws: ``StoreError``.
+    public func policy(name: String) async throws -> StoredPolicy? {
+        try await run(write: false) { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM adapter_training_policy WHERE name = ?", arguments: [name])
+                .flatMap(LoradStore.storedPolicy)
+        }
+    }
+
+    /// Every stored policy, by name.
+    /// - Throws: ``StoreError``.
+    public func policies() async throws -> [StoredPolicy] {
+        try await run(write: false) { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM adapter_training_policy ORDER BY name").compactMap(LoradStore.storedPolicy)
+        }
+    }
+
+    /// Deletes the policy of `name`; false when there was none.
+    /// - Throws: ``StoreError``.
+    public func deletePolicy(name: String) async throws -> Bool {
+        try await run(write: true) { db in
+            try db.execute(sql: "DELETE FROM adapter_training_policy WHERE name = ?", arguments: [name])
+            return db.changesCount > 0
+        }
+    }
+
+    /// Pauses the policy of `name` (no-op without one) until it is set again, recording why.
+    /// - Throws: ``StoreError``.
+    public func disablePolicy(name: String, reason: String) async throws {
+        try await run(write: true) { db in
+            try db.execute(
+                sql: "UPDATE adapter_training_policy SET enabled = 0, disabled_reason = ? WHERE name = ?",
+                arguments: [reason, name])
+        }
+    }
+
+    static func storedPolicy(_ row: Row) -> StoredPolicy? {
+        guard var p = try? TrainingPolicy(jsonText: row["policy_json"]) else { return nil }
+        let enabled: Bool = row["enabled"]
+        p.enabled = p.enabled && enabled
+        return StoredPolicy(name: row["name"], policy: p, setAt: row["set_at"], disabledReason: row["disabled_reason"])
+    }
+}
