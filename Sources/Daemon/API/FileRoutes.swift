@@ -317,11 +317,7 @@ extension APIHandler {
                     purpose: q["purpose"], after: q["after"], limit: limit, order: o,
                     uid: admin ? nil : (peer?.uid ?? UInt32.max))
                 try await writer.send(
-                    json: .object([
-                        ("object", .string("list")), ("data", .array(page.items.map(Self.fileJSON))),
-                        ("first_id", .optional(page.items.first?.id)), ("last_id", .optional(page.items.last?.id)),
-                        ("has_more", .bool(page.hasMore)),
-                    ]))
+                    json: listJSON(page.items.map(Self.fileJSON), ids: page.items.map(\.id), hasMore: page.hasMore))
                 return 200
             case (.file(let id), "GET"):
                 try await writer.send(json: Self.fileJSON(try await visibleFile(id, peer: peer)))

@@ -302,7 +302,9 @@ extension APIHandler {
         return c
     }
 
-    private func listJSON(_ data: [JSONValue], ids: [String], hasMore: Bool) -> JSONValue {
+    /// OpenAI's cursor-page object `{"object": "list", "data", "first_id", "last_id", "has_more"}` (stored
+    /// completions, feedback, files, fine-tuning jobs, their events and checkpoints).
+    func listJSON(_ data: [JSONValue], ids: [String], hasMore: Bool) -> JSONValue {
         .object([
             ("object", .string("list")), ("data", .array(data)), ("first_id", .optional(ids.first)),
             ("last_id", .optional(ids.last)), ("has_more", .bool(hasMore)),

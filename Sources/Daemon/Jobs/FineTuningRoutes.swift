@@ -327,13 +327,6 @@ extension APIHandler {
         ])
     }
 
-    private func listBody(_ data: [JSONValue], ids: [String], hasMore: Bool) -> JSONValue {
-        .object([
-            ("object", .string("list")), ("data", .array(data)), ("first_id", .optional(ids.first)),
-            ("last_id", .optional(ids.last)), ("has_more", .bool(hasMore)),
-        ])
-    }
-
     /// A job the caller may see (admins: any; others: their own), else 404.
     private func visibleJob(_ id: String, peer: PeerCredentials?, jobs: FineTuningJobs) async throws -> FineTuningJob {
         guard let j = try await jobs.store.job(id: id),
@@ -360,7 +353,7 @@ extension APIHandler {
                 var page = try await jobs.store.listJobs(after: q["after"], limit: try q.limit())
                 if !admin { page.items = page.items.filter { peer != nil && $0.uid == peer?.uid } }
                 try await writer.send(
-                    json: listBody(page.items.map(jobJSON), ids: page.items.map(\.id), hasMore: page.hasMore))
+                    json: listJSON(page.items.map(jobJSON), ids: page.items.map(\.id), hasMore: page.hasMore))
                 return 200
             case (.fineTuningJob(let id), "GET"):
                 try await writer.send(json: jobJSON(try await visibleJob(id, peer: peer, jobs: jobs)))
@@ -376,14 +369,14 @@ extension APIHandler {
                 _ = try await visibleJob(id, peer: peer, jobs: jobs)
                 let page = try await jobs.store.listJobEvents(jobID: id, after: q["after"], limit: try q.limit())
                 try await writer.send(
-                    json: listBody(page.items.map(jobEventJSON), ids: page.items.map(\.id), hasMore: page.hasMore))
+                    json: listJSON(page.items.map(jobEventJSON), ids: page.items.map(\.id), hasMore: page.hasMore))
                 return 200
             case (.fineTuningJobCheckpoints(let id), "GET"):
                 _ = try await visibleJob(id, peer: peer, jobs: jobs)
                 let limit = q["limit"] == nil ? 10 : try q.limit()
                 let page = try await jobs.store.listJobCheckpoints(jobID: id, after: q["after"], limit: limit)
                 try await writer.send(
-                    json: listBody(page.items.map(jobCheckpointJSON), ids: page.items.map(\.id), hasMore: page.hasMore))
+                    json: listJSON(page.items.map(jobCheckpointJSON), ids: page.items.map(\.id), hasMore: page.hasMore))
                 return 200
             default:
                 throw APIError.routeNotFound(method: method, path: route.template)
