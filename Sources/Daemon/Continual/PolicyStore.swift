@@ -46,8 +46,13 @@ extension LoradStore {
                         disabled_reason = NULL, set_at = excluded.set_at, uid = excluded.uid
                     """, arguments: [name, text, policy.enabled, now, uid.map { Int64($0) }])
         }
-        return StoredPolicy(name: name, policy: policy, setAt: now, disabledReason: nil)
+        let stored = StoredPolicy(name: name, policy: policy, setAt: now, disabledReason: nil)
+        policyCache.set(stored)
+        return stored
     }
+
+    /// The stored policy of `name` from memory (no disk read; kept current by this store's writes), or nil.
+    public func cachedPolicy(name: String) -> StoredPolicy? { policyCache.get(name) }
 
     /// The policy of `name`, or nil.
     /// - Throws: ``StoreError``.
@@ -69,10 +74,12 @@ extension LoradStore {
     /// Deletes the policy of `name`; false when there was none.
     /// - Throws: ``StoreError``.
     public func deletePolicy(name: String) async throws -> Bool {
-        try await run(write: true) { db in
+        let deleted = try await run(write: true) { db in
             try db.execute(sql: "DELETE FROM adapter_training_policy WHERE name = ?", arguments: [name])
             return db.changesCount > 0
         }
+        policyCache.remove(name)
+        return deleted
     }
 
     /// Pauses the policy of `name` (no-op without one) until it is set again, recording why.
@@ -83,6 +90,7 @@ extension LoradStore {
                 sql: "UPDATE adapter_training_policy SET enabled = 0, disabled_reason = ? WHERE name = ?",
                 arguments: [reason, name])
         }
+        if let p = try await policy(name: name) { policyCache.set(p) }
     }
 
     static func storedPolicy(_ row: Row) -> StoredPolicy? {
@@ -91,4 +99,16 @@ extension LoradStore {
         p.enabled = p.enabled && enabled
         return StoredPolicy(name: row["name"], policy: p, setAt: row["set_at"], disabledReason: row["disabled_reason"])
     }
+}
+
+/// The stored policies in memory, by name (thread-safe); ``LoradStore`` updates it with every policy write.
+final class PolicyCache: @unchecked Sendable {
+    private let lock = NSLock()
+    private var byName: [String: StoredPolicy] = [:]
+
+    func get(_ name: String) -> StoredPolicy? { lock.withLock { byName[name] } }
+    func set(_ p: StoredPolicy) { lock.withLock { byName[p.name] = p } }
+    func remove(_ name: String) { lock.withLock { _ = byName.removeValue(forKey: name) } }
+    func replaceAll(_ ps: [StoredPolicy]) { lock.withLock { byName = Dictionary(ps.map { ($0.name, $0) }, uniquingKeysWith: { _, b in b }) } }
+    var all: [StoredPolicy] { lock.withLock { byName.values.sorted { $0.name < $1.name } } }
 }

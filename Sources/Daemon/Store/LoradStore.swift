@@ -138,6 +138,8 @@ public final class LoradStore: @unchecked Sendable {
     public let maxBytes: Int?
     private let lock = NSLock()
     private var statsValue = StoreStats()
+    /// The training policies as stored, kept current by the store's own policy writes (read on every request).
+    let policyCache = PolicyCache()
 
     /// Opens (creating and migrating) `<stateDir>/lorad.sqlite`.
     /// - Parameters:
@@ -167,6 +169,10 @@ public final class LoradStore: @unchecked Sendable {
             }
             statsValue.storedCompletions = counts.0
             statsValue.feedback = counts.1
+            let policies = try pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM adapter_training_policy").compactMap(LoradStore.storedPolicy)
+            }
+            policyCache.replaceAll(policies)
         } catch {
             throw Self.map(error)
         }
