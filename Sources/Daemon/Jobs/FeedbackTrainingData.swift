@@ -10,15 +10,23 @@ import Foundation
 import Train
 
 /// One feedback example: served prompt ids and the answer(s) to score.
-struct FeedbackItem: Codable, Equatable {
-    /// The prompt ids as served (BOS and, for chat, the assistant header included).
-    var promptIDs: [Int32]
+public struct FeedbackItem: Codable, Equatable, Sendable {
+    /// The prompt ids as served (BOS and, for chat, the assistant header included), `[n_prompt_tokens]`.
+    public var promptIDs: [Int32]
     /// A chat completion (the answer becomes an assistant turn) or a raw-prompt completion (answer + EOS).
-    var chat: Bool
+    public var chat: Bool
     /// SFT: the answer; DPO: the preferred answer.
-    var answer: String
+    public var answer: String
     /// DPO: the non-preferred answer (nil for SFT).
-    var rejected: String?
+    public var rejected: String?
+
+    /// - Parameters: see the properties.
+    public init(promptIDs: [Int32], chat: Bool, answer: String, rejected: String?) {
+        self.promptIDs = promptIDs
+        self.chat = chat
+        self.answer = answer
+        self.rejected = rejected
+    }
 
     enum CodingKeys: String, CodingKey {
         case promptIDs = "prompt_ids", chat, answer, rejected
@@ -33,6 +41,13 @@ enum FeedbackTrainingData {
     static func items(store: LoradStore, model: String, dpo: Bool, since: Int?) async throws -> [FeedbackItem] {
         let feedback = try await store.listFeedback(model: model, completionID: nil, uid: nil, after: nil, limit: nil).items
             .filter { since == nil || $0.createdAt >= since! }
+        return try await items(feedback: feedback, store: store, dpo: dpo)
+    }
+
+    /// `feedback` (oldest first) as token-level items: SFT items (`dpo` false) or DPO pairs (`dpo` true), paired as
+    /// described at ``items(store:model:dpo:since:)``.
+    /// - Throws: ``StoreError``.
+    static func items(feedback: [FeedbackRecord], store: LoradStore, dpo: Bool) async throws -> [FeedbackItem] {
         var completions: [String: StoredCompletion] = [:]
         for f in feedback where completions[f.completionID] == nil {
             completions[f.completionID] = try await store.completion(id: f.completionID)
@@ -116,7 +131,8 @@ enum FeedbackTrainingData {
         return e
     }
 
-    /// Reads `path` (a JSON array of ``FeedbackItem``) into SFT sequences or DPO pairs.
+    /// Reads `path` (a JSON array of ``FeedbackItem``) into SFT sequences or DPO pairs. With `dpo`, items that have
+    /// a rejected answer become pairs and the others SFT sequences (continual learning's `method: auto` mixes both).
     /// - Throws: ``TrainCLIError`` (data) for an unreadable file or an unusable example.
     static func load(_ path: String, builder: SequenceBuilder, maxLength: Int, dpo: Bool) throws
         -> (sequences: [TrainingSequence], pairs: [PreferencePair])
@@ -129,8 +145,7 @@ enum FeedbackTrainingData {
         for (i, item) in items.enumerated() {
             let chosen = try example(item.promptIDs, chat: item.chat, answer: item.answer, builder: builder,
                                      maxLength: maxLength, index: i)
-            if dpo {
-                guard let r = item.rejected else { throw TrainCLIError.data("feedback example \(i + 1) has no rejected answer") }
+            if dpo, let r = item.rejected {
                 let rejected = try example(item.promptIDs, chat: item.chat, answer: r, builder: builder,
                                            maxLength: maxLength, index: i)
                 pairs.append(PreferencePair(chosen: TrainJob.sequence(chosen), rejected: TrainJob.sequence(rejected)))

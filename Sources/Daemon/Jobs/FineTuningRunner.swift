@@ -164,6 +164,8 @@ public final class FineTuningJobs: @unchecked Sendable {
             }
             await execute(job, model: backend.model)
             await refreshCounts()
+            // The adapter's policy may start its next job now.
+            state.continual?.notify()
         }
     }
 
@@ -366,7 +368,9 @@ public final class FineTuningJobs: @unchecked Sendable {
         var settings = TrainSettings(
             modelPath: state.modelPath, dataPath: tokenized ? feedback : dir + "/train.jsonl", evalPath: hasValid ? valid : nil,
             outDir: dir + "/out", method: job.methodType == "dpo" ? .dpo : .sft, beta: job.beta ?? 0.1,
-            dpoReference: .base, initAdapter: job.baseAdapter != nil ? initPath : nil, rank: job.rank,
+            // A continued adapter's DPO is measured against the version it starts from (TRL's frozen copy of the
+            // initial policy); a fresh adapter's initial policy is the base model.
+            dpoReference: job.baseAdapter != nil ? .`init` : .base, initAdapter: job.baseAdapter != nil ? initPath : nil, rank: job.rank,
             alpha: Float(job.alpha), rslora: false, targets: targets.isEmpty ? Projection.allCases : targets, layers: nil,
             lr: Self.baseLearningRate * job.learningRateMultiplier, weightDecay: 0.01, schedule: .linear, warmupSteps: 0,
             length: .epochs(job.nEpochs), batchSize: job.batchSize, gradAccum: 1, maxSeqLen: 1024, truncate: .reject,
@@ -514,6 +518,8 @@ public final class FineTuningJobs: @unchecked Sendable {
         let dir = workDir(job.id)
         let valid = dir + "/valid.jsonl"
         let validPath = FileManager.default.fileExists(atPath: valid) ? valid : nil
+        let validFeedback = dir + "/valid.feedback.json"
+        let validFeedbackPath = FileManager.default.fileExists(atPath: validFeedback) ? validFeedback : nil
         let threads = trainingThreads
         let pacer = state.trainingGovernor
         let dpo = job.methodType == "dpo"
@@ -527,7 +533,7 @@ public final class FineTuningJobs: @unchecked Sendable {
                     }
                     return try JobGate.evaluate(
                         model: model, threads: threads, pacer: pacer, current: current, candidate: candidate,
-                        validPath: validPath, dpo: dpo, settings: settings)
+                        validPath: validPath, validFeedbackPath: validFeedbackPath, dpo: dpo, settings: settings)
                 })
             }
             t.name = "lorad-gate-\(job.id)"

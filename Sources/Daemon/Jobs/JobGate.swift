@@ -41,11 +41,15 @@ enum JobGate {
     }
 
     /// Measures `candidate` against `current` (nil: the base model) on the held-out file `validPath` (SFT lines,
-    /// or DPO lines for a DPO job: their preferred answers and pairs) and on the forgetting probe.
-    /// - Throws: `DatasetError` / `SequenceError` for unusable held-out data, `TrainError` otherwise.
+    /// or DPO lines for a DPO job: their preferred answers and pairs) or, for a continual-learning job, the held-out
+    /// feedback `validFeedbackPath` (token-level items: those without a rejected answer are the preferred answers
+    /// whose loss is measured, those with one the pairs whose preference accuracy is measured), and on the
+    /// forgetting probe.
+    /// - Throws: `DatasetError` / `SequenceError` / ``TrainCLIError`` for unusable held-out data, `TrainError`
+    ///   otherwise.
     static func evaluate(
         model: Model, threads: Int, pacer: (any TrainingPacer)?, current: LoRAParameters?, candidate: LoRAParameters,
-        validPath: String?, dpo: Bool, settings: GateSettings
+        validPath: String?, validFeedbackPath: String? = nil, dpo: Bool, settings: GateSettings
     ) throws -> GateVerdict {
         let trainer = try LoRATrainer(model: model, threads: threads, cacheWeights: false)
         trainer.pacer = pacer
@@ -53,7 +57,9 @@ enum JobGate {
         func seq(_ e: TokenizedExample) -> TrainingSequence { TrainingSequence(inputIds: e.inputIds, labelsMask: e.labelsMask) }
         var heldOut: [TrainingSequence] = []
         var pairs: [PreferencePair] = []
-        if let validPath {
+        if let path = validFeedbackPath {
+            (heldOut, pairs) = try FeedbackTrainingData.load(path, builder: builder, maxLength: 1024, dpo: true)
+        } else if let validPath {
             if dpo {
                 for p in try DatasetLoader.preferencePairs(path: validPath, builder: builder) {
                     pairs.append(PreferencePair(chosen: seq(p.chosen), rejected: seq(p.rejected)))

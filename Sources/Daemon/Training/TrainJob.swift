@@ -145,7 +145,8 @@ struct TrainJob {
                 evalPairs = try load(e) { try DatasetLoader.preferencePairs(path: $0, builder: builder) }.map(Self.pair)
             }
         }
-        let count = s.method == .sft ? sequences.count : pairs.count
+        // A feedback DPO job may carry SFT examples too (continual learning's `method: auto`): both are trained.
+        let count = s.method == .sft ? sequences.count : pairs.count + (s.tokenizedFeedback ? sequences.count : 0)
         guard count > 0 else { throw TrainCLIError.data("\(s.dataPath): no training examples") }
         if let e = s.evalPath, evalSequences.isEmpty, evalPairs.isEmpty {
             throw TrainCLIError.data("\(e): no eval examples")
@@ -184,8 +185,14 @@ struct TrainJob {
                                      evalBatchSize: s.batchSize)
         case .dpo:
             let reference: DPOReference = s.dpoReference == .`init` ? .adapter(initParams!) : .base
-            objective = DPOObjective(trainer: trainer, pairs: pairs, evalPairs: evalPairs, beta: s.beta,
-                                     reference: reference, evalBatchSize: s.batchSize)
+            let dpo = DPOObjective(trainer: trainer, pairs: pairs, evalPairs: evalPairs, beta: s.beta,
+                                   reference: reference, evalBatchSize: s.batchSize)
+            if s.tokenizedFeedback && !sequences.isEmpty {
+                objective = MixedObjective(
+                    sft: SFTObjective(trainer: trainer, examples: sequences, evalBatchSize: s.batchSize), dpo: dpo)
+            } else {
+                objective = dpo
+            }
         }
 
         let options = TrainingLoopOptions(length: s.length, batchSize: s.batchSize, gradAccum: s.gradAccum,

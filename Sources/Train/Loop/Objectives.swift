@@ -171,3 +171,60 @@ public struct RunCheckpointStore: TrainingCheckpointStore {
                                 fingerprint: Self.fingerprint)
     }
 }
+
+/// SFT and DPO in one run (continual learning's `method: auto`, LEARNING-DECISIONS #9): indices
+/// `0..<sft.trainingCount` address the SFT sequences, the rest the DPO pairs. A micro-batch's loss is the
+/// example-weighted mean of the two objectives' losses over the examples it holds,
+/// `L = (n_sft·L_sft + n_dpo·L_dpo) / (n_sft + n_dpo)`, and so is its gradient (each part is its objective's own,
+/// finite-difference-checked gradient); its weight is the number of examples. Adding an NLL term on preferred
+/// answers to DPO is the RPO objective (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 2);
+/// here the NLL runs on the SFT examples, the DPO term on the pairs.
+public final class MixedObjective: TrainingObjective {
+    /// The SFT part.
+    public let sft: SFTObjective
+    /// The DPO part.
+    public let dpo: DPOObjective
+
+    /// - Parameters: the two parts (on the same trainer).
+    public init(sft: SFTObjective, dpo: DPOObjective) {
+        self.sft = sft
+        self.dpo = dpo
+    }
+
+    public var trainingCount: Int { sft.trainingCount + dpo.trainingCount }
+
+    /// The example-weighted mix of the parts' losses and gradients over `indices` (see the type).
+    /// - Throws: `TrainError`.
+    public func lossAndGradient(params: LoRAParameters, indices: [Int]) throws -> ObjectiveResult {
+        let n = sft.trainingCount
+        let s = indices.filter { $0 < n }
+        let d = indices.filter { $0 >= n }.map { $0 - n }
+        let rs = s.isEmpty ? nil : try sft.lossAndGradient(params: params, indices: s)
+        let rd = d.isEmpty ? nil : try dpo.lossAndGradient(params: params, indices: d)
+        return Self.mix(rs.map { ($0, s.count) }, rd.map { ($0, d.count) })
+    }
+
+    /// `(n_a·a + n_b·b) / (n_a + n_b)` of two parts' losses and gradients; tokens add up; weight = n_a + n_b.
+    public static func mix(_ a: (ObjectiveResult, Int)?, _ b: (ObjectiveResult, Int)?) -> ObjectiveResult {
+        let parts = [a, b].compactMap { $0 }
+        let total = parts.reduce(0) { $0 + $1.1 }
+        guard total > 0, let first = parts.first else { return ObjectiveResult(loss: 0, weight: 0, tokens: 0, grad: []) }
+        var grad = [Float](repeating: 0, count: first.0.grad.count)
+        var loss = 0.0
+        var tokens = 0
+        for (r, k) in parts {
+            let w = Double(k) / Double(total)
+            loss += w * r.loss
+            tokens += r.tokens
+            let wf = Float(w)
+            for i in grad.indices { grad[i] += wf * r.grad[i] }
+        }
+        return ObjectiveResult(loss: loss, weight: Double(total), tokens: tokens, grad: grad)
+    }
+
+    /// The SFT part's held-out loss (nats per scored token), else the DPO part's; nil without held-out data.
+    /// - Throws: `TrainError`.
+    public func evalLoss(params: LoRAParameters) throws -> Double? {
+        try sft.evalLoss(params: params) ?? dpo.evalLoss(params: params)
+    }
+}
