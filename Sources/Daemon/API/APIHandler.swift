@@ -34,6 +34,7 @@ public final class ServerState: @unchecked Sendable {
     private var defaultMaxTokensValue: Int?
     private var storeValue: LoradStore?
     private var jobsValue: FineTuningJobs?
+    private var continualValue: ContinualLoop?
     public let metrics: DaemonMetrics
     public let modelPath: String
     /// Paces fine-tuning jobs against serving (`training.min_share`); attached to the engine once it runs. A job
@@ -83,6 +84,11 @@ public final class ServerState: @unchecked Sendable {
     public var jobs: FineTuningJobs? {
         get { lock.withLock { jobsValue } }
         set { lock.withLock { jobsValue = newValue } }
+    }
+    /// The continual-learning loop (nil when there is no state directory).
+    public var continual: ContinualLoop? {
+        get { lock.withLock { continualValue } }
+        set { lock.withLock { continualValue = newValue } }
     }
     /// Who may manage adapters.
     public var adminPolicy: AdminPolicy {
@@ -216,10 +222,11 @@ final class APIHandler: @unchecked Sendable {
         case .completions:
             let raw = body
             var body = try RequestValidator.decode(CompletionRequestBody.self, from: body)
-            let fields = try StoreFields(body: raw)
+            var fields = try StoreFields(body: raw)
             if fields.store { _ = try store() }
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
+            fields.applyPolicy(served: served, store: state.store)
             body.model = nil
             var prepared = try validator(r).prepare(body)
             prepared.attach(mix)
@@ -229,10 +236,11 @@ final class APIHandler: @unchecked Sendable {
         case .chatCompletions:
             let raw = body
             var body = try RequestValidator.decode(ChatRequestBody.self, from: body)
-            let fields = try StoreFields(body: raw)
+            var fields = try StoreFields(body: raw)
             if fields.store { _ = try store() }
             let r = try await ready()
             let (mix, served) = try await resolveAdapters(model: body.model, adapters: body.adapters)
+            fields.applyPolicy(served: served, store: state.store)
             body.model = nil
             var prepared = try validator(r).prepare(body)
             prepared.attach(mix)

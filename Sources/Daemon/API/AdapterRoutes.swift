@@ -284,10 +284,14 @@ extension APIHandler {
         var refs: [(name: String, scale: Float, param: String)] = []
         var served = base
         if let m = model, !m.isEmpty, m != base {
-            guard let reg = state.registry, reg.contains(m) else {
+            if let reg = state.registry, reg.contains(m) {
+                refs.append((m, 1, "model"))
+            } else if state.store?.cachedPolicy(name: m) == nil {
                 throw APIError.modelNotFound(m, available: availableModels())
             }
-            refs.append((m, 1, "model"))
+            // A name with a training policy but no version yet is served by the base model alone, which is what
+            // its fresh adapter (lora_B = 0) computes; its requests and feedback are recorded under the name, so
+            // its first continual job has data (LEARNING-DECISIONS #9).
             served = m
         }
         for (i, a) in (adapters ?? []).enumerated() {

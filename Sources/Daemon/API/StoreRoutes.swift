@@ -19,6 +19,9 @@ import Foundation
 /// The `store` and `metadata` fields of a generation request (the rest is decoded by RequestValidator).
 struct StoreFields {
     var store = false
+    /// Whether the body gave `store` (true or false); when it did not, the served adapter's training policy
+    /// (`store_completions`) decides.
+    var storeGiven = false
     var metadata: [String: String] = [:]
     /// The raw body as a JSON object (for the input and sampling fields recorded with the completion).
     var object: [(String, JSONValue)] = []
@@ -30,6 +33,7 @@ struct StoreFields {
         object = fields
         for (k, v) in fields {
             if k == "store" {
+                storeGiven = v != .null
                 switch v {
                 case .bool(let b): store = b
                 case .null: store = false
@@ -39,6 +43,12 @@ struct StoreFields {
                 metadata = try Self.metadata(v, param: "metadata")
             }
         }
+    }
+
+    /// Applies the training policy of the served model `served`: with `store_completions` it is stored as with
+    /// `store: true`, unless the request itself said `store`.
+    mutating func applyPolicy(served: String, store: LoradStore?) {
+        if !storeGiven, let p = store?.cachedPolicy(name: served), p.policy.storeCompletions { self.store = true }
     }
 
     /// Validates OpenAI's metadata map: at most 16 string keys of at most 64 characters, string values of at most
@@ -392,6 +402,7 @@ extension APIHandler {
                     createdAt: Int(Date().timeIntervalSince1970), uid: peer?.uid, rating: b.rating,
                     correction: b.correction, comment: b.comment, metadata: b.metadata)
                 try await s.insert(f)
+                state.continual?.notify()
                 try await writer.send(json: feedbackJSON(f), status: 201)
                 return 201
             case (.feedback, "GET"):

@@ -26,6 +26,7 @@ extension APIHandler {
                     throw APIError.invalidRequest("Invalid training policy: \(e)", param: e.field, code: "invalid_policy")
                 }
                 let stored = try await store.setPolicy(name: name, policy: policy, uid: peer?.uid)
+                state.continual?.notify()
                 try await writer.send(json: Self.policyJSON(stored, registered: registered))
                 return 200
             case "DELETE":

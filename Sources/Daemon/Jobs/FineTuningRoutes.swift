@@ -39,6 +39,13 @@ struct CreateJobBody {
     var metadata: [String: String] = [:]
     var checkpointEvery = 10
     var gate: JSONValue?
+    /// Token-level training and held-out data made by the daemon itself (continual learning), instead of a file.
+    var prepared: PreparedJobData?
+
+    /// A body with every default, for jobs the daemon creates itself.
+    init(model: String) {
+        self.model = model
+    }
 
     /// Parses and checks every field.
     /// - Throws: ``APIError`` 400 naming the field (`hyperparameters.n_epochs`, `lora.rank`, …).
@@ -212,6 +219,13 @@ struct CreateJobBody {
             }
         }
     }
+}
+
+/// Training and held-out data a job gets from the daemon (continual learning) rather than from a file: written to
+/// the job's `train.feedback.json` (and `train.jsonl`, one item per line, for reading) and `valid.feedback.json`.
+struct PreparedJobData: Sendable {
+    var train: [FeedbackItem]
+    var heldOut: [FeedbackItem]
 }
 
 extension APIError {
@@ -388,7 +402,7 @@ extension APIHandler {
 
     /// Validates everything, copies the data into the job's work directory, records the job (`validating_files`),
     /// checks the lines, and queues it.
-    private func createJob(_ b: CreateJobBody, jobs: FineTuningJobs, peer: PeerCredentials?) async throws -> FineTuningJob {
+    func createJob(_ b: CreateJobBody, jobs: FineTuningJobs, peer: PeerCredentials?) async throws -> FineTuningJob {
         // The model: the base model (a fresh adapter) or a registered adapter (its current version, fixed now).
         var baseAdapter: String?
         var parentVersion: Int?
@@ -425,7 +439,15 @@ extension APIHandler {
         let dir = jobs.workDir(id)
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            if let p = trainingPath {
+            if let prepared = b.prepared {
+                // Frozen now: the job trains and is gated on exactly this data, whatever feedback arrives later.
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                let lines = try prepared.train.map { String(decoding: try encoder.encode($0), as: UTF8.self) + "\n" }
+                try AdapterStore.writeDurably(Data(lines.joined().utf8), to: dir + "/train.jsonl")
+                try AdapterStore.writeDurably(try encoder.encode(prepared.train), to: dir + "/train.feedback.json")
+                try AdapterStore.writeDurably(try encoder.encode(prepared.heldOut), to: dir + "/valid.feedback.json")
+            } else if let p = trainingPath {
                 try AdapterStore.writeDurably(try Data(contentsOf: URL(fileURLWithPath: p)), to: dir + "/train.jsonl")
             } else if let fm = b.feedbackModel {
                 let lines = try await FeedbackExport.lines(
@@ -495,7 +517,8 @@ extension APIHandler {
             trainedTokens: nil, estimatedFinish: nil, errorCode: nil, errorMessage: nil, errorParam: nil, resultFiles: [],
             fineTunedModel: nil, published: nil, gate: b.gate, uid: peer?.uid, step: 0, totalSteps: 0, lastLoss: nil)
         try await jobs.store.insertJob(job)
-        await jobs.event(id, "Validating training file: \(b.trainingFile ?? "feedback of \(b.feedbackModel ?? "")")")
+        await jobs.event(
+            id, "Validating training file: \(b.trainingFile ?? "feedback of \(b.feedbackModel ?? b.suffix ?? b.model)")")
         // Every line must be a JSON object; the full check (fields, roles, lengths) runs when the job starts and
         // fails the job with the line number and field.
         if let bad = Self.firstNonObjectLine(dir + "/train.jsonl") {

@@ -103,6 +103,8 @@ public enum LoradServer {
             state.jobs = FineTuningJobs(
                 store: store, files: store, stateDir: dir, state: state,
                 logger: Logger(label: "lorad.jobs"))
+            state.continual = ContinualLoop(
+                state: state, store: store, jobs: state.jobs!, logger: Logger(label: "lorad.continual"))
             logger.info(
                 "store open",
                 metadata: [
@@ -139,7 +141,8 @@ public enum LoradServer {
             configuration: .init(
                 services: [
                     .init(service: engineService), .init(service: apiService),
-                ] + (state.jobs.map { [.init(service: JobService(jobs: $0))] } ?? []),
+                ] + (state.jobs.map { [.init(service: JobService(jobs: $0))] } ?? [])
+                    + (state.continual.map { [.init(service: ContinualService(loop: $0))] } ?? []),
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "lorad.lifecycle")))
         try await group.run()

@@ -217,3 +217,21 @@ final class JobService: Service, @unchecked Sendable {
         }
     }
 }
+
+/// Runs the continual-learning loop (training policies → fine-tuning jobs) until shutdown.
+final class ContinualService: Service, @unchecked Sendable {
+    let loop: ContinualLoop
+
+    init(loop: ContinualLoop) {
+        self.loop = loop
+    }
+
+    func run() async throws {
+        let loop = self.loop
+        await withGracefulShutdownHandler {
+            await loop.run()
+        } onGracefulShutdown: {
+            loop.shutdown()
+        }
+    }
+}

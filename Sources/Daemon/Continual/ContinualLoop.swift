@@ -1,0 +1,262 @@
+// ContinualLoop: adapters that learn from their feedback by themselves. Every few seconds (and at once when
+// feedback arrives or a job ends) it looks at each enabled training policy; when the policy's trigger fires
+// (`TriggerState.reason`) it creates an ordinary fine-tuning job, visible in the jobs API, that
+//
+//   - starts from the adapter's current version (a fresh adapter when the name has none, decision #9),
+//   - trains on the feedback that arrived since the last job that published, plus a replay sample of older
+//     feedback (`replay_fraction` of the job's examples; against forgetting, Robins 1995, "Catastrophic
+//     forgetting, rehearsal and pseudorehearsal"),
+//   - keeps a stable held-out split of the adapter's feedback out of training (`HoldoutSplit` on the feedback id,
+//     `holdout_fraction`) and is gated on it and on the forgetting probe before it publishes (decisions #6, #10),
+//   - trains SFT on thumbs-up answers and corrections and, with `method: auto`, DPO as well where there are at
+//     least 8 pairs (a correction against the served answer; a thumbs-up and a thumbs-down answer to one prompt).
+//
+// The job's `metadata` carries `trigger` (why), `continual` (the adapter), `feedback_from`/`feedback_through` (the
+// feedback `seq` range it learned from) and the example counts; the loop's own state is read back from there
+// (ContinualStore.swift), so a crash between two steps never loses a trigger nor starts one twice.
+
+import Foundation
+import Logging
+import Train
+
+/// The training data of one continual job, built from an adapter's feedback (see the file comment).
+public struct ContinualData: Sendable {
+    /// What the job trains on: new items, then the replayed ones (SFT items have no `rejected`).
+    public var train: [FeedbackItem]
+    /// Held-out items for the gate: preferred answers (no `rejected`) and pairs.
+    public var heldOut: [FeedbackItem]
+    /// Training examples from feedback newer than the last published job's.
+    public var newExamples: Int
+    /// Training examples replayed from older feedback.
+    public var replayExamples: Int
+    /// Training examples that are DPO pairs.
+    public var pairs: Int
+    /// "supervised", or "dpo" when the job trains pairs (with SFT items too under `method: auto`).
+    public var methodType: String
+    /// Why no job can be made from this feedback (nil: a job can be made).
+    public var waiting: String?
+
+    /// Splits `feedback` (oldest first, every item of the adapter up to the trigger) into held-out and training
+    /// sides, then the training side into new (`seq > publishedThrough`) and replay pool, and draws the replay
+    /// sample. `toItems(feedback, dpo)` turns feedback into SFT items (`dpo` false) or pairs (`dpo` true).
+    /// The replay sample is drawn by `seed` (SplitMix64), so a job re-created from the same state has the same data.
+    /// - Throws: what `toItems` throws.
+    public static func build(
+        feedback: [SequencedFeedback], publishedThrough: Int, policy: TrainingPolicy, seed: UInt64,
+        toItems: ([FeedbackRecord], Bool) async throws -> [FeedbackItem]
+    ) async throws -> ContinualData {
+        var heldOutFB: [FeedbackRecord] = []
+        var newFB: [FeedbackRecord] = []
+        var oldFB: [FeedbackRecord] = []
+        for f in feedback {
+            if HoldoutSplit.isHeldOut(f.record.id, fraction: policy.holdoutFraction) {
+                heldOutFB.append(f.record)
+            } else if f.seq > publishedThrough {
+                newFB.append(f.record)
+            } else {
+                oldFB.append(f.record)
+            }
+        }
+        let sft = policy.method != .dpo
+        var newItems = sft ? try await toItems(newFB, false) : []
+        var oldItems = sft ? try await toItems(oldFB, false) : []
+        if policy.method != .supervised {
+            let newPairs = try await toItems(newFB, true)
+            let oldPairs = try await toItems(oldFB, true)
+            // auto: pairs join only when there are at least 8 of them (decision #9).
+            if policy.method == .dpo || newPairs.count + oldPairs.count >= 8 {
+                newItems += newPairs
+                oldItems += oldPairs
+            }
+        }
+        // The replay sample: replay / (new + replay) = replay_fraction, as far as the pool allows.
+        let f = policy.replayFraction
+        let want = f > 0 ? Int((Double(newItems.count) * f / (1 - f)).rounded()) : 0
+        var pool = oldItems
+        var rng = SplitMix64(seed: seed)
+        var replay: [FeedbackItem] = []
+        for _ in 0..<min(want, pool.count) {
+            replay.append(pool.remove(at: Int(rng.next() % UInt64(pool.count))))
+        }
+        let train = newItems + replay
+        let pairs = train.filter { $0.rejected != nil }.count
+        var heldOut = try await toItems(heldOutFB, false)
+        if policy.method != .supervised { heldOut += try await toItems(heldOutFB, true) }
+        var waiting: String? = nil
+        if newItems.isEmpty {
+            waiting = "the new feedback gives no training example (thumbs-up answers, corrections\(policy.method == .supervised ? "" : " or pairs"))"
+        } else if !heldOut.contains(where: { $0.rejected == nil }) {
+            waiting = "no held-out feedback yet to measure a new version on (holdout_fraction \(policy.holdoutFraction))"
+        }
+        return ContinualData(
+            train: train, heldOut: heldOut, newExamples: newItems.count, replayExamples: replay.count, pairs: pairs,
+            methodType: pairs > 0 ? "dpo" : "supervised", waiting: waiting)
+    }
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): the replay sample's generator.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// The loop (see the file comment). One per daemon with a state directory.
+public final class ContinualLoop: @unchecked Sendable {
+    let state: ServerState
+    let store: LoradStore
+    let jobs: FineTuningJobs
+    let logger: Logger
+    /// How often policies are looked at without a wake-up.
+    let interval: Duration
+    private let wake: AsyncStream<Void>.Continuation
+    private let wakeStream: AsyncStream<Void>
+    private let lock = NSLock()
+    /// Per adapter: the newest feedback `seq` already found unusable, and why (so it is logged once and not
+    /// rebuilt every tick until newer feedback arrives).
+    private var waitingValue: [String: (through: Int, why: String)] = [:]
+    private var stopped = false
+
+    /// - Parameters:
+    ///   - interval: how often policies are checked besides wake-ups (time triggers fire within it).
+    public init(state: ServerState, store: LoradStore, jobs: FineTuningJobs, interval: Duration = .seconds(5),
+                logger: Logger) {
+        self.state = state
+        self.store = store
+        self.jobs = jobs
+        self.interval = interval
+        self.logger = logger
+        (wakeStream, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Looks at the policies now (feedback arrived, a job ended, a policy changed).
+    public func notify() { wake.yield() }
+
+    /// Stops the loop after its current pass.
+    public func shutdown() {
+        lock.withLock { stopped = true }
+        wake.yield()
+    }
+
+    /// Why `name` waits although its trigger fired (nil: it does not), for the policy's API view.
+    func waitingReason(_ name: String) -> String? { lock.withLock { waitingValue[name]?.why } }
+
+    /// Runs until ``shutdown()``.
+    public func run() async {
+        while !lock.withLock({ stopped }) {
+            if case .ready = state.phase {
+                for p in store.policyCache.all where p.policy.enabled {
+                    if lock.withLock({ stopped }) { break }
+                    do { try await consider(p) } catch {
+                        logger.error(
+                            "continual learning: cannot consider the adapter",
+                            metadata: ["adapter": "\(p.name)", "error": "\(error)"])
+                    }
+                }
+            } else if case .failed = state.phase {
+                return
+            }
+            await waitForWake()
+        }
+    }
+
+    private func waitForWake() async {
+        let stream = wakeStream
+        let interval = interval
+        await withTaskGroup(of: Void.self) { g in
+            g.addTask {
+                for await _ in stream { return }
+            }
+            g.addTask { try? await Task.sleep(for: interval) }
+            await g.next()
+            g.cancelAll()
+        }
+    }
+
+    /// Starts a job for `p` when its trigger fires and its feedback makes one.
+    /// - Returns: the created job, or nil.
+    @discardableResult
+    func consider(_ p: StoredPolicy, now: Date = Date()) async throws -> FineTuningJob? {
+        let name = p.name
+        let history = try await store.continualHistory(name: name)
+        let fresh = try await store.feedbackCount(model: name, after: history.lastThrough)
+        guard let newest = fresh.newest else { return nil }
+        if let w = lock.withLock({ waitingValue[name] }), w.through >= newest { return nil }
+        let trigger = TriggerState(
+            newFeedback: fresh.count, lastJobAt: history.lastJobAt,
+            policySetAt: Date(timeIntervalSince1970: p.setAt), jobActive: history.jobActive)
+        guard let reason = trigger.reason(policy: p.policy, now: now) else { return nil }
+
+        let feedback = try await store.sequencedFeedback(model: name, through: newest)
+        let store = self.store
+        let data = try await ContinualData.build(
+            feedback: feedback, publishedThrough: history.publishedThrough, policy: p.policy, seed: UInt64(newest)
+        ) { records, dpo in try await FeedbackTrainingData.items(feedback: records, store: store, dpo: dpo) }
+        if let why = data.waiting {
+            lock.withLock { waitingValue[name] = (newest, why) }
+            logger.notice("continual learning: trigger fired, no job yet", metadata: ["adapter": "\(name)", "reason": "\(why)"])
+            return nil
+        }
+        lock.withLock { _ = waitingValue.removeValue(forKey: name) }
+        return try await createJob(p, data: data, reason: reason, from: history.publishedThrough, through: newest)
+    }
+
+    /// Creates the job through the jobs API's own code path (same validation, files and records).
+    private func createJob(_ p: StoredPolicy, data: ContinualData, reason: String, from: Int, through: Int) async throws
+        -> FineTuningJob
+    {
+        let name = p.name
+        let policy = p.policy
+        let registered = state.registry?.info(name) != nil
+        var body = CreateJobBody(model: registered ? name : state.modelID)
+        if !registered { body.suffix = name }
+        body.methodType = data.methodType
+        body.nEpochs = policy.nEpochs
+        body.batchSize = policy.batchSize
+        body.learningRateMultiplier = policy.learningRateMultiplier
+        body.rank = policy.rank
+        body.alpha = policy.alpha
+        body.gate = .object([
+            ("min_improvement", .double(policy.gate.minImprovement)), ("max_forgetting", .double(policy.gate.maxForgetting)),
+        ])
+        let sftCount = data.train.count - data.pairs
+        body.trainingSource = .object([
+            ("feedback", .object([
+                ("model", .string(name)), ("after_seq", .int(from)), ("through_seq", .int(through)),
+                ("new_examples", .int(data.newExamples)), ("replay_examples", .int(data.replayExamples)),
+                ("held_out_examples", .int(data.heldOut.count)),
+            ]))
+        ])
+        body.metadata = [
+            "trigger": String(reason.prefix(512)), "continual": name, "feedback_from": "\(from)",
+            "feedback_through": "\(through)", "new_examples": "\(data.newExamples)",
+            "replay_examples": "\(data.replayExamples)", "held_out_examples": "\(data.heldOut.count)",
+            "method": policy.method == .auto
+                ? "auto: SFT on \(sftCount) answers" + (data.pairs > 0 ? " + DPO on \(data.pairs) pairs" : "")
+                : policy.method.rawValue,
+        ]
+        body.prepared = PreparedJobData(train: data.train, heldOut: data.heldOut)
+        let handler = APIHandler(state: state, logger: logger)
+        let job = try await handler.createJob(body, jobs: jobs, peer: nil)
+        await jobs.event(
+            job.id, "Started by the adapter's training policy: \(reason).",
+            data: .object([
+                ("trigger", .string(reason)), ("feedback_from", .int(from)), ("feedback_through", .int(through)),
+                ("new_examples", .int(data.newExamples)), ("replay_examples", .int(data.replayExamples)),
+                ("held_out_examples", .int(data.heldOut.count)), ("pairs", .int(data.pairs)),
+            ]))
+        logger.notice(
+            "continual learning: job created",
+            metadata: [
+                "adapter": "\(name)", "job": "\(job.id)", "trigger": "\(reason)", "new": "\(data.newExamples)",
+                "replay": "\(data.replayExamples)", "held_out": "\(data.heldOut.count)",
+            ])
+        return job
+    }
+}
