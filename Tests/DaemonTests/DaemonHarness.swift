@@ -221,13 +221,16 @@ final class LoradProcess: @unchecked Sendable {
     var removeDirOnExit = true
 
     /// Starts lorad with `extra` flags and waits (bounded) until /health says ok. The state directory is
-    /// `dir/state` unless `extra` names one; pass `reuse` to start on an earlier process's directory.
-    init(extra: [String] = [], waitReady: Bool = true, reuse: URL? = nil) throws {
+    /// `dir/state` unless `extra` names one; pass `reuse` to start on an earlier process's directory. `config` is
+    /// the text of the config file, `dir/lorad.yaml`.
+    init(
+        extra: [String] = [], waitReady: Bool = true, reuse: URL? = nil, config configText: String = "log_level: warning\n"
+    ) throws {
         dir = reuse ?? URL(fileURLWithPath: "/tmp").appendingPathComponent("lorad-it-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         socket = dir.appendingPathComponent("lorad.sock").path
         let config = dir.appendingPathComponent("lorad.yaml").path
-        try "log_level: warning\n".write(toFile: config, atomically: true, encoding: .utf8)
+        try configText.write(toFile: config, atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: try Paths.loradBinary())
         process.arguments =
             ["serve", "--model", try Paths.model(), "--socket", socket, "--config", config, "--threads", "2"]

@@ -1,6 +1,8 @@
 // `GET`/`PUT`/`DELETE /v1/adapters/{name}/training`: an adapter's training policy (continual learning). Admin only.
 // A policy may name an adapter that has no version yet: its first job then starts from a fresh adapter
 // (LEARNING-DECISIONS #9). GET and DELETE of a name with neither a policy nor a registered adapter are 404.
+// `origin` says who set the policy last: `api` (a PUT here, which takes the name over from the config file) or
+// `config` (`adapters.NAME.training` in the config file, applied at start-up and on SIGHUP).
 
 import Foundation
 
@@ -16,7 +18,7 @@ extension APIHandler {
         do {
             switch method {
             case "PUT":
-                guard Self.validAdapterName(name), name != state.modelID else {
+                guard AdapterRegistry.isValidName(name), name != state.modelID else {
                     throw APIError.invalidRequest(
                         "'\(name)' cannot name an adapter: use 1 to 128 ASCII letters, digits, '.', '_', '-' or ':', "
                             + "not the base model's id.", param: "name")
@@ -25,7 +27,7 @@ extension APIHandler {
                 do { policy = try TrainingPolicy(jsonText: String(decoding: body, as: UTF8.self)) } catch let e as PolicyError {
                     throw APIError.invalidRequest("Invalid training policy: \(e)", param: e.field, code: "invalid_policy")
                 }
-                let stored = try await store.setPolicy(name: name, policy: policy, uid: peer?.uid)
+                let stored = try await store.setPolicy(name: name, policy: policy, uid: peer?.uid, origin: .api)
                 state.continual?.notify()
                 try await writer.send(json: Self.policyJSON(stored, registered: registered))
                 return 200
@@ -48,7 +50,8 @@ extension APIHandler {
         .object([
             ("object", .string("adapter.training_policy")), ("name", .string(s.name)),
             ("registered", .bool(registered)), ("set_at", .int(Int(s.setAt))),
-            ("disabled_reason", .optional(s.disabledReason)), ("policy", s.policy.json),
+            ("disabled_reason", .optional(s.disabledReason)), ("origin", .string(s.origin.rawValue)),
+            ("policy", s.policy.json),
         ])
     }
 
@@ -57,13 +60,5 @@ extension APIHandler {
             ? APIError(status: 404, message: "The adapter '\(name)' has no training policy.", type: "invalid_request_error",
                        param: "name", code: "policy_not_found")
             : APIError.from(AdapterRegistryError.notFound(name))
-    }
-
-    /// The registry's name rule: 1–128 ASCII letters, digits, `.`, `_`, `-`, `:`; not `.` or `..`.
-    static func validAdapterName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 128 && name != "." && name != ".."
-            && name.unicodeScalars.allSatisfy {
-                $0.value < 128 && (CharacterSet.alphanumerics.contains($0) || "._-:".unicodeScalars.contains($0))
-            }
     }
 }

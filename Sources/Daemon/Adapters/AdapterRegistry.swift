@@ -772,13 +772,17 @@ public final class AdapterRegistry: @unchecked Sendable {
 
     // MARK: - Helpers
 
-    private func validate(name: String) throws {
-        let ok =
-            !name.isEmpty && name.utf8.count <= 128 && name != "." && name != ".."
+    /// The adapter name rule: 1–128 ASCII letters, digits, `.`, `_`, `-`, `:`; not `.` or `..` (a name is a
+    /// directory name in the store).
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 128 && name != "." && name != ".."
             && name.unicodeScalars.allSatisfy {
                 ($0.value < 128) && (CharacterSet.alphanumerics.contains($0) || "._-:".unicodeScalars.contains($0))
             }
-        guard ok else {
+    }
+
+    private func validate(name: String) throws {
+        guard Self.isValidName(name) else {
             throw AdapterRegistryError.invalidName(
                 "adapter name '\(name)' is invalid: use 1 to 128 ASCII letters, digits, '.', '_', '-' or ':'")
         }

@@ -3,6 +3,8 @@
 //
 // Config file: `--config PATH`, else /etc/lorad/lorad.yaml when it exists. Keys are the flag names with
 // underscores (max_sequences, kv_cache_mb, ...); unknown keys are an error so typos do not pass silently.
+// `adapters.NAME.training` holds an adapter's training policy (AdapterConfig.swift), applied to the store at
+// start-up and on SIGHUP.
 //
 // Defaults:
 //   model   $LORAD_MODEL, else /usr/local/share/lorad/models/gemma-3-270m-q4_k_m.gguf if present,
@@ -21,6 +23,8 @@ public enum ConfigError: Error, CustomStringConvertible, Equatable {
     case invalidYAML(path: String, reason: String)
     case unknownKeys(path: String, keys: [String])
     case invalidValue(key: String, reason: String)
+    /// A bad entry of the config file, `key` dotted (`adapters.NAME.training.trigger.min_interval`).
+    case invalidEntry(path: String, key: String, reason: String)
 
     public var description: String {
         switch self {
@@ -30,6 +34,7 @@ public enum ConfigError: Error, CustomStringConvertible, Equatable {
             return "config file \(p) has unknown keys: \(k.joined(separator: ", ")) (known: "
                 + ConfigFile.knownKeys.sorted().joined(separator: ", ") + ")"
         case .invalidValue(let k, let r): return "invalid \(k): \(r)"
+        case .invalidEntry(let p, let k, let r): return "config file \(p): \(k): \(r)"
         }
     }
 }
@@ -63,6 +68,8 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
     public var maxUploadMB: Int?
     /// The `training:` mapping of the config file (`--training-min-share` on the command line).
     public var training: TrainingLayer?
+    /// The `adapters:` mapping of the config file, by adapter name (file only; nil: no `adapters:` key).
+    public var adapters: [String: AdapterLayer]?
 
     public init() {}
 
@@ -139,6 +146,7 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
         r.storeMaxMB = storeMaxMB ?? lower.storeMaxMB
         r.maxUploadMB = maxUploadMB ?? lower.maxUploadMB
         r.training = training.map { $0.over(lower.training) } ?? lower.training
+        r.adapters = adapters ?? lower.adapters
         return r
     }
 }
@@ -147,7 +155,8 @@ public struct ConfigLayer: Sendable, Equatable, Decodable {
 public enum ConfigFile {
     /// Used when `--config` is not given and the file exists.
     public static let defaultPath = "/etc/lorad/lorad.yaml"
-    public static let knownKeys = Set(ConfigLayer.CodingKeys.allCases.map(\.rawValue))
+    /// Top-level keys: the settings of ``ConfigLayer`` and `adapters`.
+    public static let knownKeys = Set(ConfigLayer.CodingKeys.allCases.map(\.rawValue)).union(["adapters"])
 
     /// Parses YAML text (a mapping; an empty document is an empty layer).
     /// - Throws: ``ConfigError``.
@@ -171,11 +180,23 @@ public enum ConfigFile {
             unknown += t.keys.filter { !known.contains($0) }.sorted().map { "training.\($0)" }
         }
         if !unknown.isEmpty { throw ConfigError.unknownKeys(path: path, keys: unknown) }
+        var layer: ConfigLayer
         do {
-            return try YAMLDecoder().decode(ConfigLayer.self, from: text)
+            layer = try YAMLDecoder().decode(ConfigLayer.self, from: text)
         } catch {
             throw ConfigError.invalidYAML(path: path, reason: "\(error)")
         }
+        if map["adapters"] != nil {
+            // The node tree (not `map`'s values) keeps the scalars' YAML tags and text.
+            let root: Node?
+            do {
+                root = try Yams.compose(yaml: text)
+            } catch {
+                throw ConfigError.invalidYAML(path: path, reason: "\(error)")
+            }
+            layer.adapters = try adapters(root?["adapters"], path: path)
+        }
+        return layer
     }
 
     /// Reads and parses `path`.
@@ -258,6 +279,9 @@ public struct DaemonConfig: Sendable, Equatable {
     /// LEARNING-DECISIONS #8): a fine-tuning job runs freely while serving is idle and pauses at its yield points
     /// while serving is busy, but never below this share; 0 = train only while serving is idle.
     public var trainingMinShare: Double = 0.25
+    /// Training policies from the config file (`adapters.NAME.training`), by adapter name; applied to the store at
+    /// start-up and on SIGHUP (``LoradStore/applyConfigPolicies(_:logger:)``).
+    public var trainingPolicies: [String: TrainingPolicy] = [:]
     /// The config file that was read, if any.
     public var configPath: String?
 
@@ -393,6 +417,17 @@ public struct DaemonConfig: Sendable, Equatable {
                 throw ConfigError.invalidValue(key: "training.min_share", reason: "must be 0...1, got \(share)")
             }
             c.trainingMinShare = share
+        }
+        let modelFile = (model as NSString).lastPathComponent
+        let modelID = modelFile.hasSuffix(".gguf") ? String(modelFile.dropLast(5)) : modelFile
+        for (name, adapter) in l.adapters ?? [:] {
+            guard let policy = adapter.training else { continue }
+            // The API refuses a policy under the base model's id; so does the file.
+            guard name != modelID else {
+                throw ConfigError.invalidValue(
+                    key: "adapters.\(name)", reason: "'\(name)' is the base model's id, not an adapter name")
+            }
+            c.trainingPolicies[name] = policy
         }
         return c
     }

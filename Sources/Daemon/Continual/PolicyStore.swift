@@ -1,9 +1,17 @@
 // PolicyStore: adapters' training policies in the daemon's store (migration `v5_policies`), as the API sets them
-// (`PUT /v1/adapters/{name}/training`). A policy is kept as its JSON text, parsed by `TrainingPolicy`; `set_at` is
-// when it was last set (triggers count from there), `enabled` is false after a rollback until it is set again.
+// (`PUT /v1/adapters/{name}/training`) or as the config file applies them (`adapters.NAME.training`,
+// ConfigPolicies.swift). A policy is kept as its JSON text, parsed by `TrainingPolicy`; `set_at` is when it was last
+// set (triggers count from there), `enabled` is false after a rollback until it is set again, `origin` (migration
+// `v6_policy_origin`) says who set it last.
 
 import Foundation
 import GRDB
+
+/// Who set a stored policy last: an admin through the API, or the config file.
+public enum PolicyOrigin: String, Sendable, Equatable {
+    case api
+    case config
+}
 
 /// A stored training policy.
 public struct StoredPolicy: Sendable, Equatable {
@@ -15,6 +23,17 @@ public struct StoredPolicy: Sendable, Equatable {
     public var setAt: Double
     /// Why it is disabled (e.g. "rolled back to version 3"), nil while enabled or when disabled by its own body.
     public var disabledReason: String?
+    /// Who set it last.
+    public var origin: PolicyOrigin = .api
+    /// The policy's own `enabled` as it was set (``policy``'s is also false while a rollback pauses it).
+    public var enabledAsSet = true
+
+    /// The policy exactly as it was set, before any pause.
+    public var asSet: TrainingPolicy {
+        var p = policy
+        p.enabled = enabledAsSet
+        return p
+    }
 }
 
 extension LoradStore {
@@ -32,23 +51,38 @@ extension LoradStore {
                 """)
     }
 
+    static func migrateV6PolicyOrigin(_ db: Database) throws {
+        try db.execute(sql: "ALTER TABLE adapter_training_policy ADD COLUMN origin TEXT NOT NULL DEFAULT 'api'")
+    }
+
     /// Sets (creates or replaces) the policy of `name`; durable before it returns.
+    /// - Parameter origin: who sets it; the config file's policies are applied by
+    ///   ``applyConfigPolicies(_:logger:)``, which passes `.config`.
     /// - Throws: ``StoreError/diskFull(_:)``, ``StoreError/database(_:)``.
-    public func setPolicy(name: String, policy: TrainingPolicy, uid: UInt32?) async throws -> StoredPolicy {
+    public func setPolicy(
+        name: String, policy: TrainingPolicy, uid: UInt32?, origin: PolicyOrigin = .api
+    ) async throws -> StoredPolicy {
         let now = Date().timeIntervalSince1970
-        let text = policy.json.serialized
         try await run(write: true) { db in
-            try db.execute(
-                sql: """
-                    INSERT INTO adapter_training_policy (name, policy_json, enabled, disabled_reason, set_at, uid)
-                    VALUES (?, ?, ?, NULL, ?, ?)
-                    ON CONFLICT(name) DO UPDATE SET policy_json = excluded.policy_json, enabled = excluded.enabled,
-                        disabled_reason = NULL, set_at = excluded.set_at, uid = excluded.uid
-                    """, arguments: [name, text, policy.enabled, now, uid.map { Int64($0) }])
+            try Self.upsertPolicy(db, name: name, policy: policy, uid: uid, origin: origin, at: now)
         }
-        let stored = StoredPolicy(name: name, policy: policy, setAt: now, disabledReason: nil)
+        let stored = StoredPolicy(
+            name: name, policy: policy, setAt: now, disabledReason: nil, origin: origin, enabledAsSet: policy.enabled)
         policyCache.set(stored)
         return stored
+    }
+
+    static func upsertPolicy(
+        _ db: Database, name: String, policy: TrainingPolicy, uid: UInt32?, origin: PolicyOrigin, at now: Double
+    ) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO adapter_training_policy (name, policy_json, enabled, disabled_reason, set_at, uid, origin)
+                VALUES (?, ?, ?, NULL, ?, ?, ?)
+                ON CONFLICT(name) DO UPDATE SET policy_json = excluded.policy_json, enabled = excluded.enabled,
+                    disabled_reason = NULL, set_at = excluded.set_at, uid = excluded.uid, origin = excluded.origin
+                """,
+            arguments: [name, policy.json.serialized, policy.enabled, now, uid.map { Int64($0) }, origin.rawValue])
     }
 
     /// The stored policy of `name` from memory (no disk read; kept current by this store's writes), or nil.
@@ -96,8 +130,11 @@ extension LoradStore {
     static func storedPolicy(_ row: Row) -> StoredPolicy? {
         guard var p = try? TrainingPolicy(jsonText: row["policy_json"]) else { return nil }
         let enabled: Bool = row["enabled"]
+        let enabledAsSet = p.enabled
         p.enabled = p.enabled && enabled
-        return StoredPolicy(name: row["name"], policy: p, setAt: row["set_at"], disabledReason: row["disabled_reason"])
+        return StoredPolicy(
+            name: row["name"], policy: p, setAt: row["set_at"], disabledReason: row["disabled_reason"],
+            origin: PolicyOrigin(rawValue: row["origin"] ?? "") ?? .api, enabledAsSet: enabledAsSet)
     }
 }
 

@@ -3,7 +3,8 @@
 //
 // Order of events: bind/adopt the socket (so /health answers "loading" at once) -> load the model -> READY=1.
 // SIGHUP: RELOADING=1 -> re-read the config file (flags still win) -> apply limits, body size and log level live;
-// settings that need a restart are logged -> READY=1. A config that fails to parse keeps the old settings.
+// settings that need a restart are logged, the config file's training policies are applied to the store -> READY=1.
+// A config that fails to parse or validate keeps the old settings and policies.
 
 import Dispatch
 import Foundation
@@ -100,6 +101,7 @@ public enum LoradServer {
                 ])
             state.store = store
             metrics.setStoreSource { store.stats }
+            try await store.applyConfigPolicies(config.trainingPolicies, logger: logger)
             state.jobs = FineTuningJobs(
                 store: store, files: store, stateDir: dir, state: state,
                 logger: Logger(label: "lorad.jobs"))
@@ -158,6 +160,8 @@ final class Reloader: @unchecked Sendable {
     let engineService: EngineService
     let logger: Logger
     private let queue = DispatchQueue(label: "lorad.reload")
+    /// The last reload's application of the config file's training policies; the next one waits for it.
+    private var policyApply: Task<Void, Never>?
 
     init(config: DaemonConfig, flags: ConfigLayer, state: ServerState, engineService: EngineService, logger: Logger) {
         self.config = config
@@ -207,6 +211,17 @@ final class Reloader: @unchecked Sendable {
                 Task {
                     let added = await registry.rescan()
                     log.notice("adapter directory rescanned", metadata: ["registered": "\(added.joined(separator: ","))"])
+                }
+            }
+        }
+        if let store = state.store {
+            let (previous, policies, log) = (policyApply, new.trainingPolicies, logger)
+            policyApply = Task {
+                await previous?.value
+                do {
+                    try await store.applyConfigPolicies(policies, logger: log)
+                } catch {
+                    log.error("training policies from the config file not applied", metadata: ["error": "\(error)"])
                 }
             }
         }

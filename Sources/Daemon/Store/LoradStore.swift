@@ -223,6 +223,7 @@ public final class LoradStore: @unchecked Sendable {
         m.registerMigration("v3_adapters") { db in try createAdapterTables(db) }
         m.registerMigration("v4_jobs") { db in try migrateV4Jobs(db) }
         m.registerMigration("v5_policies") { db in try migrateV5Policies(db) }
+        m.registerMigration("v6_policy_origin") { db in try migrateV6PolicyOrigin(db) }
         return m
     }
 
