@@ -38,12 +38,30 @@ extension APIHandler {
                 return 200
             default:
                 guard let stored = try await store.policy(name: name) else { throw Self.noPolicy(name, registered: registered) }
-                try await writer.send(json: Self.policyJSON(stored, registered: registered))
+                var body = Self.policyJSON(stored, registered: registered)
+                if case .object(var f) = body {
+                    f.append(("loop", try await loopStatus(name, store: store)))
+                    body = .object(f)
+                }
+                try await writer.send(json: body)
                 return 200
             }
         } catch let e as StoreError {
             throw APIError.from(e)
         }
+    }
+
+    /// Where the continual loop stands for `name`: feedback not yet covered by a job, the last continual job, whether
+    /// a job is active, and why a fired trigger made no job (e.g. no held-out feedback yet).
+    /// - Throws: ``StoreError``.
+    func loopStatus(_ name: String, store: LoradStore) async throws -> JSONValue {
+        let h = try await store.continualHistory(name: name)
+        let fresh = try await store.feedbackCount(model: name, after: h.lastThrough)
+        return .object([
+            ("new_feedback", .int(fresh.count)), ("last_job_id", .optional(h.lastJobID)),
+            ("last_job_at", h.lastJobAt.map { .int(Int($0.timeIntervalSince1970)) } ?? .null),
+            ("job_active", .bool(h.jobActive)), ("waiting", .optional(state.continual?.waitingReason(name))),
+        ])
     }
 
     static func policyJSON(_ s: StoredPolicy, registered: Bool) -> JSONValue {

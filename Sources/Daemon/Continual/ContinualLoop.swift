@@ -120,7 +120,7 @@ public final class ContinualLoop: @unchecked Sendable {
     private let lock = NSLock()
     /// Per adapter: the newest feedback `seq` already found unusable, and why (so it is logged once and not
     /// rebuilt every tick until newer feedback arrives).
-    private var waitingValue: [String: (through: Int, why: String)] = [:]
+    private var waitingValue: [String: (through: Int, setAt: Double, why: String)] = [:]
     private var stopped = false
 
     /// - Parameters:
@@ -187,7 +187,7 @@ public final class ContinualLoop: @unchecked Sendable {
         let history = try await store.continualHistory(name: name)
         let fresh = try await store.feedbackCount(model: name, after: history.lastThrough)
         guard let newest = fresh.newest else { return nil }
-        if let w = lock.withLock({ waitingValue[name] }), w.through >= newest { return nil }
+        if let w = lock.withLock({ waitingValue[name] }), w.through >= newest, w.setAt == p.setAt { return nil }
         let trigger = TriggerState(
             newFeedback: fresh.count, lastJobAt: history.lastJobAt,
             policySetAt: Date(timeIntervalSince1970: p.setAt), jobActive: history.jobActive)
@@ -199,7 +199,7 @@ public final class ContinualLoop: @unchecked Sendable {
             feedback: feedback, publishedThrough: history.publishedThrough, policy: p.policy, seed: UInt64(newest)
         ) { records, dpo in try await FeedbackTrainingData.items(feedback: records, store: store, dpo: dpo) }
         if let why = data.waiting {
-            lock.withLock { waitingValue[name] = (newest, why) }
+            lock.withLock { waitingValue[name] = (newest, p.setAt, why) }
             logger.notice("continual learning: trigger fired, no job yet", metadata: ["adapter": "\(name)", "reason": "\(why)"])
             return nil
         }

@@ -21,7 +21,8 @@ public struct SequencedFeedback: Sendable {
 
 /// The loop's view of one adapter's earlier continual jobs.
 struct ContinualHistory: Sendable, Equatable {
-    /// The newest continual job of the adapter (any outcome): its creation time and the feedback it covered.
+    /// The newest continual job of the adapter (any outcome): its id, creation time and the feedback it covered.
+    var lastJobID: String?
     var lastJobAt: Date?
     var lastThrough: Int
     /// The feedback covered by the newest continual job that published a version (0: none): newer feedback is
@@ -61,7 +62,7 @@ extension LoradStore {
             let last = try Row.fetchOne(
                 db,
                 sql: """
-                    SELECT created_at, json_extract(metadata_json, '$.feedback_through') AS through
+                    SELECT id, created_at, json_extract(metadata_json, '$.feedback_through') AS through
                     FROM fine_tuning_job WHERE json_extract(metadata_json, '$.continual') = ?
                     ORDER BY seq DESC LIMIT 1
                     """, arguments: [name])
@@ -82,6 +83,7 @@ extension LoradStore {
             let through: String? = last?["through"]
             let createdAt: Int? = last?["created_at"]
             return ContinualHistory(
+                lastJobID: last?["id"],
                 lastJobAt: createdAt.map { Date(timeIntervalSince1970: Double($0)) },
                 lastThrough: through.flatMap { Int($0) } ?? 0,
                 publishedThrough: published.flatMap { Int($0) } ?? 0,

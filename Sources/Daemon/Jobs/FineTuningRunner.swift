@@ -146,6 +146,7 @@ public final class FineTuningJobs: @unchecked Sendable {
         if let stuck = try? await store.requeueValidatingJobs() {
             for id in stuck { await event(id, "lorad restarted while the job's files were validated; the job is queued.") }
         }
+        await removeOrphanWorkDirs()
         await refreshCounts()
         while !isShuttingDown {
             guard case .ready(let r) = state.phase, let backend = r.backend as? RuntimeBackend else {
@@ -166,6 +167,21 @@ public final class FineTuningJobs: @unchecked Sendable {
             await refreshCounts()
             // The adapter's policy may start its next job now.
             state.continual?.notify()
+        }
+    }
+
+    /// Removes work directories of jobs that were never recorded (a stop while a job's data was being written,
+    /// before its row was inserted). Only directories older than a minute: a job being created now is left alone.
+    private func removeOrphanWorkDirs() async {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: workRoot) else { return }
+        for name in names where name.hasPrefix("ftjob-") {
+            let modified = (try? FileManager.default.attributesOfItem(atPath: workDir(name))[.modificationDate]) as? Date
+            guard let modified, Date().timeIntervalSince(modified) > 60 else { continue }
+            let known: FineTuningJob?
+            do { known = try await store.job(id: name) } catch { continue }
+            if known != nil { continue }
+            try? FileManager.default.removeItem(atPath: workDir(name))
+            logger.notice("removed the work directory of a job that was never recorded", metadata: ["job": "\(name)"])
         }
     }
 

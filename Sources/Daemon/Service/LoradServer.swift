@@ -215,11 +215,12 @@ final class Reloader: @unchecked Sendable {
             }
         }
         if let store = state.store {
-            let (previous, policies, log) = (policyApply, new.trainingPolicies, logger)
+            let (previous, policies, log, loop) = (policyApply, new.trainingPolicies, logger, state.continual)
             policyApply = Task {
                 await previous?.value
                 do {
                     try await store.applyConfigPolicies(policies, logger: log)
+                    loop?.notify()
                 } catch {
                     log.error("training policies from the config file not applied", metadata: ["error": "\(error)"])
                 }
