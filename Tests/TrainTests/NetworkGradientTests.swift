@@ -88,6 +88,34 @@ import Train
         }
     }
 
+    /// SFT + DPO in one batch (`MixedObjective`): the loss is the example-weighted mean of the two parts', and its
+    /// gradient matches central differences of that loss.
+    @Test func mixedObjectiveGradientMatchesCentralDifferences() throws {
+        let model = try TinyModel.make(arch: "gemma3", type: .q8_0, seed: 15, layers: 6)
+        let trainer = try LoRATrainer(model: model, threads: 2)
+        let params = TinyModel.params(model, layers: Self.patchedLayers("gemma3"), seed: 9)
+        let sequences = [TinyModel.sequence(9, seed: 41), TinyModel.sequence(6, seed: 42)]
+        let pairs = [PreferencePair(chosen: TinyModel.sequence(8, seed: 43), rejected: TinyModel.sequence(7, seed: 44))]
+        let mixed = MixedObjective(
+            sft: SFTObjective(trainer: trainer, examples: sequences),
+            dpo: DPOObjective(trainer: trainer, pairs: pairs, beta: 0.5, reference: .base))
+        #expect(mixed.trainingCount == 3)
+        let r = try mixed.lossAndGradient(params: params, indices: [0, 2, 1])
+        let sft = try trainer.sftLossAndGradient(params: params, batch: sequences)
+        let dpo = try trainer.dpoLossAndGradient(params: params, pairs: pairs, beta: 0.5, reference: .base)
+        #expect(abs(r.loss - (2 * sft.loss + dpo.loss) / 3) < 1e-9 && r.weight == 3)
+        let idx = Self.sample(params, count: 48, seed: 5)
+        let fd = try Self.finiteDifferences(params, idx, h: 1e-2) {
+            try mixed.lossAndGradient(params: $0, indices: [0, 1, 2]).loss
+        }
+        let (rel, maxAbs) = compare(idx.map { Double(r.grad[$0]) }, fd)
+        print("gemma3 SFT+DPO: loss \(r.loss), FD rel error \(rel), max abs \(maxAbs)")
+        #expect(rel < 5e-3, "relative error \(rel)")
+        // Only one kind in the batch: exactly that objective.
+        let onlySFT = try mixed.lossAndGradient(params: params, indices: [0, 1])
+        #expect(abs(onlySFT.loss - sft.loss) < 1e-12 && onlySFT.grad == sft.grad)
+    }
+
     /// A batch of two sequences gives the loss and gradient of the token-weighted sum of each alone (packing keeps
     /// sequences apart), and f32 weights give the same as the tiny model in one thread.
     @Test func packingMatchesSeparateSequences() throws {
