@@ -17,6 +17,7 @@
 
 import Foundation
 import Logging
+import Runtime
 import Train
 
 /// The training data of one continual job, built from an adapter's feedback (see the file comment).
@@ -73,7 +74,7 @@ public struct ContinualData: Sendable {
         let f = policy.replayFraction
         let want = f > 0 ? Int((Double(newItems.count) * f / (1 - f)).rounded()) : 0
         var pool = oldItems
-        var rng = SplitMix64(seed: seed)
+        var rng = SplitMix64(seed: seed)  // Runtime's, the sampler's seed expander
         var replay: [FeedbackItem] = []
         for _ in 0..<min(want, pool.count) {
             replay.append(pool.remove(at: Int(rng.next() % UInt64(pool.count))))
@@ -91,19 +92,6 @@ public struct ContinualData: Sendable {
         return ContinualData(
             train: train, heldOut: heldOut, newExamples: newItems.count, replayExamples: replay.count, pairs: pairs,
             methodType: pairs > 0 ? "dpo" : "supervised", waiting: waiting)
-    }
-}
-
-/// SplitMix64 (Steele, Lea & Flood 2014): the replay sample's generator.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
