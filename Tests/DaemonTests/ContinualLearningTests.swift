@@ -389,6 +389,17 @@ struct ContinualDataTests {
         if trainSide < 8 { #expect(seven.pairs == 0 && seven.methodType == "supervised") }
         #expect(more.pairs >= 8 && more.methodType == "dpo" && more.train.count == more.newExamples)
 
+        // The gate measures at most the newest 200 held-out answers.
+        var wide = policy
+        wide.holdoutFraction = 0.5
+        wide.method = .supervised
+        let lots = Self.feedback(1000)
+        let capped = try await ContinualData.build(
+            feedback: lots, publishedThrough: 0, policy: wide, seed: 1, toItems: Self.items(pairEvery: 1000))
+        let heldSeqs = lots.filter { HoldoutSplit.isHeldOut($0.record.id, fraction: 0.5) }.map(\.seq)
+        #expect(heldSeqs.count > 400)
+        #expect(capped.heldOut.map { Int($0.promptIDs[1]) } == Array(heldSeqs.suffix(ContinualData.maxHeldOut)))
+
         // Waiting: nothing new to train on; no held-out feedback yet.
         let none = try await ContinualData.build(
             feedback: all, publishedThrough: 200, policy: policy, seed: 1, toItems: Self.items(pairEvery: 1000))

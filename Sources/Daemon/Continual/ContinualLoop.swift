@@ -41,6 +41,9 @@ public struct ContinualData: Sendable {
     /// sides, then the training side into new (`seq > publishedThrough`) and replay pool, and draws the replay
     /// sample. `toItems(feedback, dpo)` turns feedback into SFT items (`dpo` false) or pairs (`dpo` true).
     /// The replay sample is drawn by `seed` (SplitMix64), so a job re-created from the same state has the same data.
+    /// Most held-out answers (and, separately, pairs) a gate measures: the newest ones.
+    public static let maxHeldOut = 200
+
     /// - Throws: what `toItems` throws.
     public static func build(
         feedback: [SequencedFeedback], publishedThrough: Int, policy: TrainingPolicy, seed: UInt64,
@@ -81,8 +84,10 @@ public struct ContinualData: Sendable {
         }
         let train = newItems + replay
         let pairs = train.filter { $0.rejected != nil }.count
-        var heldOut = try await toItems(heldOutFB, false)
-        if policy.method != .supervised { heldOut += try await toItems(heldOutFB, true) }
+        // The gate measures the newest held-out items, at most `maxHeldOut` answers and as many pairs, so its cost
+        // stays bounded as feedback accumulates.
+        var heldOut = Array(try await toItems(heldOutFB, false).suffix(maxHeldOut))
+        if policy.method != .supervised { heldOut += try await toItems(heldOutFB, true).suffix(maxHeldOut) }
         var waiting: String? = nil
         if newItems.isEmpty {
             waiting = "the new feedback gives no training example (thumbs-up answers, corrections\(policy.method == .supervised ? "" : " or pairs"))"
@@ -192,7 +197,16 @@ public final class ContinualLoop: @unchecked Sendable {
             return nil
         }
         lock.withLock { _ = waitingValue.removeValue(forKey: name) }
-        return try await createJob(p, data: data, reason: reason, from: history.publishedThrough, through: newest)
+        do {
+            return try await createJob(p, data: data, reason: reason, from: history.publishedThrough, through: newest)
+        } catch let e as APIError where e.status < 500 || e.status == 507 {
+            // Refused for good with this data (e.g. the current version cannot be trained further) or no disk space:
+            // wait for newer feedback or a policy change instead of retrying every tick.
+            let why = "the job could not be created: \(e.message)"
+            lock.withLock { waitingValue[name] = (newest, p.setAt, why) }
+            logger.error("continual learning: job not created", metadata: ["adapter": "\(name)", "error": "\(e.message)"])
+            return nil
+        }
     }
 
     /// Creates the job through the jobs API's own code path (same validation, files and records).
