@@ -10,6 +10,7 @@ import GRDB
 public struct SequencedFeedback: Sendable {
     /// The store's feedback order (increasing with arrival).
     public var seq: Int
+    /// The feedback item.
     public var record: FeedbackRecord
 
     /// - Parameters: see the properties.
