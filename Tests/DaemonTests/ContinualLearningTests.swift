@@ -217,6 +217,11 @@ final class BackgroundStreams: @unchecked Sendable {
         #expect(try task.eval.prefix(3).map { try task.ask(d, "tagger", $0, store: false).text } == served)
 
         background.finish()
+        // Deleting the adapter pauses its policy: the name is 404 again, not served by the base model.
+        #expect(try d.delete("/v1/adapters/tagger").status == 200)
+        let paused = try d.get("/v1/adapters/tagger/training").json()
+        #expect(paused["disabled_reason"] as? String == "the adapter was deleted", "\(paused)")
+        #expect((try? task.ask(d, "tagger", task.eval[0], store: false)) == nil)
         #expect(background.errors.with { $0 }.isEmpty, "\(background.errors.with { $0 })")
         #expect(background.mismatches.with { $0 }.isEmpty, "\(background.mismatches.with { $0 })")
         #expect(background.count.with { $0 } > 10)

@@ -153,6 +153,10 @@ extension APIHandler {
         case (.adapter(let name), "DELETE"):
             let rec: AdapterRecord
             do { rec = try reg.remove(name: name) } catch let e as AdapterRegistryError { throw APIError.from(e) }
+            // Its training policy pauses with it: the name is gone, so the loop must not recreate it from scratch.
+            if let store = state.store, store.cachedPolicy(name: name) != nil {
+                try? await store.disablePolicy(name: name, reason: "the adapter was deleted")
+            }
             try await writer.send(
                 json: .object([
                     ("id", .string(rec.name)), ("object", .string("adapter")), ("deleted", .bool(true)),
@@ -286,10 +290,10 @@ extension APIHandler {
         if let m = model, !m.isEmpty, m != base {
             if let reg = state.registry, reg.contains(m) {
                 refs.append((m, 1, "model"))
-            } else if state.store?.cachedPolicy(name: m) == nil {
+            } else if state.store?.cachedPolicy(name: m)?.policy.enabled != true {
                 throw APIError.modelNotFound(m, available: availableModels())
             }
-            // A name with a training policy but no version yet is served by the base model alone, which is what
+            // A name with an enabled training policy but no version yet is served by the base model alone, which is what
             // its fresh adapter (lora_B = 0) computes; its requests and feedback are recorded under the name, so
             // its first continual job has data (LEARNING-DECISIONS #9).
             served = m

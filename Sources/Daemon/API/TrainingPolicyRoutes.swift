@@ -55,7 +55,7 @@ extension APIHandler {
     /// a job is active, and why a fired trigger made no job (e.g. no held-out feedback yet).
     /// - Throws: ``StoreError``.
     func loopStatus(_ name: String, store: LoradStore) async throws -> JSONValue {
-        let h = try await store.continualHistory(name: name)
+        let h = try await store.continualHistory(name: name, currentJobID: state.registry?.info(name)?.record.lineage.jobID)
         let fresh = try await store.feedbackCount(model: name, after: h.lastThrough)
         return .object([
             ("new_feedback", .int(fresh.count)), ("last_job_id", .optional(h.lastJobID)),

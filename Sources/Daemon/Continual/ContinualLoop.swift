@@ -3,7 +3,7 @@
 // (`TriggerState.reason`) it creates an ordinary fine-tuning job, visible in the jobs API, that
 //
 //   - starts from the adapter's current version (a fresh adapter when the name has none, decision #9),
-//   - trains on the feedback that arrived since the last job that published, plus a replay sample of older
+//   - trains on the feedback that arrived since the data of the job that made the current version, plus a replay sample of older
 //     feedback (`replay_fraction` of the job's examples; against forgetting, Robins 1995, "Catastrophic
 //     forgetting, rehearsal and pseudorehearsal"),
 //   - keeps a stable held-out split of the adapter's feedback out of training (`HoldoutSplit` on the feedback id,
@@ -177,7 +177,8 @@ public final class ContinualLoop: @unchecked Sendable {
     @discardableResult
     func consider(_ p: StoredPolicy, now: Date = Date()) async throws -> FineTuningJob? {
         let name = p.name
-        let history = try await store.continualHistory(name: name)
+        let history = try await store.continualHistory(
+            name: name, currentJobID: state.registry?.info(name)?.record.lineage.jobID)
         let fresh = try await store.feedbackCount(model: name, after: history.lastThrough)
         guard let newest = fresh.newest else { return nil }
         if let w = lock.withLock({ waitingValue[name] }), w.through >= newest, w.setAt == p.setAt { return nil }

@@ -26,8 +26,10 @@ struct ContinualHistory: Sendable, Equatable {
     var lastJobID: String?
     var lastJobAt: Date?
     var lastThrough: Int
-    /// The feedback covered by the newest continual job that published a version (0: none): newer feedback is
-    /// what the next job learns from; older feedback is its replay pool.
+    /// The feedback covered by the continual job that made the adapter's current version (0: none, or the current
+    /// version came from elsewhere): newer feedback is what the next job learns from; older feedback is its replay
+    /// pool. After a rollback this is the restored version's job, so feedback only a discarded version learned from
+    /// is new again.
     var publishedThrough: Int
     /// A job that publishes under this adapter's name is validating, queued, running or paused.
     var jobActive: Bool
@@ -58,7 +60,8 @@ extension LoradStore {
 
     /// The continual-learning history of adapter `name` (see ``ContinualHistory``).
     /// - Throws: ``StoreError``.
-    func continualHistory(name: String) async throws -> ContinualHistory {
+    /// - Parameter currentJobID: the job that made the adapter's current version (its lineage), nil when none.
+    func continualHistory(name: String, currentJobID: String?) async throws -> ContinualHistory {
         try await run(write: false) { db in
             let last = try Row.fetchOne(
                 db,
@@ -67,13 +70,14 @@ extension LoradStore {
                     FROM fine_tuning_job WHERE json_extract(metadata_json, '$.continual') = ?
                     ORDER BY seq DESC LIMIT 1
                     """, arguments: [name])
-            let published = try String.fetchOne(
-                db,
-                sql: """
-                    SELECT json_extract(metadata_json, '$.feedback_through') FROM fine_tuning_job
-                    WHERE json_extract(metadata_json, '$.continual') = ? AND published = 1
-                    ORDER BY seq DESC LIMIT 1
-                    """, arguments: [name])
+            let published = try currentJobID.flatMap { id in
+                try String.fetchOne(
+                    db,
+                    sql: """
+                        SELECT json_extract(metadata_json, '$.feedback_through') FROM fine_tuning_job
+                        WHERE id = ? AND json_extract(metadata_json, '$.continual') = ?
+                        """, arguments: [id, name])
+            }
             let active = try Int.fetchOne(
                 db,
                 sql: """

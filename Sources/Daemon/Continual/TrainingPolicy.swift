@@ -223,7 +223,7 @@ public struct TrainingPolicy: Sendable, Equatable {
 
     /// `"90s"`, `"30m"`, `"1h"`, `"2d"`, `"1h30m"`, or a number of seconds; 60 s … 365 d.
     static func duration(_ v: JSONValue, _ field: String) throws -> Double {
-        let bad = PolicyError(field: field, message: "must be a duration such as \"30m\", \"1h\", \"1h30m\", \"2d\" (60 s to 365 d)")
+        let bad = PolicyError(field: field, message: "must be a duration such as \"30m\", \"1h\", \"1h30m\", \"2d\", or a number of seconds (60 s to 365 d)")
         var seconds = 0.0
         switch v {
         case .int(let i): seconds = Double(i)

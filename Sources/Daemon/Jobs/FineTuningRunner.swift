@@ -237,7 +237,11 @@ public final class FineTuningJobs: @unchecked Sendable {
         }
         await refreshCounts()
         if interrupted {
-            await event(id, "lorad restarted while the job was running; continuing from its last checkpoint.")
+            let saved = (try? FileManager.default.contentsOfDirectory(atPath: workDir(id) + "/out/checkpoints"))?.isEmpty == false
+            await event(
+                id,
+                "lorad restarted while the job was running; "
+                    + (saved ? "continuing from its last checkpoint." : "no checkpoint was written yet, so it starts again from step 0."))
         } else if claimed.step > 0 {
             await event(id, "Fine-tuning job resumed.")
         } else {
