@@ -286,7 +286,7 @@ extension APIHandler {
         let s = try store()
         let f: StoredFile?
         do { f = try await s.file(id: id) } catch let e as StoreError { throw APIError.from(e) }
-        guard let f, state.adminPolicy.allows(peer) || (peer != nil && f.uid == peer?.uid) else {
+        guard let f, mayRead(ownedBy: f.uid, peer: peer) else {
             throw APIError.fileNotFound(id)
         }
         return f

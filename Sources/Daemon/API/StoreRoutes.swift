@@ -306,7 +306,7 @@ extension APIHandler {
         let s = try store()
         let c: StoredCompletion?
         do { c = try await s.completion(id: id) } catch let e as StoreError { throw APIError.from(e) }
-        guard let c, state.adminPolicy.allows(peer) || (peer != nil && c.uid == peer?.uid) else {
+        guard let c, mayRead(ownedBy: c.uid, peer: peer) else {
             throw APIError.completionNotFound(id, param: param)
         }
         return c
@@ -448,6 +448,14 @@ extension APIHandler {
 /// - `dpo`: `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}` per
 ///   correction (preferred: the correction, non-preferred: the served answer) and per pair of a thumbs-up and a
 ///   thumbs-down answer to the same prompt.
+extension APIHandler {
+    /// Decision #14's read rule for stored objects (completions, feedback, files, jobs): admins read any; another
+    /// peer only what its own uid created (`ownedBy`); a peer without credentials nothing.
+    func mayRead(ownedBy uid: UInt32?, peer: PeerCredentials?) -> Bool {
+        state.adminPolicy.allows(peer) || (peer != nil && uid == peer?.uid)
+    }
+}
+
 enum FeedbackExport {
     /// The prompt messages of a stored completion (a completions prompt becomes one user message).
     static func promptMessages(_ c: StoredCompletion) -> [JSONValue] {

@@ -108,8 +108,7 @@ public final class ContinualLoop: @unchecked Sendable {
     let logger: Logger
     /// How often policies are looked at without a wake-up.
     let interval: Duration
-    private let wake: AsyncStream<Void>.Continuation
-    private let wakeStream: AsyncStream<Void>
+    private let wake = WakeSignal()
     private let lock = NSLock()
     /// Per adapter: the newest feedback `seq` already found unusable, and why (so it is logged once and not
     /// rebuilt every tick until newer feedback arrives).
@@ -125,16 +124,15 @@ public final class ContinualLoop: @unchecked Sendable {
         self.jobs = jobs
         self.interval = interval
         self.logger = logger
-        (wakeStream, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
     /// Looks at the policies now (feedback arrived, a job ended, a policy changed).
-    public func notify() { wake.yield() }
+    public func notify() { wake.notify() }
 
     /// Stops the loop after its current pass.
     public func shutdown() {
         lock.withLock { stopped = true }
-        wake.yield()
+        wake.notify()
     }
 
     /// Why `name` waits although its trigger fired (nil: it does not), for the policy's API view.
@@ -155,20 +153,7 @@ public final class ContinualLoop: @unchecked Sendable {
             } else if case .failed = state.phase {
                 return
             }
-            await waitForWake()
-        }
-    }
-
-    private func waitForWake() async {
-        let stream = wakeStream
-        let interval = interval
-        await withTaskGroup(of: Void.self) { g in
-            g.addTask {
-                for await _ in stream { return }
-            }
-            g.addTask { try? await Task.sleep(for: interval) }
-            await g.next()
-            g.cancelAll()
+            await wake.wait(timeout: interval)
         }
     }
 
@@ -188,10 +173,11 @@ public final class ContinualLoop: @unchecked Sendable {
         guard let reason = trigger.reason(policy: p.policy, now: now) else { return nil }
 
         let feedback = try await store.sequencedFeedback(model: name, through: newest)
-        let store = self.store
+        // Each completion is read once, though the split asks for items up to six times.
+        let completions = try await FeedbackTrainingData.completions(of: feedback.map(\.record), store: store)
         let data = try await ContinualData.build(
             feedback: feedback, publishedThrough: history.publishedThrough, policy: p.policy, seed: UInt64(newest)
-        ) { records, dpo in try await FeedbackTrainingData.items(feedback: records, store: store, dpo: dpo) }
+        ) { records, dpo in FeedbackTrainingData.items(feedback: records, completions: completions, dpo: dpo) }
         if let why = data.waiting {
             lock.withLock { waitingValue[name] = (newest, p.setAt, why) }
             logger.notice("continual learning: trigger fired, no job yet", metadata: ["adapter": "\(name)", "reason": "\(why)"])

@@ -48,10 +48,21 @@ enum FeedbackTrainingData {
     /// described at ``items(store:model:dpo:since:)``.
     /// - Throws: ``StoreError``.
     static func items(feedback: [FeedbackRecord], store: LoradStore, dpo: Bool) async throws -> [FeedbackItem] {
+        items(feedback: feedback, completions: try await completions(of: feedback, store: store), dpo: dpo)
+    }
+
+    /// The stored completions `feedback` refers to, by id (each read once).
+    /// - Throws: ``StoreError``.
+    static func completions(of feedback: [FeedbackRecord], store: LoradStore) async throws -> [String: StoredCompletion] {
         var completions: [String: StoredCompletion] = [:]
         for f in feedback where completions[f.completionID] == nil {
             completions[f.completionID] = try await store.completion(id: f.completionID)
         }
+        return completions
+    }
+
+    /// `feedback` as items, with its completions already read (see ``items(feedback:store:dpo:)``).
+    static func items(feedback: [FeedbackRecord], completions: [String: StoredCompletion], dpo: Bool) -> [FeedbackItem] {
         func correctionText(_ v: JSONValue) -> String? {
             switch v {
             case .string(let s): return s

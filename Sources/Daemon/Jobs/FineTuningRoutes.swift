@@ -344,7 +344,7 @@ extension APIHandler {
     /// A job the caller may see (admins: any; others: their own), else 404.
     private func visibleJob(_ id: String, peer: PeerCredentials?, jobs: FineTuningJobs) async throws -> FineTuningJob {
         guard let j = try await jobs.store.job(id: id),
-            state.adminPolicy.allows(peer) || (peer != nil && j.uid == peer?.uid)
+            mayRead(ownedBy: j.uid, peer: peer)
         else { throw APIError.jobNotFound(id) }
         return j
     }

@@ -45,8 +45,7 @@ public final class FineTuningJobs: @unchecked Sendable {
     private var shuttingDown = false
     private var progressValue: (id: String, step: Int, total: Int)?
     private var betweenStepsValue: @Sendable () -> Void = {}
-    private let wake: AsyncStream<Void>.Continuation
-    private let wakeStream: AsyncStream<Void>
+    private let wake = WakeSignal()
 
     /// Base learning rate: `learning_rate_multiplier` 1 trains at `lorad train`'s default `--lr`.
     public static let baseLearningRate = 1e-4
@@ -67,7 +66,6 @@ public final class FineTuningJobs: @unchecked Sendable {
         self.state = state
         self.trainingThreads = trainingThreads
         self.logger = logger
-        (wakeStream, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
     /// Called on the training thread before every optimizer step of a job (after the previous step's bookkeeping,
@@ -94,7 +92,7 @@ public final class FineTuningJobs: @unchecked Sendable {
     public var runningJobID: String? { lock.withLock { currentID } }
 
     /// Wakes the runner (a job was queued or resumed).
-    public func notify() { wake.yield() }
+    public func notify() { wake.notify() }
 
     // MARK: - Controls
 
@@ -114,7 +112,7 @@ public final class FineTuningJobs: @unchecked Sendable {
             shuttingDown = true
             if currentID != nil, stopReason == nil { stopReason = .shutdown }
         }
-        wake.yield()
+        wake.notify()
     }
 
     private var isShuttingDown: Bool { lock.withLock { shuttingDown } }
@@ -160,7 +158,7 @@ public final class FineTuningJobs: @unchecked Sendable {
                 next = nil
             }
             guard let job = next else {
-                await waitForWake(seconds: 2)
+                await wake.wait(timeout: .seconds(2))
                 continue
             }
             await execute(job, model: backend.model)
@@ -182,18 +180,6 @@ public final class FineTuningJobs: @unchecked Sendable {
             if known != nil { continue }
             try? FileManager.default.removeItem(atPath: workDir(name))
             logger.notice("removed the work directory of a job that was never recorded", metadata: ["job": "\(name)"])
-        }
-    }
-
-    private func waitForWake(seconds: Double) async {
-        let stream = wakeStream
-        await withTaskGroup(of: Void.self) { g in
-            g.addTask {
-                for await _ in stream { return }
-            }
-            g.addTask { try? await Task.sleep(for: .seconds(seconds)) }
-            await g.next()
-            g.cancelAll()
         }
     }
 
