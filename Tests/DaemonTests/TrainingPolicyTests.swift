@@ -31,6 +31,20 @@ struct TrainingPolicyTests {
         #expect(p.json.serialized.contains("\"schedule\":\"daily 03:00\""))
     }
 
+    @Test func aJobSeedIsAFunctionOfThePolicySeedTheNameAndTheFeedbackRange() throws {
+        let auto = TrainingPolicy()
+        let s = auto.jobSeed(name: "tagger", through: 60)
+        #expect(s == auto.jobSeed(name: "tagger", through: 60), "the same feedback makes the same job")
+        #expect(s != auto.jobSeed(name: "tagger", through: 61) && s != auto.jobSeed(name: "tagger2", through: 60))
+        let fixed = try TrainingPolicy(jsonText: #"{"seed": 42}"#)
+        #expect(fixed.seed == 42 && fixed.jobSeed(name: "a", through: 7) == fixed.jobSeed(name: "b", through: 7))
+        #expect(fixed.jobSeed(name: "a", through: 7) != fixed.jobSeed(name: "a", through: 8))
+        for through in [0, 1, 1 << 40] { #expect((0...Int(Int32.max)).contains(auto.jobSeed(name: "x", through: through))) }
+        #expect(try TrainingPolicy(json: fixed.json) == fixed)
+        #expect(try TrainingPolicy(jsonText: #"{"seed": "auto"}"#).seed == nil)
+        #expect(throws: PolicyError.self) { try TrainingPolicy(jsonText: #"{"seed": -1}"#) }
+    }
+
     @Test func invalidValuesNameTheirField() {
         let cases: [(String, String)] = [
             ("[]", "body"),

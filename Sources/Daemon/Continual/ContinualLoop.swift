@@ -209,6 +209,7 @@ public final class ContinualLoop: @unchecked Sendable {
         body.nEpochs = policy.nEpochs
         body.batchSize = policy.batchSize
         body.learningRateMultiplier = policy.learningRateMultiplier
+        body.seed = policy.jobSeed(name: name, through: through)
         body.rank = policy.rank
         body.alpha = policy.alpha
         body.gate = .object([

@@ -4,6 +4,7 @@
 // pure decision "does a job start now, and why" (LEARNING-DECISIONS #9: conditions combine with OR, at most one
 // queued or running job per adapter, and nothing starts without new feedback to learn from).
 import Foundation
+import Runtime
 import Train
 
 /// A policy field that failed validation: `field` is its dotted path (`gate.max_forgetting`).
@@ -76,6 +77,9 @@ public struct TrainingPolicy: Sendable, Equatable {
     public var nEpochs: Int? = nil
     public var batchSize: Int? = nil
     public var learningRateMultiplier: Double? = nil
+    /// Base of the jobs' seeds (shuffle order, a fresh adapter's `lora_A` init); nil: derived from the adapter name.
+    /// A job's seed is ``jobSeed(name:through:)``, so the same feedback makes the same job.
+    public var seed: Int? = nil
     /// The publication gate.
     public var gate = GateSettings()
     /// Shape of a fresh adapter when the name has no version yet (decision #9: rank 8, alpha 16, all 7 projections).
@@ -92,7 +96,7 @@ public struct TrainingPolicy: Sendable, Equatable {
         let top = try Self.object(json, "")
         try Self.onlyKeys(top, [
             "enabled", "store_completions", "trigger", "method", "replay_fraction", "holdout_fraction",
-            "hyperparameters", "gate", "lora",
+            "hyperparameters", "seed", "gate", "lora",
         ], "")
         if let v = top["enabled"] { enabled = try Self.bool(v, "enabled") }
         if let v = top["store_completions"] { storeCompletions = try Self.bool(v, "store_completions") }
@@ -126,6 +130,7 @@ public struct TrainingPolicy: Sendable, Equatable {
                 learningRateMultiplier = try Self.number(v, "hyperparameters.learning_rate_multiplier", 1e-4...100)
             }
         }
+        if let v = top["seed"], !Self.isAuto(v) { seed = try Self.int(v, "seed", 0...Int(Int32.max)) }
         if let g = top["gate"] {
             let o = try Self.object(g, "gate")
             try Self.onlyKeys(o, ["min_improvement", "max_forgetting"], "gate.")
@@ -167,10 +172,24 @@ public struct TrainingPolicy: Sendable, Equatable {
                 ("n_epochs", opt(nEpochs)), ("batch_size", opt(batchSize)),
                 ("learning_rate_multiplier", learningRateMultiplier.map { .double($0) } ?? .string("auto")),
             ])),
+            ("seed", opt(seed)),
             ("gate", .object([("min_improvement", .double(gate.minImprovement)),
                               ("max_forgetting", .double(gate.maxForgetting))])),
             ("lora", .object([("rank", .int(rank)), ("alpha", .double(alpha))])),
         ])
+    }
+
+    /// The seed of the job that learns `name`'s feedback through store sequence `through`: SplitMix64 of the policy's
+    /// `seed` (or the FNV-1a 64 hash of `name`) mixed with `through`, in `0...Int32.max` (the jobs API's range).
+    /// Deterministic, so a job re-created from the same state trains the same adapter on the same CPU.
+    public func jobSeed(name: String, through: Int) -> Int {
+        var base: UInt64
+        if let seed { base = UInt64(seed) } else {
+            base = 0xcbf2_9ce4_8422_2325  // FNV-1a 64 offset basis
+            for b in name.utf8 { base = (base ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        }
+        var rng = SplitMix64(seed: base ^ UInt64(bitPattern: Int64(through)))
+        return Int(rng.next() & UInt64(Int32.max))
     }
 
     // MARK: - Field parsing
