@@ -22,6 +22,8 @@ enum TrainBenchmark {
         var scoredPerStep: Int
         var peakRSSMB: Double
         var losses: [Double]
+        /// Mean seconds per measured step by kind of work (`TrainProfile`), the rest of the step as "other".
+        var parts: [(String, Double)] = []
 
         var json: [String: Any] {
             [
@@ -30,12 +32,14 @@ enum TrainBenchmark {
                 "step_s_all": stepSecondsAll.map { ($0 * 1000).rounded() / 1000 },
                 "train_tok_s": (trainTokS * 10).rounded() / 10, "scored_per_step": scoredPerStep,
                 "peak_rss_mb": (peakRSSMB * 10).rounded() / 10, "losses": losses.map { ($0 * 10000).rounded() / 10000 },
+                "step_parts_s": Dictionary(uniqueKeysWithValues: parts.map { ($0.0, ($0.1 * 1000).rounded() / 1000) }),
             ]
         }
 
         var line: String {
             String(format: "train %@  threads %d  batch %d x %d  rank %d: %.2f s/step (median of %d), %.1f tok/s, peak RSS %.0f MB",
                    loss, threads, batch, seq, rank, stepSeconds, steps, trainTokS, peakRSSMB)
+                + "\n  per step: " + parts.map { String(format: "%@ %.3f s", $0.0, $0.1) }.joined(separator: ", ")
         }
     }
 
@@ -62,7 +66,10 @@ enum TrainBenchmark {
         var times: [Double] = []
         var losses: [Double] = []
         var scored = 0
+        TrainProfile.enabled = true
+        defer { TrainProfile.enabled = false }
         for step in 0..<(warmup + steps) {
+            if step == warmup { TrainProfile.reset() }
             let t0 = DispatchTime.now().uptimeNanoseconds
             let r = try trainer.sftLossAndGradient(params: params, batch: sequences)
             var g = r.grad
@@ -76,10 +83,13 @@ enum TrainBenchmark {
         let sorted = times.sorted()
         let median = sorted.count % 2 == 1
             ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        let n = Double(steps)
+        var parts = TrainProfile.Part.allCases.map { ($0.name, (TrainProfile.seconds[$0] ?? 0) / n) }
+        parts.append(("other", times.reduce(0, +) / n - parts.map(\.1).reduce(0, +)))
         return Result(loss: last == nil ? "all" : "last\(last!)", threads: threads, batch: batch, seq: seq, rank: rank,
                       steps: steps, stepSeconds: median, stepSecondsAll: times,
                       trainTokS: Double(batch * seq) / median, scoredPerStep: scored,
-                      peakRSSMB: Double(TrainBench.peakRSS()) / 1_048_576, losses: losses)
+                      peakRSSMB: Double(TrainBench.peakRSS()) / 1_048_576, losses: losses, parts: parts)
     }
 
     /// Resets the kernel's peak-RSS counter (VmHWM) of this process (`echo 5 > /proc/self/clear_refs`).

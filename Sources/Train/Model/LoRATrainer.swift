@@ -336,10 +336,12 @@ public final class LoRATrainer: @unchecked Sendable {
         }
         var logp = [Double](repeating: 0, count: N)
         let g = wantGrad && firstPatched < c.nLayer ? TrainBuffer(N * D) : nil
+        let t0 = TrainProfile.start()
         logp.withUnsafeMutableBufferPointer {
             outputHead(pool, w: self.weights.output, xn: xn.p, rows: N, targets: packed.headTargets,
                        logp: $0.baseAddress!, grad: g?.p, yieldPoint: pacer == nil ? nil : { self.yieldPoint() })
         }
+        TrainProfile.add(.head, since: t0)
         let (w, extra) = rowWeights(logp)
         guard let g, wantGrad else {
             return PassResult(logp: logp, grad: wantGrad ? [Float](repeating: 0, count: paramCount) : [], extra: extra)
@@ -569,8 +571,10 @@ final class PassContext {
                         positions: pos.baseAddress!, table: table, style: c.ropeStyle)
         }
         yieldPoint?()
+        let t0 = TrainProfile.start()
         attentionForward(pool, q: A.qF.p, k: A.kF.p, v: A.v.p, out: A.att.p, spans: packed.spans,
                          shape: attentionShape(l))
+        TrainProfile.add(.attention, since: t0)
         linF(.attnOutput, l, A.att.p, A.oRaw.p, A)
         addResidual(x, A.oRaw.p, postNorm: lw.postAttnNorm, rstd: A.rstdO.p, scratch: tmpD.p, rows: T)
         A.xMid.p.update(from: x, count: T * D)
@@ -616,8 +620,10 @@ final class PassContext {
         }
         linB(.attnOutput, l, dy: dBranch, x: A.att.p, dx: s.datt.p, accumulate: false, A, s)
         yieldPoint?()
+        let t0 = TrainProfile.start()
         attentionBackward(pool, dOut: s.datt.p, q: A.qF.p, k: A.kF.p, v: A.v.p, out: A.att.p, dq: s.dq.p, dk: s.dk.p,
                           dv: s.dv.p, spans: packed.spans, shape: attentionShape(l))
+        TrainProfile.add(.attention, since: t0)
         let table = rope(l)
         packed.positions.withUnsafeBufferPointer { pos in
             ropeBackward(s.dq.p, rows: T, rowStride: c.qDim, heads: c.nHead, headDim: c.headDim,

@@ -107,9 +107,13 @@ package struct LoRATerm {
 /// `wf` is the dequantized `W [n_out, n_in]`. Math: Hu et al. 2021 (arXiv:2106.09685).
 package func linearForward(_ pool: ComputePool, wf: UnsafePointer<Float>, nIn: Int, nOut: Int, x: UnsafePointer<Float>,
                    rows T: Int, y: UnsafeMutablePointer<Float>, lora: LoRATerm?, t: UnsafeMutablePointer<Float>?) {
+    var t0 = TrainProfile.start()
     gemm(pool, transA: false, transB: true, m: T, n: nOut, k: nIn, alpha: 1, x, lda: nIn, wf, ldb: nIn, beta: 0,
          y, ldc: nOut)
+    TrainProfile.add(.frozen, since: t0)
     guard let lora, let t else { return }
+    t0 = TrainProfile.start()
+    defer { TrainProfile.add(.lora, since: t0) }
     let r = lora.rank
     gemm(pool, transA: false, transB: true, m: T, n: r, k: nIn, alpha: 1, x, lda: nIn, lora.a, ldb: nIn, beta: 0,
          t, ldc: r)
@@ -123,9 +127,13 @@ package func linearBackward(_ pool: ComputePool, wf: UnsafePointer<Float>, nIn: 
                     dy: UnsafePointer<Float>, x: UnsafePointer<Float>, rows T: Int,
                     dx: UnsafeMutablePointer<Float>, accumulate: Bool,
                     lora: LoRATerm?, t: UnsafePointer<Float>?, dt: UnsafeMutablePointer<Float>) {
+    var t0 = TrainProfile.start()
     gemm(pool, transA: false, transB: false, m: T, n: nIn, k: nOut, alpha: 1, dy, lda: nOut, wf, ldb: nIn,
          beta: accumulate ? 1 : 0, dx, ldc: nIn)
+    TrainProfile.add(.frozen, since: t0)
     guard let lora, let t else { return }
+    t0 = TrainProfile.start()
+    defer { TrainProfile.add(.lora, since: t0) }
     let r = lora.rank
     if let dB = lora.dB {
         gemm(pool, transA: true, transB: false, m: nOut, n: r, k: T, alpha: lora.scale, dy, lda: nOut, t, ldb: r,
@@ -364,7 +372,7 @@ private func attentionBlockKeys(_ i0: Int, _ i1: Int, _ shape: AttentionShape) -
 }
 
 /// Softmax probabilities of one head of one sequence for the query rows `[i0, i1)` over the keys `[c0, i1)`:
-/// `S = scale·Q·Kᵀ`, causal (and windowed) mask, row softmax (max-subtracted, sum in double); masked entries are 0.
+/// `S = scale·Q·Kᵀ`, causal (and windowed) mask, row softmax (max-subtracted, `ck_exp_shift_sum`); masked entries are 0.
 /// Row `i` is written at `p + (i − i0)·ldp`, column `j` at offset `j − c0` (`[i1 − i0, i1 − c0]`).
 private func attentionBlockProbs(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, i0: Int, i1: Int, c0: Int,
                                  shape: AttentionShape, p: UnsafeMutablePointer<Float>, ldp: Int) {
@@ -374,15 +382,9 @@ private func attentionBlockProbs(_ q: UnsafePointer<Float>, _ k: UnsafePointer<F
     for i in i0..<i1 {
         let row = p + (i - i0) * ldp - c0  // row[j] for j in [c0, i1)
         let lo = shape.window.map { max(0, i - $0 + 1) } ?? 0
-        var mx = -Float.infinity
-        for j in lo...i where row[j] > mx { mx = row[j] }
-        var sum: Double = 0
-        for j in lo...i {
-            let e = expf(row[j] - mx)
-            row[j] = e
-            sum += Double(e)
-        }
-        let inv = Float(1 / sum)
+        let n = i - lo + 1
+        let mx = ck_max_f32(row + lo, n)
+        let inv = 1 / ck_exp_shift_sum(row + lo, n, mx)  // SIMD exp (CKernels), f32 lane sums
         for j in c0..<lo { row[j] = 0 }
         for j in lo...i { row[j] *= inv }
         for j in (i + 1)..<i1 { row[j] = 0 }
@@ -449,9 +451,7 @@ package func attentionBackward(_ pool: ComputePool, dOut: UnsafePointer<Float>, 
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(width), Int32(Dh), 1,
                             doh + i0 * qd, Int32(qd), vg + c0 * kvd, Int32(kvd), 0, dp, Int32(width))
                 for i in 0..<rows {
-                    var d: Float = 0
-                    let dor = doh + (i0 + i) * qd, or = oh + (i0 + i) * qd
-                    for e in 0..<Dh { d += dor[e] * or[e] }
+                    let d = cblas_sdot(Int32(Dh), doh + (i0 + i) * qd, 1, oh + (i0 + i) * qd, 1)
                     let pr = p + i * width, dpr = dp + i * width
                     for j in 0..<width { dpr[j] = pr[j] * (dpr[j] - d) * shape.scale }
                 }
