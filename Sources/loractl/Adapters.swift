@@ -209,11 +209,11 @@ struct Adapters: AsyncParsableCommand {
 }
 
 extension Adapters {
-    /// `loractl adapters training set|show|off NAME`: an adapter's training policy (continual learning).
+    /// `loractl adapters training set|update|show|off NAME`: an adapter's training policy (continual learning).
     struct Training: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Set, show or remove an adapter's training policy (admin).",
-            subcommands: [Set.self, Show.self, Off.self])
+            abstract: "Set, change, show or remove an adapter's training policy (admin).",
+            subcommands: [Set.self, Update.self, Show.self, Off.self])
 
         struct Set: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
@@ -224,8 +224,20 @@ extension Adapters {
             var json: String = "{}"
 
             func run() async throws {
-                let text = json == "-" ? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self) : json
-                try await policyRequest(socket, method: .PUT, name: name, body: Array(text.utf8))
+                try await policyRequest(socket, method: .PUT, name: name, body: jsonArgument(json))
+            }
+        }
+
+        struct Update: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Change some keys of the policy (PATCH /v1/adapters/NAME/training, a JSON merge patch); the others stay.")
+            @OptionGroup var socket: SocketOption
+            @Argument var name: String
+            @Option(help: "The keys to change as JSON, e.g. '{\"gate\": {\"max_forgetting\": 0.05}}'; null resets a key; '-' reads stdin.")
+            var json: String
+
+            func run() async throws {
+                try await policyRequest(socket, method: .PATCH, name: name, body: jsonArgument(json))
             }
         }
 
@@ -243,6 +255,11 @@ extension Adapters {
             func run() async throws { try await policyRequest(socket, method: .DELETE, name: name, body: nil) }
         }
     }
+}
+
+/// The bytes of a `--json` argument: the text itself, or standard input for `-`.
+func jsonArgument(_ json: String) -> [UInt8] {
+    json == "-" ? Array(FileHandle.standardInput.readDataToEndOfFile()) : Array(json.utf8)
 }
 
 /// Sends one training-policy request and prints the JSON answer (exit code 1 with the error message otherwise).

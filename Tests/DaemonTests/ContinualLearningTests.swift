@@ -216,6 +216,12 @@ final class BackgroundStreams: @unchecked Sendable {
         #expect(versions2.count == 1 && versions2.first?["version"] as? Int == v1["version"] as? Int)
         #expect(try task.eval.prefix(3).map { try task.ask(d, "tagger", $0, store: false).text } == served)
 
+        // /metrics counts the jobs the policy started and the gate's decisions.
+        let metrics = try d.get("/metrics").text
+        #expect(metrics.contains("lorad_continual_jobs_started_total 2"), "\(metrics)")
+        #expect(metrics.contains(#"lorad_gate_decisions_total{decision="published"} 1"#))
+        #expect(metrics.contains(#"lorad_gate_decisions_total{decision="kept"} 1"#))
+
         background.finish()
         // Deleting the adapter pauses its policy: the name is 404 again, not served by the base model.
         #expect(try d.delete("/v1/adapters/tagger").status == 200)

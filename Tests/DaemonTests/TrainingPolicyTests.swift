@@ -150,6 +150,8 @@ struct TrainingPolicyTests {
         #expect(policy?["enabled"] as? Bool == true && policy?["method"] as? String == "supervised")
         #expect((policy?["trigger"] as? [String: Any])?["schedule"] as? String == "daily 03:00")
         #expect(shown["registered"] as? Bool == true)
+        let loop = shown["loop"] as? [String: Any]
+        #expect(loop?["new_feedback"] as? Int == 0 && loop?["feedback_to_trigger"] as? Int == 20, "\(shown)")
         let rb = try d.post("/v1/adapters/rb/rollback", json: ["version": v1])
         #expect(rb.status == 200, "\(rb.text)")
         shown = try d.get("/v1/adapters/rb/training").json()
@@ -159,6 +161,31 @@ struct TrainingPolicyTests {
         // Setting it again re-enables it; it survives a restart.
         #expect(try put("rb", #"{"trigger": {"min_new_feedback": 20}}"#).status == 200)
         #expect(try d.get("/v1/adapters/rb/training").json()["disabled_reason"] is NSNull)
+        // PATCH (a JSON merge patch) changes only the keys it names; null resets one; a bad result is a 400 and
+        // leaves the policy as it was; no policy yet is 404.
+        func patch(_ name: String, _ body: String) throws -> HTTPResult {
+            try d.raw(HTTP.request(method: "PATCH", path: "/v1/adapters/\(name)/training", body: Array(body.utf8)))
+        }
+        #expect(try patch("nobody", "{}").status == 404)
+        r = try patch("rb", #"{"method": "dpo", "gate": {"max_forgetting": 0.05}}"#)
+        #expect(r.status == 200, "\(r.text)")
+        policy = try d.get("/v1/adapters/rb/training").json()["policy"] as? [String: Any]
+        #expect(policy?["method"] as? String == "dpo")
+        #expect((policy?["gate"] as? [String: Any])?["max_forgetting"] as? Double == 0.05)
+        #expect((policy?["gate"] as? [String: Any])?["min_improvement"] as? Double == 0)
+        #expect((policy?["trigger"] as? [String: Any])?["min_new_feedback"] as? Int == 20)
+        r = try patch("rb", #"{"trigger": {"min_new_feedback": null, "min_interval": "2h"}}"#)
+        #expect(r.status == 200, "\(r.text)")
+        let trigger = (try d.get("/v1/adapters/rb/training").json()["policy"] as? [String: Any])?["trigger"] as? [String: Any]
+        #expect(trigger?["min_new_feedback"] is NSNull && trigger?["min_interval"] as? String == "2h", "\(trigger ?? [:])")
+        r = try patch("rb", #"{"trigger": {"min_interval": null}}"#)
+        #expect(r.status == 400 && param(r) == "trigger", "\(r.text)")
+        r = try patch("rb", #"{"replay_fraction": 3}"#)
+        #expect(r.status == 400 && param(r) == "replay_fraction", "\(r.text)")
+        r = try patch("rb", "[1]")
+        #expect(r.status == 400 && param(r) == "body", "\(r.text)")
+        policy = try d.get("/v1/adapters/rb/training").json()["policy"] as? [String: Any]
+        #expect(policy?["method"] as? String == "dpo" && policy?["replay_fraction"] as? Double == 0.3)
         // A name without versions may have a policy (its first job starts from a fresh adapter).
         #expect(try put("fresh-one", "{}").status == 200)
         #expect(try d.get("/v1/adapters/fresh-one/training").json()["registered"] as? Bool == false)

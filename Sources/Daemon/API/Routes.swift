@@ -98,7 +98,7 @@ public enum Route: Sendable, Equatable {
             return ["POST"]
         case .adapters, .chatCompletions, .feedback, .files, .fineTuningJobs: return ["GET", "POST"]
         case .file: return ["GET", "DELETE"]
-        case .adapterTraining: return ["GET", "PUT", "DELETE"]
+        case .adapterTraining: return ["GET", "PUT", "PATCH", "DELETE"]
         case .storedCompletion: return ["GET", "POST", "DELETE"]
         case .adapter: return ["GET", "DELETE"]
         default: return ["GET"]

@@ -234,6 +234,7 @@ public final class ContinualLoop: @unchecked Sendable {
         body.prepared = PreparedJobData(train: data.train, heldOut: data.heldOut)
         let handler = APIHandler(state: state, logger: logger)
         let job = try await handler.createJob(body, jobs: jobs, peer: nil)
+        state.metrics.recordContinualJobStarted()
         await jobs.event(
             job.id, "Started by the adapter's training policy: \(reason).",
             data: .object([

@@ -422,6 +422,7 @@ public final class FineTuningJobs: @unchecked Sendable {
                 return await fail(id, error, code: "gate_failed")
             }
             let numbers = JobGate.json(verdict)
+            state.metrics.recordGateDecision(passed: verdict.passed)
             guard verdict.passed else {
                 await event(
                     id,
@@ -630,6 +631,26 @@ extension DaemonMetrics {
                 helpText: "Fine-tuning jobs in the store by status."),
             labels: [("status", status)]
         ).set(Double(count))
+    }
+
+    /// `lorad_gate_decisions_total{decision}`: gated jobs whose gate published (`published`) or kept the current
+    /// version (`kept`), since start.
+    func recordGateDecision(passed: Bool) {
+        registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "lorad", metricName: "gate_decisions", unitName: "total",
+                helpText: "Evaluation-gate decisions of gated fine-tuning jobs since start (published or kept)."),
+            labels: [("decision", passed ? "published" : "kept")]
+        ).increment()
+    }
+
+    /// `lorad_continual_jobs_started_total`: jobs the adapters' training policies started, since start.
+    func recordContinualJobStarted() {
+        registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "lorad", metricName: "continual_jobs_started", unitName: "total",
+                helpText: "Fine-tuning jobs started by adapters' training policies (continual learning) since start.")
+        ).increment()
     }
 
     /// `lorad_training_tokens_per_second` and `lorad_training_loss` of the running job's last step (0 / absent
