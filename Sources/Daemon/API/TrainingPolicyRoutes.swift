@@ -4,7 +4,7 @@
 // `null` resets a key (a trigger condition is then off). Both set the policy again, which ends a rollback's pause.
 // A policy may name an adapter that has no version yet: its first job then starts from a fresh adapter
 // (LEARNING-DECISIONS #9). GET and DELETE of a name with neither a policy nor a registered adapter are 404.
-// `origin` says who set the policy last: `api` (a PUT here, which takes the name over from the config file) or
+// `origin` says who set the policy last: `api` (a PUT or PATCH here, which takes the name over from the config file) or
 // `config` (`adapters.NAME.training` in the config file, applied at start-up and on SIGHUP).
 
 import Foundation
