@@ -41,6 +41,17 @@ struct TrainingPolicyTests {
         #expect(fixed.jobSeed(name: "a", through: 7) != fixed.jobSeed(name: "a", through: 8))
         for through in [0, 1, 1 << 40] { #expect((0...Int(Int32.max)).contains(auto.jobSeed(name: "x", through: through))) }
         #expect(try TrainingPolicy(json: fixed.json) == fixed)
+        // The values themselves, from published constants: splitmix64.c (Vigna), whose first output for state 0 is
+        // 0xe220a8397b1dcdaf, and the FNV-1a 64 test vector fnv1a64("a") = 0xaf63dc4c8601ec8c.
+        func splitmix64(_ state: UInt64) -> UInt64 {
+            var z = state &+ 0x9e37_79b9_7f4a_7c15
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return z ^ (z >> 31)
+        }
+        #expect(splitmix64(0) == 0xe220_a839_7b1d_cdaf)
+        #expect(auto.jobSeed(name: "a", through: 0) == Int(splitmix64(0xaf63_dc4c_8601_ec8c) & 0x7fff_ffff))
+        #expect(fixed.jobSeed(name: "a", through: 7) == Int(splitmix64(42 ^ 7) & 0x7fff_ffff))
         #expect(try TrainingPolicy(jsonText: #"{"seed": "auto"}"#).seed == nil)
         #expect(throws: PolicyError.self) { try TrainingPolicy(jsonText: #"{"seed": -1}"#) }
     }

@@ -440,14 +440,6 @@ extension APIHandler {
     }
 }
 
-/// Feedback as fine-tuning data in OpenAI's JSONL formats.
-///
-/// - `sft`: one chat line `{"messages": [...]}` per thumbs-up (prompt + served answer) and per correction
-///   (prompt + corrected answer; a correction given as messages is the assistant turn(s) that should have
-///   followed the prompt).
-/// - `dpo`: `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}` per
-///   correction (preferred: the correction, non-preferred: the served answer) and per pair of a thumbs-up and a
-///   thumbs-down answer to the same prompt.
 extension APIHandler {
     /// Decision #14's read rule for stored objects (completions, feedback, files, jobs): admins read any; another
     /// peer only what its own uid created (`ownedBy`); a peer without credentials nothing.
@@ -456,6 +448,14 @@ extension APIHandler {
     }
 }
 
+/// Feedback as fine-tuning data in OpenAI's JSONL formats.
+///
+/// - `sft`: one chat line `{"messages": [...]}` per thumbs-up (prompt + served answer) and per correction
+///   (prompt + corrected answer; a correction given as messages is the assistant turn(s) that should have
+///   followed the prompt).
+/// - `dpo`: `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}` per
+///   correction (preferred: the correction, non-preferred: the served answer) and per pair of a thumbs-up and a
+///   thumbs-down answer to the same prompt.
 enum FeedbackExport {
     /// The prompt messages of a stored completion (a completions prompt becomes one user message).
     static func promptMessages(_ c: StoredCompletion) -> [JSONValue] {

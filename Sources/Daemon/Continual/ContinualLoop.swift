@@ -37,13 +37,13 @@ public struct ContinualData: Sendable {
     /// Why no job can be made from this feedback (nil: a job can be made).
     public var waiting: String?
 
+    /// Most held-out answers (and, separately, pairs) a gate measures: the newest ones.
+    public static let maxHeldOut = 200
+
     /// Splits `feedback` (oldest first, every item of the adapter up to the trigger) into held-out and training
     /// sides, then the training side into new (`seq > publishedThrough`) and replay pool, and draws the replay
     /// sample. `toItems(feedback, dpo)` turns feedback into SFT items (`dpo` false) or pairs (`dpo` true).
     /// The replay sample is drawn by `seed` (SplitMix64), so a job re-created from the same state has the same data.
-    /// Most held-out answers (and, separately, pairs) a gate measures: the newest ones.
-    public static let maxHeldOut = 200
-
     /// - Throws: what `toItems` throws.
     public static func build(
         feedback: [SequencedFeedback], publishedThrough: Int, policy: TrainingPolicy, seed: UInt64,

@@ -183,11 +183,7 @@ public struct TrainingPolicy: Sendable, Equatable {
     /// `seed` (or the FNV-1a 64 hash of `name`) mixed with `through`, in `0...Int32.max` (the jobs API's range).
     /// Deterministic, so a job re-created from the same state trains the same adapter on the same CPU.
     public func jobSeed(name: String, through: Int) -> Int {
-        var base: UInt64
-        if let seed { base = UInt64(seed) } else {
-            base = 0xcbf2_9ce4_8422_2325  // FNV-1a 64 offset basis
-            for b in name.utf8 { base = (base ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-        }
+        let base = seed.map { UInt64($0) } ?? HoldoutSplit.fnv1a64(name)
         var rng = SplitMix64(seed: base ^ UInt64(bitPattern: Int64(through)))
         return Int(rng.next() & UInt64(Int32.max))
     }

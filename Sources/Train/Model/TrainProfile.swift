@@ -17,6 +17,7 @@ public enum TrainProfile {
         /// The output head and cross-entropy at the scored positions.
         case head
 
+        /// How `lorad bench --train` labels the part.
         public var name: String { ["frozen products", "LoRA products", "attention", "output head"][rawValue] }
     }
 
