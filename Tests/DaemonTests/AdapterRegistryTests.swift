@@ -209,7 +209,6 @@ func adapterTag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
         let engine = Engine(
             backend: f.backend,
             limits: EngineLimits(maxSequences: 8, kvCacheBytes: 1 << 30, maxQueue: 8, stepTokenBudget: 64, contextSize: 4096))
-        engine.start()
         defer { engine.shutdown() }
         var p = SamplingParams()
         p.temperature = 0
@@ -224,6 +223,9 @@ func adapterTag(_ s: String) -> UInt64 { FakeAdapter.tag(of: Data(s.utf8)) }
             let req = GenerationRequest(promptTokens: prompt, maxTokens: 12, sampling: p, adapters: mix)
             handles.append((try engine.submit(req), FakeBackend.salt(mix)))
         }
+        // Started only now, so all five join the first step: resolving between submissions can take longer than
+        // a whole 12-token run of the fake backend on a loaded machine.
+        engine.start()
         var outputs: [[Int32]] = []
         for (h, salt) in handles {
             var ids: [Int32] = []
