@@ -362,6 +362,34 @@ struct ContinualDataTests {
         }
     }
 
+    /// The split key of the records `feedback(_:)` makes: record `fb-N` answered the prompt `[2, N]`.
+    static func key(_ r: FeedbackRecord) -> String { ContinualData.splitKey(r, prompt: [2, Int32(r.id.dropFirst(3))!]) }
+
+    /// All feedback on one served prompt falls on one side of the split (no prompt is both trained on and measured;
+    /// a pair's thumbs stay together), whatever the feedback ids; feedback without a known completion splits by id.
+    @Test func feedbackOnOnePromptStaysOnOneSide() async throws {
+        var policy = TrainingPolicy()
+        policy.method = .supervised
+        policy.holdoutFraction = 0.3
+        // 400 items on 40 prompts: item N answered prompt N % 40.
+        let all = Self.feedback(400)
+        let prompt = { (r: FeedbackRecord) -> [Int32] in [2, Int32(Int(r.id.dropFirst(3))! % 40)] }
+        let d = try await ContinualData.build(
+            feedback: all, publishedThrough: 0, policy: policy, seed: 1,
+            splitKey: { ContinualData.splitKey($0, prompt: prompt($0)) }
+        ) { records, _ in records.map { FeedbackItem(promptIDs: prompt($0), chat: true, answer: $0.id, rejected: nil) } }
+        let held = Set(d.heldOut.map(\.promptIDs))
+        let trained = Set(d.train.map(\.promptIDs))
+        #expect(!held.isEmpty && !trained.isEmpty && held.isDisjoint(with: trained))
+        #expect(held.count + trained.count == 40)
+        #expect(d.heldOut.count == held.count * 10)
+        // The key: the prompt's ids when the completion is known, else the feedback id.
+        let r = all[0].record
+        #expect(ContinualData.splitKey(r, prompt: [2, 7, 9]) == "prompt:2,7,9")
+        #expect(ContinualData.splitKey(r, prompt: nil) == "feedback:fb-1")
+        #expect(ContinualData.splitKey(r, prompt: []) == "feedback:fb-1")
+    }
+
     @Test func splitReplayAndMethod() async throws {
         var policy = TrainingPolicy()
         policy.method = .supervised
@@ -369,10 +397,10 @@ struct ContinualDataTests {
         policy.replayFraction = 0.25
         let all = Self.feedback(200)
         let d = try await ContinualData.build(
-            feedback: all, publishedThrough: 150, policy: policy, seed: 1, toItems: Self.items(pairEvery: 1000))
+            feedback: all, publishedThrough: 150, policy: policy, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 1000))
         let heldOut = Set(d.heldOut.map { Int($0.promptIDs[1]) })
-        // The split is the stable hash of the feedback id: the same items, whatever the window.
-        #expect(heldOut == Set(all.filter { HoldoutSplit.isHeldOut($0.record.id, fraction: 0.2) }.map(\.seq)))
+        // The split is the stable hash of the served prompt: the same items, whatever the window.
+        #expect(heldOut == Set(all.filter { HoldoutSplit.isHeldOut(Self.key($0.record), fraction: 0.2) }.map(\.seq)))
         #expect(heldOut.count > 20 && heldOut.count < 60)
         let trained = d.train.map { Int($0.promptIDs[1]) }
         #expect(Set(trained).isDisjoint(with: heldOut))
@@ -384,7 +412,7 @@ struct ContinualDataTests {
         #expect(d.methodType == "supervised" && d.pairs == 0 && d.waiting == nil)
         // The same state draws the same replay sample.
         let again = try await ContinualData.build(
-            feedback: all, publishedThrough: 150, policy: policy, seed: 1, toItems: Self.items(pairEvery: 1000))
+            feedback: all, publishedThrough: 150, policy: policy, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 1000))
         #expect(again.train == d.train)
 
         // auto: pairs join at 8, not at 7.
@@ -392,11 +420,11 @@ struct ContinualDataTests {
         policy.replayFraction = 0
         let few = Self.feedback(70)
         let seven = try await ContinualData.build(
-            feedback: few, publishedThrough: 0, policy: policy, seed: 1, toItems: Self.items(pairEvery: 10))
-        let trainSide = few.filter { !HoldoutSplit.isHeldOut($0.record.id, fraction: 0.2) && $0.seq % 10 == 0 }.count
+            feedback: few, publishedThrough: 0, policy: policy, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 10))
+        let trainSide = few.filter { !HoldoutSplit.isHeldOut(Self.key($0.record), fraction: 0.2) && $0.seq % 10 == 0 }.count
         let many = Self.feedback(200)
         let more = try await ContinualData.build(
-            feedback: many, publishedThrough: 0, policy: policy, seed: 1, toItems: Self.items(pairEvery: 10))
+            feedback: many, publishedThrough: 0, policy: policy, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 10))
         if trainSide < 8 { #expect(seven.pairs == 0 && seven.methodType == "supervised") }
         #expect(more.pairs >= 8 && more.methodType == "dpo" && more.train.count == more.newExamples)
 
@@ -406,20 +434,20 @@ struct ContinualDataTests {
         wide.method = .supervised
         let lots = Self.feedback(1000)
         let capped = try await ContinualData.build(
-            feedback: lots, publishedThrough: 0, policy: wide, seed: 1, toItems: Self.items(pairEvery: 1000))
-        let heldSeqs = lots.filter { HoldoutSplit.isHeldOut($0.record.id, fraction: 0.5) }.map(\.seq)
+            feedback: lots, publishedThrough: 0, policy: wide, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 1000))
+        let heldSeqs = lots.filter { HoldoutSplit.isHeldOut(Self.key($0.record), fraction: 0.5) }.map(\.seq)
         #expect(heldSeqs.count > 400)
         #expect(capped.heldOut.map { Int($0.promptIDs[1]) } == Array(heldSeqs.suffix(ContinualData.maxHeldOut)))
 
         // Waiting: nothing new to train on; no held-out feedback yet.
         let none = try await ContinualData.build(
-            feedback: all, publishedThrough: 200, policy: policy, seed: 1, toItems: Self.items(pairEvery: 1000))
+            feedback: all, publishedThrough: 200, policy: policy, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 1000))
         #expect(none.waiting?.contains("no training example") == true)
         policy.holdoutFraction = 0.01
         let one = Self.feedback(1, from: 7)
         let noHoldout = try await ContinualData.build(
-            feedback: one.filter { !HoldoutSplit.isHeldOut($0.record.id, fraction: 0.01) }, publishedThrough: 0,
-            policy: policy, seed: 1, toItems: Self.items(pairEvery: 1000))
+            feedback: one.filter { !HoldoutSplit.isHeldOut(Self.key($0.record), fraction: 0.01) }, publishedThrough: 0,
+            policy: policy, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 1000))
         #expect(noHoldout.waiting?.contains("held-out") == true)
     }
 }

@@ -6,8 +6,10 @@
 //   - trains on the feedback that arrived since the data of the job that made the current version, plus a replay sample of older
 //     feedback (`replay_fraction` of the job's examples; against forgetting, Robins 1995, "Catastrophic
 //     forgetting, rehearsal and pseudorehearsal"),
-//   - keeps a stable held-out split of the adapter's feedback out of training (`HoldoutSplit` on the feedback id,
-//     `holdout_fraction`) and is gated on it and on the forgetting probe before it publishes (decisions #6, #10),
+//   - keeps a stable held-out split of the adapter's feedback out of training (`HoldoutSplit` on the served prompt,
+//     `holdout_fraction`: all feedback on one prompt falls on one side, so a prompt trained on is never also
+//     measured, and both halves of a pair stay together) and is gated on it and on the forgetting probe before it
+//     publishes (decisions #6, #10),
 //   - trains SFT on thumbs-up answers and corrections and, with `method: auto`, DPO as well where there are at
 //     least 8 pairs (a correction against the served answer; a thumbs-up and a thumbs-down answer to one prompt).
 //
@@ -40,20 +42,30 @@ public struct ContinualData: Sendable {
     /// Most held-out answers (and, separately, pairs) a gate measures: the newest ones.
     public static let maxHeldOut = 200
 
+    /// The key that decides a feedback item's side of the held-out split: its completion's served prompt (token ids,
+    /// `[n_prompt]`) when the completion is known, so every answer, correction and thumb on one prompt lands on the
+    /// same side; otherwise the feedback id.
+    public static func splitKey(_ feedback: FeedbackRecord, prompt: [Int32]?) -> String {
+        guard let prompt, !prompt.isEmpty else { return "feedback:" + feedback.id }
+        return "prompt:" + prompt.map { String($0) }.joined(separator: ",")
+    }
+
     /// Splits `feedback` (oldest first, every item of the adapter up to the trigger) into held-out and training
-    /// sides, then the training side into new (`seq > publishedThrough`) and replay pool, and draws the replay
-    /// sample. `toItems(feedback, dpo)` turns feedback into SFT items (`dpo` false) or pairs (`dpo` true).
+    /// sides by `HoldoutSplit` on `splitKey(record)` (see ``splitKey(_:prompt:)``), then the training side into new
+    /// (`seq > publishedThrough`) and replay pool, and draws the replay sample. `toItems(feedback, dpo)` turns
+    /// feedback into SFT items (`dpo` false) or pairs (`dpo` true).
     /// The replay sample is drawn by `seed` (SplitMix64), so a job re-created from the same state has the same data.
     /// - Throws: what `toItems` throws.
     public static func build(
         feedback: [SequencedFeedback], publishedThrough: Int, policy: TrainingPolicy, seed: UInt64,
+        splitKey: (FeedbackRecord) -> String,
         toItems: ([FeedbackRecord], Bool) async throws -> [FeedbackItem]
     ) async throws -> ContinualData {
         var heldOutFB: [FeedbackRecord] = []
         var newFB: [FeedbackRecord] = []
         var oldFB: [FeedbackRecord] = []
         for f in feedback {
-            if HoldoutSplit.isHeldOut(f.record.id, fraction: policy.holdoutFraction) {
+            if HoldoutSplit.isHeldOut(splitKey(f.record), fraction: policy.holdoutFraction) {
                 heldOutFB.append(f.record)
             } else if f.seq > publishedThrough {
                 newFB.append(f.record)
@@ -176,7 +188,8 @@ public final class ContinualLoop: @unchecked Sendable {
         // Each completion is read once, though the split asks for items up to six times.
         let completions = try await FeedbackTrainingData.completions(of: feedback.map(\.record), store: store)
         let data = try await ContinualData.build(
-            feedback: feedback, publishedThrough: history.publishedThrough, policy: p.policy, seed: UInt64(newest)
+            feedback: feedback, publishedThrough: history.publishedThrough, policy: p.policy, seed: UInt64(newest),
+            splitKey: { ContinualData.splitKey($0, prompt: completions[$0.completionID]?.promptTokenIDs.first) }
         ) { records, dpo in FeedbackTrainingData.items(feedback: records, completions: completions, dpo: dpo) }
         if let why = data.waiting {
             lock.withLock { waitingValue[name] = (newest, p.setAt, why) }
