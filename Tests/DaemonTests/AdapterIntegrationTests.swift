@@ -285,7 +285,7 @@ final class Box<T>: @unchecked Sendable {
         // request just after the client has read the end of the stream, so allow it a moment).
         let perAdapter = try #require((try d.get("/v1/adapters/ref-a").json())["bytes"] as? Int)
         var live = Int.max
-        for _ in 0..<30 where live > 2 * perAdapter {
+        for _ in 0..<300 where live > 2 * perAdapter {
             live = try #require(try d.get("/v1/status").json()["adapter_live_bytes"] as? Int)
             if live > 2 * perAdapter { usleep(100_000) }
         }
@@ -457,7 +457,7 @@ final class Box<T>: @unchecked Sendable {
         try AdapterFixtures.writeVariant(to: "\(scan)/scanned.gguf", bScale: 1)
         kill(d.process.processIdentifier, SIGHUP)
         var found = false
-        for _ in 0..<100 where !found {
+        for _ in 0..<600 where !found {  // registering copies, hashes and loads the file: allow a loaded machine 60 s
             usleep(100_000)
             found = try d.get("/v1/adapters/scanned").status == 200
         }

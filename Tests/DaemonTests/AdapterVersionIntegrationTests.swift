@@ -194,8 +194,13 @@ func sha256sum(_ path: String) throws -> String {
                     acked.with { $0[name] = max($0[name] ?? 0, v) }
                 }
             }
+            let before = acked.with { $0 }
             publisher.start()
-            usleep(UInt32.random(in: 1_500_000...4_000_000))
+            // Kill at a random moment after this round's first acknowledged publish (however long a loaded machine
+            // takes to get there), so the kill lands inside the publish loop.
+            let deadline = Date().addingTimeInterval(120)
+            while acked.with({ $0 }) == before && Date() < deadline { usleep(20_000) }
+            usleep(UInt32.random(in: 0...2_500_000))
             d.stop(signal: SIGKILL)
             stop.with { $0 = true }
             while !publisher.isFinished { usleep(10_000) }

@@ -255,7 +255,7 @@ import Glibc
         func trigger(_ o: [String: Any]) -> [String: Any] { ((o["policy"] as? [String: Any])?["trigger"] as? [String: Any]) ?? [:] }
         /// Polls (bounded) until `done` holds for what GET shows: the reload applies policies after it returns.
         func waitFor(_ name: String = "support-bot", _ done: (Int, [String: Any]) -> Bool) throws -> Bool {
-            for _ in 0..<100 {
+            for _ in 0..<600 {
                 let (s, o) = try shown(name)
                 if done(s, o) { return true }
                 usleep(100_000)

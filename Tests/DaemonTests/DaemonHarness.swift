@@ -236,7 +236,9 @@ final class LoradProcess: @unchecked Sendable {
             ["serve", "--model", try Paths.model(), "--socket", socket, "--config", config, "--threads", "2"]
             + (extra.contains("--state-dir") ? [] : ["--state-dir", dir.appendingPathComponent("state").path]) + extra
         var env = ProcessInfo.processInfo.environment
-        for k in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM", "LORAD_SOCKET"] { env[k] = nil }
+        for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM", "LORAD_SOCKET"] {
+            env[k] = nil
+        }
         process.environment = env
         process.standardError = stderrPipe
         process.standardOutput = FileHandle.nullDevice

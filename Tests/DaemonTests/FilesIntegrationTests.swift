@@ -291,7 +291,7 @@ extension LoradProcess {
                 ("POST /v1/files HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=\(b)\r\n"
                     + "Content-Length: \(partial.count + 10_000)\r\n\r\n").utf8) + partial)
         var sawTemp = false
-        for _ in 0..<250 where !sawTemp {
+        for _ in 0..<1000 where !sawTemp {  // 20 s, below the 30 s read timeout that would remove the file
             sawTemp = (try FileManager.default.contentsOfDirectory(atPath: files)).contains { $0.hasPrefix(".upload-") }
             if !sawTemp { usleep(20_000) }
         }

@@ -314,7 +314,7 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
             toFile: config, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)
         var applied = false
-        for _ in 0..<50 where !applied {
+        for _ in 0..<600 where !applied {
             usleep(100_000)
             applied = try status()["max_sequences"] as? Int == 3
         }
@@ -420,7 +420,10 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         // A second daemon on the same live socket must refuse to start.
         let second = Process()
         second.executableURL = URL(fileURLWithPath: try Paths.loradBinary())
-        second.arguments = ["serve", "--model", try Paths.model(), "--socket", first.socket, "--config", "/dev/null"]
+        second.arguments = [
+            "serve", "--model", try Paths.model(), "--socket", first.socket, "--config", "/dev/null",
+            "--state-dir", first.dir.appendingPathComponent("state-second").path,
+        ]
         let err = Pipe()
         second.standardError = err
         try second.run()
@@ -448,7 +451,10 @@ func streamedIDs(_ d: LoradProcess, prompt: Any, maxTokens: Int) throws -> [Int]
         #expect(FileManager.default.fileExists(atPath: path))
         let third = Process()
         third.executableURL = URL(fileURLWithPath: try Paths.loradBinary())
-        third.arguments = ["serve", "--model", try Paths.model(), "--socket", path, "--config", "/dev/null"]
+        third.arguments = [
+            "serve", "--model", try Paths.model(), "--socket", path, "--config", "/dev/null",
+            "--state-dir", dir.appendingPathComponent("state").path,
+        ]
         third.standardError = FileHandle.nullDevice
         try third.run()
         defer {

@@ -111,9 +111,18 @@ func requestCount(_ metrics: String, route: String, status: Int) -> Int {
         let got = received.with { $0 }
         #expect(got == [200: clients * perClient], "\(got)")
 
-        let metrics = try d.get("/metrics").text
-        let ok = requestCount(metrics, route: "/v1/completions", status: 200)
-        let gone = requestCount(metrics, route: "/v1/completions", status: 499)
+        // A request is counted just after its last bytes are sent, so the client may see the end a moment before the
+        // count does: read /metrics until every request is counted (bounded).
+        var ok = 0
+        var gone = 0
+        let deadline = Date().addingTimeInterval(30)
+        repeat {
+            let metrics = try d.get("/metrics").text
+            ok = requestCount(metrics, route: "/v1/completions", status: 200)
+            gone = requestCount(metrics, route: "/v1/completions", status: 499)
+            if ok + gone >= clients * perClient { break }
+            usleep(50_000)
+        } while Date() < deadline
         #expect(gone == 0, "\(gone) responses the clients received in full were counted as 499")
         #expect(ok == got[200], "/metrics counts \(ok) responses 200; clients received \(got[200] ?? 0)")
     }

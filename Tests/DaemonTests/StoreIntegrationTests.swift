@@ -260,7 +260,7 @@ import Glibc
         #expect(try lines("sft").count == 4)
     }
 
-    /// 1,000 feedback posts from 8 concurrent clients; kill -9 at a random moment; every 201 survives the restart.
+    /// Feedback posts from 8 concurrent clients; kill -9 at a random moment; every 201 survives the restart.
     @Test func acknowledgedFeedbackSurvivesKill9() throws {
         let d = try LoradProcess()
         d.removeDirOnExit = false
@@ -278,13 +278,15 @@ import Glibc
             group.enter()
             Thread.detachNewThread {
                 defer { group.leave() }
-                for i in 0..<125 {
+                // Each client posts until the daemon is gone (or 1,000 posts), so the kill always comes mid-run
+                // however slowly the watching thread gets scheduled.
+                for i in 0..<1000 {
                     tally.lock.withLock { tally.attempted += 1 }
                     guard
                         let r = try? d.post(
                             "/v1/feedback", json: ["completion_id": cID, "rating": 1, "comment": "c\(client)-\(i)"]),
                         r.status == 201, let id = (try? r.json())?["id"] as? String
-                    else { continue }
+                    else { break }
                     tally.lock.withLock { tally.acked.append(id) }
                 }
             }
@@ -297,7 +299,7 @@ import Glibc
         let acked = tally.lock.withLock { tally.acked }
         let attempted = tally.lock.withLock { tally.attempted }
         print("feedback durability: killed after \(killAt)+ acknowledgements; \(acked.count) of \(attempted) posts got 201")
-        #expect(acked.count < 1000, "the kill came after the last post")
+        #expect(acked.count >= killAt && acked.count < 8000, "the kill came after the last post")
 
         let d2 = try LoradProcess(reuse: d.dir)
         defer { d2.stop() }

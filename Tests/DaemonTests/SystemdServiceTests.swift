@@ -42,7 +42,10 @@ final class NotifiedLorad {
         try FileManager.default.copyItem(at: repositoryRoot.appendingPathComponent("systemd/lorad.yaml"), to: config)
 
         let lorad = try Paths.loradBinary()
-        let serve = ["serve", "--model", try Paths.model(), "--config", config.path, "--threads", "\(threads)"]
+        let serve = [
+            "serve", "--model", try Paths.model(), "--config", config.path, "--threads", "\(threads)",
+            "--state-dir", directory.appendingPathComponent("state").path,
+        ]
         var env = ProcessInfo.processInfo.environment
         for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
             "JOURNAL_STREAM", "LORAD_SOCKET", "RUNTIME_DIRECTORY", "STATE_DIRECTORY"]
@@ -236,7 +239,9 @@ struct SystemdServiceTests {
         #expect(pings.count >= 4, "\(pings.count) pings")
         let gaps = zip(pings.dropFirst(), pings).map { $0 - $1 }
         let worst = gaps.max() ?? 0
-        #expect(worst <= 1.5, "longest gap between WATCHDOG=1 pings \(worst) s; gaps \(gaps)")
+        // WatchdogSec is 3 s here: a longer gap is what would make systemd kill the service. Steps are planned at
+        // 0.5 s, so a quiet machine shows gaps well under 1 s; a loaded one may stretch a step, not past 3 s.
+        #expect(worst < 3.0, "longest gap between WATCHDOG=1 pings \(worst) s; gaps \(gaps)")
         kill(lorad.pid, SIGTERM)
         #expect(lorad.waitForExit() == 0, "log:\n\(lorad.log())")
     }

@@ -175,10 +175,14 @@ struct TrainingGovernorTests {
             returned.set()
         }
         thread.start()
+        // Wait until the thread is inside its pause (a loaded machine may start it late), then hold it there 300 ms.
+        let entered = Date().addingTimeInterval(30)
+        while g.statistics.pauses == 0 && !returned.isSet && Date() < entered { try await Task.sleep(for: .milliseconds(5)) }
         try await Task.sleep(for: .milliseconds(300))
         #expect(!returned.isSet, "the trainer ran while serving was busy at share 0")
         g.setServingBusy(false)
-        for _ in 0..<200 where !returned.isSet { try await Task.sleep(for: .milliseconds(10)) }
+        let done = Date().addingTimeInterval(30)
+        while !returned.isSet && Date() < done { try await Task.sleep(for: .milliseconds(10)) }
         #expect(returned.isSet)
         #expect(g.statistics.pauses == 1)
         #expect(g.statistics.pausedSeconds >= 0.25)
@@ -210,7 +214,8 @@ struct TrainingGovernorTests {
         engine.start()
         defer { engine.shutdown() }
         for await _ in handle.events {}
-        for _ in 0..<200 where g.isServingBusy { try await Task.sleep(for: .milliseconds(5)) }
+        let deadline = Date().addingTimeInterval(30)
+        while g.isServingBusy && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
         #expect(!g.isServingBusy)
     }
 }

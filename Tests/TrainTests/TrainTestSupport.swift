@@ -88,7 +88,7 @@ enum TinyModel {
         }
         try vector("output_norm.weight", count: nEmbd)
         if a != "gemma3" { try matrix("output.weight", nIn: nEmbd, nOut: nVocab, scale: 0.5) }
-        let dir = NSTemporaryDirectory() + "lorad-train-\(getpid())-\(a)-\(type)-\(seed)"
+        let dir = NSTemporaryDirectory() + "lorad-train-\(getpid())-\(a)-\(type)-\(seed)-L\(layers)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = dir + "/tiny.gguf"
         try w.write(to: path)
