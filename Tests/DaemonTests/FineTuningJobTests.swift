@@ -360,6 +360,10 @@ import Glibc
         #expect(rows.count == 4)
         #expect(rows.first.map { $0.count == 5 && $0[0] == "0" && $0[1].isEmpty && Double($0[3]) != nil } == true)
         #expect(rows.dropFirst().allSatisfy { $0.count == 5 && Double($0[1]) != nil && Double($0[3]) != nil }, "\(csv)")
+        // Token accuracies (argmax right, 0…1) in every train and validation cell.
+        let unit = { (s: Substring) -> Bool in Double(s).map { $0 >= 0 && $0 <= 1 } ?? false }
+        #expect(rows.allSatisfy { unit($0[4]) } && rows.dropFirst().allSatisfy { unit($0[2]) }, "\(csv)")
+        #expect(ckpts.allSatisfy { ($0["metrics"] as? [String: Any])?["valid_mean_token_accuracy"] is Double })
     }
 
     @Test func badInputIsRefusedWithTheFieldNamed() throws {

@@ -186,6 +186,7 @@ func lastLogits(_ model: Model, _ prompt: [Int32], adapter: LoRAAdapter) throws 
         #expect(steps.count == 10)
         for s in steps {
             for key in ["step", "loss", "grad_norm", "lr", "tokens", "tok_s"] { #expect(s[key] != nil, "step line lacks \(key)") }
+            #expect((s["token_accuracy"] as? Double).map { $0 >= 0 && $0 <= 1 } == true, "\(s)")
         }
         let done = try #require(lines.last, "no final line: \(stdout)")
         #expect(done["event"] as? String == "done" && done["status"] as? String == "completed")
@@ -194,6 +195,11 @@ func lastLogits(_ model: Model, _ prompt: [Int32], adapter: LoRAAdapter) throws 
         print("learning: held-out loss \(before) → \(after) (ratio \(after / before)) in \(Int(seconds)) s, "
               + "train loss \(steps.first?["loss"] ?? "?") → \(steps.last?["loss"] ?? "?")")
         #expect(after <= before / 2, "held-out loss \(before) → \(after): not halved")
+        // Token accuracy on the held-out answers rises with it.
+        let accBefore = try #require(done["eval_token_accuracy_start"] as? Double)
+        let accAfter = try #require(done["eval_token_accuracy"] as? Double)
+        print("learning: held-out token accuracy \(accBefore) → \(accAfter)")
+        #expect(accAfter > accBefore, "held-out token accuracy \(accBefore) → \(accAfter)")
 
         // Greedy answers to held-out questions: the base model does not use the format, the trained adapter does.
         let model = try Model.load(path: modelPath, options: ModelOptions(threads: 2))

@@ -288,13 +288,18 @@ func dotD(_ a: [Double], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + $1
     }
 
     /// The chunked head (tiles of 64 over a 300-word vocabulary, split over 2 threads) against a float64 log-softmax,
-    /// and its gradient against central differences of −log p.
+    /// its gradient against central differences of −log p, and its hits against the float64 logits' argmax.
     @Test func outputHeadCrossEntropy() {
         var rng = SplitMix(6)
         let N = 3, D = 32, V = 300
         let pool = ComputePool(threads: 2)
         let w = randomFloats(V * D, &rng), xn = randomFloats(N * D, &rng)
-        let targets: [Int32] = [7, 299, 150]
+        func argmax(_ i: Int) -> Int {
+            let logits = (0..<V).map { v in (0..<D).reduce(0.0) { $0 + Double(w[v * D + $1]) * Double(xn[i * D + $1]) } }
+            return logits.indices.max { logits[$0] < logits[$1] }!
+        }
+        // Rows 0 and 2 target their most likely word, row 1 another one.
+        let targets: [Int32] = [Int32(argmax(0)), argmax(1) == 299 ? 298 : 299, Int32(argmax(2))]
         func nll(_ x: [Double]) -> [Double] {
             (0..<N).map { i in
                 let logits = (0..<V).map { v in (0..<D).reduce(0.0) { $0 + Double(w[v * D + $1]) * x[i * D + $1] } }
@@ -304,10 +309,12 @@ func dotD(_ a: [Double], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + $1
             }
         }
         var logp = [Double](repeating: 0, count: N), grad = [Float](repeating: 0, count: N * D)
+        var hits = [Bool](repeating: false, count: N)
         w.withUnsafeBytes { raw in
             let m = WeightMatrix(type: .f32, rows: V, cols: D, data: raw.baseAddress!)
-            outputHead(pool, w: m, xn: xn, rows: N, targets: targets, logp: &logp, grad: &grad, tile: 64)
+            outputHead(pool, w: m, xn: xn, rows: N, targets: targets, logp: &logp, grad: &grad, hits: &hits, tile: 64)
         }
+        #expect(hits == [true, false, true])
         let xd = xn.map(Double.init)
         #expect(compare(logp.map { -$0 }, nll(xd)).rel < 1e-6)
         let fd = centralDifferences(xd) { nll($0).reduce(0, +) }

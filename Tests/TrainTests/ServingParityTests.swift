@@ -44,4 +44,39 @@ import Train
             #expect(worst < 5e-5)
         }
     }
+
+    /// The token accuracy the trainer counts (`correct`: scored tokens whose largest logit is the target) equals the
+    /// argmax of serving's logits, on a sequence whose second half serving generated greedily (all right) after a
+    /// random first half (mostly wrong), with and without the adapter.
+    @Test func tokenAccuracyMatchesServingArgmax() throws {
+        let model = try TinyModel.make(arch: "llama", type: .f32, seed: 41, layers: 2, kvCacheType: .f32)
+        let trainer = try LoRATrainer(model: model, threads: 2)
+        let params = TinyModel.params(model, layers: [0, 1], seed: 42)
+        let V = model.config.nVocab
+        func servedArgmax(_ ids: [Int32], _ adapter: AdapterSet?) throws -> [Int32] {
+            let cache = model.makeKVCache(capacity: ids.count)
+            var batch = ForwardBatch()
+            for (i, t) in ids.enumerated() { batch.append(token: t, position: i, sequence: 0, wantLogits: true, adapter: adapter) }
+            let logits = try model.forward(batch, caches: [cache])
+            return (0..<ids.count).map { r in
+                let l = logits[(r * V)..<((r + 1) * V)]
+                return Int32(l.indices.max { l[$0] < l[$1] }! - r * V)
+            }
+        }
+        for (p, set) in [(nil, nil), (params, AdapterSet(params.makeAdapter(name: "t")))] as [(LoRAParameters?, AdapterSet?)] {
+            var ids = TinyModel.sequence(8, seed: 44).inputIds
+            for _ in 0..<8 { ids.append(try servedArgmax(ids, set).last!) }
+            let seq = TrainingSequence(inputIds: ids, labelsMask: [0] + [UInt8](repeating: 1, count: ids.count - 1))
+            let predicted = try servedArgmax(ids, set)
+            let servedHits = (1..<ids.count).filter { predicted[$0 - 1] == ids[$0] }.count
+            let r = try trainer.evalLoss(params: p, batch: [seq])
+            print("token accuracy (\(p == nil ? "base" : "adapter")): trainer \(r.correct)/\(r.tokens), serving argmax \(servedHits)")
+            #expect(servedHits >= 8 && servedHits < r.tokens)
+            #expect(r.correct == servedHits)
+            if let p {
+                let g = try trainer.sftLossAndGradient(params: p, batch: [seq])
+                #expect(g.correct == servedHits && g.tokens == r.tokens)
+            }
+        }
+    }
 }

@@ -190,7 +190,7 @@ func makeRun(_ objective: QuadraticObjective, _ options: TrainingLoopOptions, st
         #expect(steps.allSatisfy { $0.totalSteps == 4 && $0.tokens > 0 && $0.gradNorm > 0 && $0.loss > 0 })
         let expected: [Double] = [0, 1, 2, 3].map { (k: Int) -> Double in 0.05 * Double(1 + k % 3) / 3 }
         #expect(steps.map(\.lr) == expected)
-        let evals = events.compactMap { e -> Int? in if case .eval(let s, _) = e { return s }; return nil }
+        let evals = events.compactMap { e -> Int? in if case .eval(let s, _, _) = e { return s }; return nil }
         #expect(evals == [2, 4])
         #expect(store.saves == [4])
         #expect(out.evalLoss != nil && out.evalLoss! > 0)

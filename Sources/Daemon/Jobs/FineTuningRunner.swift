@@ -282,7 +282,7 @@ public final class FineTuningJobs: @unchecked Sendable {
         blocking { _ = try? await self.store.updateJob(id: id) { $0.totalSteps = total } }
 
         var lastStep: TrainingStepReport?
-        var validLoss: [Int: Double] = [:]
+        var validLoss: [Int: (loss: Double, accuracy: Double?)] = [:]
         // The last checkpoint written: the final eval comes after the final checkpoint and is added to it.
         var lastCheckpoint: (id: String, step: Int, metrics: [(String, JSONValue)])?
         var tokens = job.trainedTokens ?? 0
@@ -303,7 +303,8 @@ public final class FineTuningJobs: @unchecked Sendable {
                 let finish = Int(Date().timeIntervalSince1970 + r.eta)
                 let data: JSONValue = .object([
                     ("step", .int(r.step)), ("total_steps", .int(r.totalSteps)), ("train_loss", .double(r.loss)),
-                    ("train_mean_token_accuracy", .null), ("grad_norm", .double(r.gradNorm)),
+                    ("train_mean_token_accuracy", r.tokenAccuracy.map { .double($0) } ?? .null),
+                    ("grad_norm", .double(r.gradNorm)),
                     ("learning_rate", .double(r.lr)), ("tokens", .int(r.tokens)), ("tokens_per_second", .double(r.tokS)),
                     ("epoch", .int(r.epoch)),
                 ])
@@ -320,27 +321,28 @@ public final class FineTuningJobs: @unchecked Sendable {
                         j.estimatedFinish = finish
                     }
                 }
-            case .eval(let step, let loss):
-                validLoss[step] = loss
+            case .eval(let step, let loss, let accuracy):
+                validLoss[step] = (loss, accuracy)
+                let acc: JSONValue = accuracy.map { .double($0) } ?? .null
                 if let c = lastCheckpoint, c.step == step, !c.metrics.contains(where: { $0.0 == "valid_loss" }) {
                     let metrics: JSONValue = .object(
-                        c.metrics + [("valid_loss", .double(loss)), ("valid_mean_token_accuracy", .null)])
+                        c.metrics + [("valid_loss", .double(loss)), ("valid_mean_token_accuracy", acc)])
                     blocking { try? await self.store.updateJobCheckpoint(id: c.id, metrics: metrics) }
                 }
                 blocking {
                     await self.event(
                         id, String(format: "Step %d: validation loss=%.4f", step, loss), type: "metrics",
-                        data: .object([("step", .int(step)), ("valid_loss", .double(loss))]))
+                        data: .object([("step", .int(step)), ("valid_loss", .double(loss)), ("valid_mean_token_accuracy", acc)]))
                 }
             case .checkpoint(let step):
                 var metrics: [(String, JSONValue)] = [("step", .int(step))]
                 if let r = lastStep, r.step == step {
                     metrics.append(("train_loss", .double(r.loss)))
-                    metrics.append(("train_mean_token_accuracy", .null))
+                    metrics.append(("train_mean_token_accuracy", r.tokenAccuracy.map { .double($0) } ?? .null))
                 }
                 if let v = validLoss[step] {
-                    metrics.append(("valid_loss", .double(v)))
-                    metrics.append(("valid_mean_token_accuracy", .null))
+                    metrics.append(("valid_loss", .double(v.loss)))
+                    metrics.append(("valid_mean_token_accuracy", v.accuracy.map { .double($0) } ?? .null))
                 }
                 let name = Self.adapterName(job)
                 let c = FineTuningJobCheckpoint(
@@ -554,6 +556,8 @@ public final class FineTuningJobs: @unchecked Sendable {
         let events = try await store.listJobEvents(jobID: id, after: nil, limit: nil).items.reversed()
         var train: [Int: Double] = [:]
         var valid: [Int: Double] = [:]
+        var trainAccuracy: [Int: Double] = [:]
+        var validAccuracy: [Int: Double] = [:]
         for e in events where e.type == "metrics" {
             guard case .object(let f)? = e.data, case .int(let step)? = f.first(where: { $0.0 == "step" })?.1 else {
                 continue
@@ -567,11 +571,14 @@ public final class FineTuningJobs: @unchecked Sendable {
                 }
                 if k == "train_loss", let x { train[step] = x }
                 if k == "valid_loss", let x { valid[step] = x }
+                if k == "train_mean_token_accuracy", let x { trainAccuracy[step] = x }
+                if k == "valid_mean_token_accuracy", let x { validAccuracy[step] = x }
             }
         }
         var csv = "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n"
+        func cell(_ v: Double?) -> String { v.map { String($0) } ?? "" }
         for step in Set(train.keys).union(valid.keys).sorted() {
-            csv += "\(step),\(train[step].map { String($0) } ?? ""),,\(valid[step].map { String($0) } ?? ""),\n"
+            csv += "\(step),\(cell(train[step])),\(cell(trainAccuracy[step])),\(cell(valid[step])),\(cell(validAccuracy[step]))\n"
         }
         return csv
     }

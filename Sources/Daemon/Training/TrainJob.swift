@@ -64,8 +64,12 @@ struct TrainJob {
                 + "\(s.threads) threads")
         }
         var startEval: Double?
+        var startAccuracy: Double?
         let outcome = try run.run(resume: s.resume, isCancelled: { stop.isRequested }, progress: { event in
-            if case .eval(0, let loss) = event { startEval = loss }
+            if case .eval(0, let loss, let accuracy) = event {
+                startEval = loss
+                startAccuracy = accuracy
+            }
             reporter.report(event)
         })
         reporter.finish()
@@ -75,8 +79,10 @@ struct TrainJob {
             "checkpoints": checkpointDir,
             "final_loss": outcome.lastLoss.map { $0 as Any } ?? NSNull(),
             "eval_loss": outcome.evalLoss.map { $0 as Any } ?? NSNull(),
+            "eval_token_accuracy": outcome.evalTokenAccuracy.map { $0 as Any } ?? NSNull(),
         ]
         if let e = startEval { result["eval_loss_start"] = e }
+        if let a = startAccuracy { result["eval_token_accuracy_start"] = a }
         if outcome.cancelled {
             result["status"] = "interrupted"
             if reporter.mode == .json { reporter.emitJSON(result) }
@@ -97,6 +103,7 @@ struct TrainJob {
             var msg = "trained \(outcome.steps) steps"
             if let l = outcome.lastLoss { msg += String(format: ", last loss %.4f", l) }
             if let e = outcome.evalLoss { msg += String(format: ", eval loss %.4f", e) }
+            if let a = outcome.evalTokenAccuracy { msg += String(format: ", eval token accuracy %.3f", a) }
             reporter.line(msg + "; wrote \(s.outDir)/{\(AdapterExport.peftConfigName), \(AdapterExport.peftWeightsName), adapter.gguf}")
         }
     }

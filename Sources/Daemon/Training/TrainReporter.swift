@@ -29,9 +29,13 @@ final class TrainReporter {
             emitJSON([
                 "event": "step", "step": r.step, "total_steps": r.totalSteps, "epoch": r.epoch, "loss": r.loss,
                 "grad_norm": r.gradNorm, "lr": Double(r.lr), "tokens": r.tokens, "tok_s": rounded(r.tokS, 1),
+                "token_accuracy": r.tokenAccuracy.map { $0 as Any } ?? NSNull(),
             ])
-        case (.json, .eval(let step, let loss)):
-            emitJSON(["event": "eval", "step": step, "eval_loss": loss])
+        case (.json, .eval(let step, let loss, let accuracy)):
+            emitJSON([
+                "event": "eval", "step": step, "eval_loss": loss,
+                "eval_token_accuracy": accuracy.map { $0 as Any } ?? NSNull(),
+            ])
         case (.json, .checkpoint(let step)):
             emitJSON(["event": "checkpoint", "step": step])
         case (.json, .resumed(let step)):
@@ -45,11 +49,13 @@ final class TrainReporter {
             writeErr("\r\u{1B}[2K" + line)
             barVisible = true
         case (.plain, .step(let r)):
-            writeErr(String(format: "step %d/%d  loss %.4f  grad_norm %.4f  lr %.3g  tokens %d  %.1f tok/s  ETA %@\n",
-                            r.step, r.totalSteps, r.loss, r.gradNorm, Double(r.lr), r.tokens, r.tokS,
+            let accuracy = r.tokenAccuracy.map { String(format: "  token_acc %.3f", $0) } ?? ""
+            writeErr(String(format: "step %d/%d  loss %.4f%@  grad_norm %.4f  lr %.3g  tokens %d  %.1f tok/s  ETA %@\n",
+                            r.step, r.totalSteps, r.loss, accuracy, r.gradNorm, Double(r.lr), r.tokens, r.tokS,
                             Self.duration(r.eta)))
-        case (_, .eval(let step, let loss)):
-            line(String(format: "eval after step %d: loss %.4f", step, loss))
+        case (_, .eval(let step, let loss, let accuracy)):
+            let acc = accuracy.map { String(format: ", token accuracy %.3f", $0) } ?? ""
+            line(String(format: "eval after step %d: loss %.4f%@", step, loss, acc))
         case (_, .checkpoint(let step)):
             if mode == .plain { line("checkpoint written after step \(step)") }
         case (_, .resumed(let step)):

@@ -33,13 +33,20 @@ public final class SFTObjective: TrainingObjective {
         let batch = indices.map { examples[$0] }
         let r = try trainer.sftLossAndGradient(params: params, batch: batch)
         return ObjectiveResult(loss: r.loss, weight: Double(r.tokens),
-                               tokens: batch.reduce(0) { $0 + $1.inputIds.count }, grad: r.grad)
+                               tokens: batch.reduce(0) { $0 + $1.inputIds.count }, grad: r.grad,
+                               scoredTokens: r.tokens, correctTokens: r.correct)
     }
 
     /// Mean cross-entropy (nats per scored token) over all held-out sequences, nil without any.
     /// - Throws: `TrainError`.
     public func evalLoss(params: LoRAParameters) throws -> Double? {
-        try Self.meanLoss(trainer: trainer, params: params, sequences: evalExamples, batchSize: evalBatchSize)
+        try evalMetrics(params: params)?.loss
+    }
+
+    /// Mean cross-entropy and token accuracy over all held-out sequences (one pass), nil without any.
+    /// - Throws: `TrainError`.
+    public func evalMetrics(params: LoRAParameters) throws -> EvalMetrics? {
+        try Self.meanMetrics(trainer: trainer, params: params, sequences: evalExamples, batchSize: evalBatchSize)
     }
 
     /// Mean cross-entropy over every scored token of `sequences` (batches of `batchSize`), nil when empty.
@@ -47,16 +54,27 @@ public final class SFTObjective: TrainingObjective {
     /// - Throws: `TrainError`.
     public static func meanLoss(trainer: LoRATrainer, params: LoRAParameters?, sequences: [TrainingSequence],
                                 batchSize: Int) throws -> Double? {
+        try meanMetrics(trainer: trainer, params: params, sequences: sequences, batchSize: batchSize)?.loss
+    }
+
+    /// Mean cross-entropy and token accuracy (scored tokens whose largest logit is the target) over every scored
+    /// token of `sequences` (batches of `batchSize`), nil when empty.
+    /// - Parameter params: the adapter, or nil for the base model alone.
+    /// - Throws: `TrainError`.
+    public static func meanMetrics(trainer: LoRATrainer, params: LoRAParameters?, sequences: [TrainingSequence],
+                                   batchSize: Int) throws -> EvalMetrics? {
         guard !sequences.isEmpty else { return nil }
         var sum = 0.0
         var tokens = 0
+        var correct = 0
         for start in stride(from: 0, to: sequences.count, by: max(1, batchSize)) {
             let batch = Array(sequences[start..<min(sequences.count, start + batchSize)])
             let r = try trainer.evalLoss(params: params, batch: batch)
             sum += r.loss * Double(r.tokens)
             tokens += r.tokens
+            correct += r.correct
         }
-        return tokens > 0 ? sum / Double(tokens) : nil
+        return tokens > 0 ? EvalMetrics(loss: sum / Double(tokens), tokenAccuracy: Double(correct) / Double(tokens)) : nil
     }
 }
 
@@ -212,19 +230,30 @@ public final class MixedObjective: TrainingObjective {
         var grad = [Float](repeating: 0, count: first.0.grad.count)
         var loss = 0.0
         var tokens = 0
+        var scored = 0
+        var correct = 0
         for (r, k) in parts {
             let w = Double(k) / Double(total)
             loss += w * r.loss
             tokens += r.tokens
+            scored += r.scoredTokens
+            correct += r.correctTokens
             let wf = Float(w)
             for i in grad.indices { grad[i] += wf * r.grad[i] }
         }
-        return ObjectiveResult(loss: loss, weight: Double(total), tokens: tokens, grad: grad)
+        return ObjectiveResult(loss: loss, weight: Double(total), tokens: tokens, grad: grad, scoredTokens: scored,
+                               correctTokens: correct)
     }
 
     /// The SFT part's held-out loss (nats per scored token), else the DPO part's; nil without held-out data.
     /// - Throws: `TrainError`.
     public func evalLoss(params: LoRAParameters) throws -> Double? {
-        try sft.evalLoss(params: params) ?? dpo.evalLoss(params: params)
+        try evalMetrics(params: params)?.loss
+    }
+
+    /// The SFT part's held-out loss and token accuracy, else the DPO part's loss; nil without held-out data.
+    /// - Throws: `TrainError`.
+    public func evalMetrics(params: LoRAParameters) throws -> EvalMetrics? {
+        try sft.evalMetrics(params: params) ?? dpo.evalMetrics(params: params)
     }
 }

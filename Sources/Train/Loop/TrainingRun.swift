@@ -22,13 +22,34 @@ public struct ObjectiveResult: Sendable {
     public var tokens: Int
     /// ∂loss/∂(every lora_A, lora_B): `LoRAParameters.count` floats in its layout.
     public var grad: [Float]
+    /// Scored tokens the token accuracy counts (SFT's; 0 when the objective has none, e.g. DPO pairs).
+    public var scoredTokens: Int
+    /// Of those, the ones whose largest logit is the target.
+    public var correctTokens: Int
 
     /// - Parameters: see the properties.
-    public init(loss: Double, weight: Double, tokens: Int, grad: [Float]) {
+    public init(loss: Double, weight: Double, tokens: Int, grad: [Float], scoredTokens: Int = 0, correctTokens: Int = 0) {
         self.loss = loss
         self.weight = weight
         self.tokens = tokens
         self.grad = grad
+        self.scoredTokens = scoredTokens
+        self.correctTokens = correctTokens
+    }
+}
+
+/// What a held-out evaluation measured.
+public struct EvalMetrics: Sendable, Equatable {
+    /// The objective's held-out loss (nats per scored token for SFT, per pair for DPO).
+    public var loss: Double
+    /// Fraction of held-out scored tokens whose largest logit is the target; nil when the objective does not
+    /// measure it (DPO).
+    public var tokenAccuracy: Double?
+
+    /// - Parameters: see the properties.
+    public init(loss: Double, tokenAccuracy: Double? = nil) {
+        self.loss = loss
+        self.tokenAccuracy = tokenAccuracy
     }
 }
 
@@ -43,6 +64,16 @@ public protocol TrainingObjective: AnyObject {
     /// Loss on the held-out set at `params`, or nil when there is none.
     /// - Throws: whatever the model math throws.
     func evalLoss(params: LoRAParameters) throws -> Double?
+    /// Loss and, where the objective measures it, token accuracy on the held-out set (one pass), nil without one.
+    /// The default is `evalLoss` without an accuracy.
+    /// - Throws: whatever the model math throws.
+    func evalMetrics(params: LoRAParameters) throws -> EvalMetrics?
+}
+
+extension TrainingObjective {
+    public func evalMetrics(params: LoRAParameters) throws -> EvalMetrics? {
+        try evalLoss(params: params).map { EvalMetrics(loss: $0) }
+    }
 }
 
 /// An optimizer over the flat parameter buffer whose whole state can be saved and restored bit for bit.
@@ -202,6 +233,9 @@ public struct TrainingStepReport: Sendable, Equatable {
     public var gradNorm: Double
     /// Learning rate used by the update.
     public var lr: Double
+    /// Fraction of the step's scored SFT tokens whose largest logit was the target (before the update); nil when
+    /// the step had none (DPO pairs only).
+    public var tokenAccuracy: Double?
     /// Tokens of the step's examples.
     public var tokens: Int
     /// Tokens per second of this step (wall time of objective + update).
@@ -216,8 +250,8 @@ public struct TrainingStepReport: Sendable, Equatable {
 public enum TrainingEvent: Sendable, Equatable {
     /// A step finished.
     case step(TrainingStepReport)
-    /// An eval finished after `step` steps.
-    case eval(step: Int, loss: Double)
+    /// An eval finished after `step` steps: the held-out loss and, for SFT, token accuracy.
+    case eval(step: Int, loss: Double, tokenAccuracy: Double?)
     /// A checkpoint was written after `step` steps.
     case checkpoint(step: Int)
     /// Training continues from a checkpoint taken after `step` steps.
@@ -236,6 +270,8 @@ public struct TrainingOutcome: Sendable {
     public var lastLoss: Double?
     /// The final eval loss, nil without eval data (or when cancelled).
     public var evalLoss: Double?
+    /// The final eval token accuracy, nil when not measured (see `EvalMetrics`).
+    public var evalTokenAccuracy: Double?
     /// Tokens run through the model, over all sessions.
     public var tokensSeen: Int
 }
@@ -338,8 +374,8 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
             progress(.checkpoint(step: step))
         }
 
-        if options.evalAtStart, step == 0, let e = try objective.evalLoss(params: params) {
-            progress(.eval(step: 0, loss: e))
+        if options.evalAtStart, step == 0, let e = try objective.evalMetrics(params: params) {
+            progress(.eval(step: 0, loss: e.loss, tokenAccuracy: e.tokenAccuracy))
         }
         let session0 = DispatchTime.now().uptimeNanoseconds
         let firstStep = step
@@ -357,6 +393,8 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
             var lossSum = 0.0
             var weightSum = 0.0
             var tokens = 0
+            var scored = 0
+            var correct = 0
             var results: [ObjectiveResult] = []
             for start in stride(from: 0, to: take, by: options.batchSize) {
                 let micro = Array(stepIndices[start..<min(take, start + options.batchSize)])
@@ -370,6 +408,8 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
                 lossSum += r.loss * r.weight
                 weightSum += r.weight
                 tokens += r.tokens
+                scored += r.scoredTokens
+                correct += r.correctTokens
                 results.append(r)
             }
             // Σ wᵢ·gᵢ / Σ wᵢ in micro-batch order (a single micro-batch is used as is, bit for bit).
@@ -399,12 +439,13 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
             let elapsed = Double(now - session0) / 1e9
             let perStep = elapsed / Double(step - firstStep)
             progress(.step(TrainingStepReport(
-                step: step, totalSteps: total, epoch: epoch, loss: loss, gradNorm: norm, lr: lr, tokens: tokens,
+                step: step, totalSteps: total, epoch: epoch, loss: loss, gradNorm: norm, lr: lr,
+                tokenAccuracy: scored > 0 ? Double(correct) / Double(scored) : nil, tokens: tokens,
                 tokS: Double(tokens) / dt, elapsed: elapsed, eta: perStep * Double(total - step))))
 
             if options.evalEvery > 0, step % options.evalEvery == 0, step < total,
-               let e = try objective.evalLoss(params: params) {
-                progress(.eval(step: step, loss: e))
+               let e = try objective.evalMetrics(params: params) {
+                progress(.eval(step: step, loss: e.loss, tokenAccuracy: e.tokenAccuracy))
             }
             if isCancelled() {
                 cancelled = step < total
@@ -416,13 +457,13 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
             }
         }
         if lastSaved != step { try saveCheckpoint() }
-        var evalLoss: Double?
+        var eval: EvalMetrics?
         if !cancelled {
-            evalLoss = try objective.evalLoss(params: params)
-            if let e = evalLoss { progress(.eval(step: step, loss: e)) }
+            eval = try objective.evalMetrics(params: params)
+            if let e = eval { progress(.eval(step: step, loss: e.loss, tokenAccuracy: e.tokenAccuracy)) }
         }
         return TrainingOutcome(params: params, steps: step, cancelled: cancelled, lastLoss: lastLoss,
-                               evalLoss: evalLoss, tokensSeen: tokensSeen)
+                               evalLoss: eval?.loss, evalTokenAccuracy: eval?.tokenAccuracy, tokensSeen: tokensSeen)
     }
 }
 

@@ -36,6 +36,9 @@ public struct SFTResult: Sendable {
     public let loss: Double
     /// Number of scored tokens.
     public let tokens: Int
+    /// Scored tokens whose largest logit is the target (argmax prediction right; `correct / tokens` is the token
+    /// accuracy, TRL's `mean_token_accuracy`).
+    public let correct: Int
     /// ∂loss/∂parameters, the layout of `LoRAParameters.values`.
     public let grad: [Float]
 }
@@ -170,19 +173,24 @@ public final class LoRATrainer: @unchecked Sendable {
             // d(mean −logp)/d(logp_i) = −1/N: weight of row i's "−logp gradient".
             (logp.map { _ in Float(1 / n) }, ())
         }
-        return SFTResult(loss: -run.logp.reduce(0, +) / n, tokens: packed.headRows.count, grad: run.grad)
+        return SFTResult(loss: -run.logp.reduce(0, +) / n, tokens: packed.headRows.count,
+                         correct: run.hits.reduce(0) { $0 + ($1 ? 1 : 0) }, grad: run.grad)
     }
 
     /// The SFT loss without a gradient (no activation is kept).
     /// - Parameter params: the adapter, or nil for the base model alone.
-    /// - Returns: mean cross-entropy over the scored tokens (nats/token) and their count.
+    /// - Returns: mean cross-entropy over the scored tokens (nats/token), their count, and how many of them the
+    ///   argmax predicts right (as `SFTResult.correct`).
     /// - Throws: as `sftLossAndGradient`.
-    public func evalLoss(params: LoRAParameters?, batch: [TrainingSequence]) throws -> (loss: Double, tokens: Int) {
+    public func evalLoss(params: LoRAParameters?, batch: [TrainingSequence]) throws
+        -> (loss: Double, tokens: Int, correct: Int)
+    {
         if let params { try check(params) }
         let packed = try Packed(batch, config: config)
         guard !packed.headRows.isEmpty else { throw TrainError.noScoredTokens }
         let run = try pass(params: params, packed: packed, wantGrad: false) { _ in ([], ()) }
-        return (-run.logp.reduce(0, +) / Double(packed.headRows.count), packed.headRows.count)
+        return (-run.logp.reduce(0, +) / Double(packed.headRows.count), packed.headRows.count,
+                run.hits.reduce(0) { $0 + ($1 ? 1 : 0) })
     }
 
     /// Log-probabilities of every scored token, per sequence (no gradient).
@@ -265,6 +273,8 @@ public final class LoRATrainer: @unchecked Sendable {
 
     struct PassResult<Extra> {
         var logp: [Double]
+        /// Per head row: the target has the largest logit.
+        var hits: [Bool]
         var grad: [Float]
         var extra: Extra
     }
@@ -335,16 +345,21 @@ public final class LoRATrainer: @unchecked Sendable {
             rmsnormForward(pool, xh.p, $0.baseAddress, xn.p, rstd: rstd.p, rows: N, width: D, eps: c.rmsEpsilon)
         }
         var logp = [Double](repeating: 0, count: N)
+        var hits = [Bool](repeating: false, count: N)
         let g = wantGrad && firstPatched < c.nLayer ? TrainBuffer(N * D) : nil
         let t0 = TrainProfile.start()
-        logp.withUnsafeMutableBufferPointer {
-            outputHead(pool, w: self.weights.output, xn: xn.p, rows: N, targets: packed.headTargets,
-                       logp: $0.baseAddress!, grad: g?.p, yieldPoint: pacer == nil ? nil : { self.yieldPoint() })
+        logp.withUnsafeMutableBufferPointer { lp in
+            hits.withUnsafeMutableBufferPointer { h in
+                outputHead(pool, w: self.weights.output, xn: xn.p, rows: N, targets: packed.headTargets,
+                           logp: lp.baseAddress!, grad: g?.p, hits: h.baseAddress,
+                           yieldPoint: pacer == nil ? nil : { self.yieldPoint() })
+            }
         }
         TrainProfile.add(.head, since: t0)
         let (w, extra) = rowWeights(logp)
         guard let g, wantGrad else {
-            return PassResult(logp: logp, grad: wantGrad ? [Float](repeating: 0, count: paramCount) : [], extra: extra)
+            return PassResult(logp: logp, hits: hits, grad: wantGrad ? [Float](repeating: 0, count: paramCount) : [],
+                              extra: extra)
         }
         // Backward: head rows → final norm → residual stream.
         for i in 0..<N { for e in 0..<D { g.p[i * D + e] *= w[i] } }
@@ -362,7 +377,7 @@ public final class LoRATrainer: @unchecked Sendable {
             ctx.layerBackward(l, dx: dx.p, acts: saved[l]!, s: bscratch)
         }
         let grad = Array(UnsafeBufferPointer(start: gbuf.p, count: paramCount))
-        return PassResult(logp: logp, grad: grad, extra: extra)
+        return PassResult(logp: logp, hits: hits, grad: grad, extra: extra)
     }
 }
 

@@ -478,10 +478,13 @@ package func attentionBackward(_ pool: ComputePool, dOut: UnsafePointer<Float>, 
 /// softmax-weighted sum of W rows accumulated tile by tile, so logits, softmax and the gradient take one pass
 /// over the head. Tiles are split over the pool: part `p` takes tiles `p, p + parts, …` in that order, one tile per
 /// part per round (a pool job); the partial results are merged at the end. `yieldPoint` runs before each round.
-/// - Parameters: w: output head `[n_vocab, n_embd]`; xn: normalised final hidden rows `[N, n_embd]`.
+/// When `hits` is given, `hits[i]` tells whether row `i`'s target has the largest logit (the argmax prediction is
+/// right; a tie for the largest counts as right), which the running max gives for free: the token accuracy that
+/// TRL's SFT trainer logs as `mean_token_accuracy`.
+/// - Parameters: w: output head `[n_vocab, n_embd]`; xn: normalised final hidden rows `[N, n_embd]`; hits: `[N]`.
 package func outputHead(_ pool: ComputePool, w: WeightMatrix, xn: UnsafePointer<Float>, rows N: Int, targets: [Int32],
-                logp: UnsafeMutablePointer<Double>, grad: UnsafeMutablePointer<Float>?, tile: Int = 2048,
-                yieldPoint: (() -> Void)? = nil) {
+                logp: UnsafeMutablePointer<Double>, grad: UnsafeMutablePointer<Float>?, hits: UnsafeMutablePointer<Bool>? = nil,
+                tile: Int = 2048, yieldPoint: (() -> Void)? = nil) {
     guard N > 0 else { return }
     let V = w.rows, D = w.cols
     let nTiles = (V + tile - 1) / tile
@@ -549,6 +552,7 @@ package func outputHead(_ pool: ComputePool, w: WeightMatrix, xn: UnsafePointer<
             S += sums[p * N + i] * Double(f[p])
         }
         logp[i] = Double(tl[i]) - (Double(M) + log(S))
+        hits?[i] = tl[i] >= M
         if let grad, let acc {
             w.dequantizeRow(Int(targets[i]), into: wrow)
             let inv = Float(1 / S)
