@@ -335,7 +335,21 @@ final class BackgroundStreams: @unchecked Sendable {
             usleep(200_000)
         }
         try checkFeedback()
-        print("continual kill -9: \(acknowledged.with { $0.count }) acknowledged feedback kept over 3 kills; job \(job["id"] ?? "") \(job["status"] ?? ""), published \(job["published"] ?? "")")
+
+        // Deleting the policy cancels the continual job it started that has not ended (queued: at once; running: at
+        // its next step), with an event that says why; jobs are otherwise left to the jobs API.
+        let pending = try #require(try continualJobs(d, "tagger").first?["id"] as? String)
+        #expect(try d.delete("/v1/adapters/tagger/training").status == 200)
+        let stopBy = Date().addingTimeInterval(120)
+        var ended = try d.get("/v1/fine_tuning/jobs/\(pending)").json()
+        while ended["status"] as? String != "cancelled" && Date() < stopBy {
+            usleep(200_000)
+            ended = try d.get("/v1/fine_tuning/jobs/\(pending)").json()
+        }
+        #expect(ended["status"] as? String == "cancelled", "\(ended)")
+        let why = try FineTuningJobTests.events(d, pending).compactMap { $0["message"] as? String }
+        #expect(why.contains("Job cancelled: the adapter's training policy was deleted."), "\(why)")
+        print("continual kill -9: \(acknowledged.with { $0.count }) acknowledged feedback kept over 3 kills; job \(job["id"] ?? "") \(job["status"] ?? ""), published \(job["published"] ?? ""); the next job \(pending) cancelled with its policy")
         d.stop()
     }
 }

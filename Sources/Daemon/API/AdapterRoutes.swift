@@ -157,6 +157,7 @@ extension APIHandler {
             if let store = state.store, store.cachedPolicy(name: name) != nil {
                 try? await store.disablePolicy(name: name, reason: "the adapter was deleted")
             }
+            await state.jobs?.cancelContinualJobs(of: name, reason: "the adapter was deleted")
             try await writer.send(
                 json: .object([
                     ("id", .string(rec.name)), ("object", .string("adapter")), ("deleted", .bool(true)),
@@ -200,6 +201,10 @@ extension APIHandler {
                     throw APIError.from(e)
                 }
             }
+            // A continual job started from the version that was current would only fail at publishing (its gate
+            // publishes over the version it measured): stop it now.
+            await state.jobs?.cancelContinualJobs(
+                of: name, reason: "the adapter was rolled back from version \(event.fromVersion) to version \(event.toVersion)")
             guard let info = reg.info(name) else { throw APIError.from(.notFound(name)) }
             var fields: [(String, JSONValue)] = []
             if case .object(let f) = adapterJSON(info) { fields = f }

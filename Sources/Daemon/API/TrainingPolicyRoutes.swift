@@ -43,11 +43,15 @@ extension APIHandler {
                     throw APIError.invalidRequest("Invalid training policy: \(e)", param: e.field, code: "invalid_policy")
                 }
                 let stored = try await store.setPolicy(name: name, policy: policy, uid: peer?.uid, origin: .api)
+                if !stored.policy.enabled {
+                    await state.jobs?.cancelContinualJobs(of: name, reason: "the adapter's training policy was paused (enabled: false)")
+                }
                 state.continual?.notify()
                 try await writer.send(json: Self.policyJSON(stored, registered: registered))
                 return 200
             case "DELETE":
                 guard try await store.deletePolicy(name: name) else { throw Self.noPolicy(name, registered: registered) }
+                await state.jobs?.cancelContinualJobs(of: name, reason: "the adapter's training policy was deleted")
                 try await writer.send(
                     json: .object([("object", .string("adapter.training_policy")), ("name", .string(name)), ("deleted", .bool(true))]))
                 return 200

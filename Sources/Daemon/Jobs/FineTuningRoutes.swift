@@ -376,7 +376,7 @@ extension APIHandler {
                 guard admin else {
                     throw APIError.jobAdminRequired(peer, what: "\(action.prefix(1).uppercased() + action.dropFirst())ing fine-tuning jobs")
                 }
-                let j = try await control(id, action: action, jobs: jobs)
+                let j = try await jobs.control(id, action: action)
                 try await writer.send(json: jobJSON(j))
                 return 200
             case (.fineTuningJobEvents(let id), "GET"):
@@ -562,73 +562,5 @@ extension APIHandler {
             guard case .object = JSONValue.parse(String(line)) else { return i + 1 }
         }
         return nil
-    }
-
-    /// cancel / pause / resume. A running job stops at its next step boundary; this waits (bounded) for it.
-    private func control(_ id: String, action: String, jobs: FineTuningJobs) async throws -> FineTuningJob {
-        guard let j = try await jobs.store.job(id: id) else { throw APIError.jobNotFound(id) }
-        let now = Int(Date().timeIntervalSince1970)
-        // A running job is stopped by the runner at its next step boundary; anything else changes here.
-        let stoppable: Bool
-        switch action {
-        case "cancel": stoppable = j.status == .running && jobs.requestStop(id, reason: .cancel)
-        case "pause": stoppable = j.status == .running && jobs.requestStop(id, reason: .pause)
-        default: stoppable = false
-        }
-        if stoppable {
-            let until: Set<FineTuningJobStatus> =
-                action == "cancel" ? [.cancelled, .succeeded, .failed] : [.paused, .cancelled, .succeeded, .failed]
-            return try await waitForStop(id, jobs: jobs, until: until)
-        }
-        let target: FineTuningJobStatus
-        let from: Set<FineTuningJobStatus>
-        let message: String
-        switch action {
-        case "cancel":
-            (target, from, message) = (.cancelled, [.validatingFiles, .queued, .paused, .running], "Job cancelled.")
-        case "pause":
-            (target, from, message) = (.paused, [.validatingFiles, .queued, .running], "Job paused.")
-        default:
-            (target, from, message) = (.queued, [.paused], "Job resumed: queued to continue from its last checkpoint.")
-        }
-        guard from.contains(j.status) else { throw APIError.jobConflict(j, action: action) }
-        let updated: FineTuningJob?
-        do {
-            // In the same transaction order as the runner's claim: a job the runner holds is left to it.
-            updated = try await jobs.store.updateJob(id: id) { j in
-                guard from.contains(j.status), !(j.status == .running && jobs.runningJobID == id) else { throw JobSkip() }
-                j.status = target
-                if target == .cancelled {
-                    j.finishedAt = now
-                    j.estimatedFinish = nil
-                }
-            }
-        } catch let e as StoreError {
-            if case .diskFull = e { throw APIError.from(e) }
-            // It changed meanwhile: the runner took it (stop it at its step boundary), or it ended.
-            let current = try await jobs.store.job(id: id) ?? j
-            if action != "resume", current.status == .running,
-                jobs.requestStop(id, reason: action == "cancel" ? .cancel : .pause)
-            {
-                let until: Set<FineTuningJobStatus> =
-                    action == "cancel" ? [.cancelled, .succeeded, .failed] : [.paused, .cancelled, .succeeded, .failed]
-                return try await waitForStop(id, jobs: jobs, until: until)
-            }
-            throw APIError.jobConflict(current, action: action)
-        }
-        await jobs.event(id, message)
-        await jobs.refreshCounts()
-        if target == .queued { jobs.notify() }
-        return updated ?? j
-    }
-
-    /// Polls the job until its status is one of `until` (at most 120 s), and returns it as it is then.
-    private func waitForStop(_ id: String, jobs: FineTuningJobs, until: Set<FineTuningJobStatus>) async throws -> FineTuningJob {
-        let deadline = Date().addingTimeInterval(120)
-        while true {
-            guard let j = try await jobs.store.job(id: id) else { throw APIError.jobNotFound(id) }
-            if until.contains(j.status) || Date() > deadline || jobs.runningJobID != id { return j }
-            try await Task.sleep(for: .milliseconds(100))
-        }
     }
 }

@@ -101,10 +101,11 @@ public enum LoradServer {
                 ])
             state.store = store
             metrics.setStoreSource { store.stats }
-            try await store.applyConfigPolicies(config.trainingPolicies, logger: logger)
+            let policyChanges = try await store.applyConfigPolicies(config.trainingPolicies, logger: logger)
             state.jobs = FineTuningJobs(
                 store: store, files: store, stateDir: dir, state: state,
                 logger: Logger(label: "lorad.jobs"))
+            await state.jobs?.cancelContinualJobs(after: policyChanges, policies: config.trainingPolicies)
             state.continual = ContinualLoop(
                 state: state, store: store, jobs: state.jobs!, logger: Logger(label: "lorad.continual"))
             logger.info(
@@ -215,11 +216,12 @@ final class Reloader: @unchecked Sendable {
             }
         }
         if let store = state.store {
-            let (previous, policies, log, loop) = (policyApply, new.trainingPolicies, logger, state.continual)
+            let (previous, policies, log, loop, jobs) = (policyApply, new.trainingPolicies, logger, state.continual, state.jobs)
             policyApply = Task {
                 await previous?.value
                 do {
-                    try await store.applyConfigPolicies(policies, logger: log)
+                    let changes = try await store.applyConfigPolicies(policies, logger: log)
+                    await jobs?.cancelContinualJobs(after: changes, policies: policies)
                     loop?.notify()
                 } catch {
                     log.error("training policies from the config file not applied", metadata: ["error": "\(error)"])
