@@ -207,6 +207,13 @@ import Glibc
         let messages = try Self.events(d2, id).compactMap { $0["message"] as? String }
         #expect(messages.contains { $0.hasPrefix("Resumed from the checkpoint at step") }, "\(messages)")
         #expect(messages.contains { $0.contains("restarted while the job was running") })
+        // One metrics event per step, though the steps after the checkpoint ran twice.
+        let stepEvents = try Self.events(d2, id).filter { $0["type"] as? String == "metrics" }.compactMap { e -> Int? in
+            guard let data = e["data"] as? [String: Any], data["train_loss"] != nil else { return nil }
+            return data["step"] as? Int
+        }
+        let total = try #require((done["progress"] as? [String: Any])?["total_steps"] as? Int)
+        #expect(stepEvents.sorted() == Array(1...total), "\(stepEvents.sorted())")
 
         // The resumed job ends with exactly the uninterrupted run's adapter.
         let model = try Model.load(path: try Paths.model(), options: ModelOptions(threads: 1, batchCopyBytes: 0))

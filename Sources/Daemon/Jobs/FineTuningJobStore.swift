@@ -321,6 +321,27 @@ extension LoradStore {
         }
     }
 
+    /// The highest `step` of job `jobID`'s training-step metrics events (`train_loss`) and of its validation ones
+    /// (`valid_loss`); −1 when there are none (a validation event may be at step 0).
+    /// - Throws: ``StoreError``.
+    public func loggedMetricSteps(jobID: String) async throws -> (train: Int, valid: Int) {
+        try await run(write: false) { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT
+                      max(CASE WHEN json_extract(data_json, '$.train_loss') IS NOT NULL
+                          THEN json_extract(data_json, '$.step') END) AS train,
+                      max(CASE WHEN json_extract(data_json, '$.valid_loss') IS NOT NULL
+                          THEN json_extract(data_json, '$.step') END) AS valid
+                    FROM fine_tuning_job_event WHERE job_id = ? AND type = 'metrics'
+                    """, arguments: [jobID])
+            let train: Int? = row?["train"]
+            let valid: Int? = row?["valid"]
+            return (train ?? -1, valid ?? -1)
+        }
+    }
+
     /// A page of a job's events, newest first, after the event `after` (OpenAI's order and cursor); `limit` nil
     /// returns them all.
     public func listJobEvents(jobID: String, after: String?, limit: Int?) async throws -> StorePage<FineTuningJobEvent> {

@@ -285,7 +285,11 @@ public final class FineTuningJobs: @unchecked Sendable {
         var validLoss: [Int: (loss: Double, accuracy: Double?)] = [:]
         // The last checkpoint written: the final eval comes after the final checkpoint and is added to it.
         var lastCheckpoint: (id: String, step: Int, metrics: [(String, JSONValue)])?
-        var tokens = job.trainedTokens ?? 0
+        // A resumed job re-runs the steps after its last checkpoint: their metrics events, logged before the stop,
+        // are not logged twice (the re-run computes the same numbers, bit for bit at the same thread count).
+        let loggedBox = LoggedSteps()
+        blocking { loggedBox.value = (try? await self.store.loggedMetricSteps(jobID: id)) ?? (-1, -1) }
+        let logged = loggedBox.value
         let nextStep = { [self] () -> Bool in
             if lock.withLock({ stopReason != nil }) { return true }
             betweenSteps()
@@ -297,7 +301,6 @@ public final class FineTuningJobs: @unchecked Sendable {
             switch e {
             case .step(let r):
                 lastStep = r
-                tokens += r.tokens
                 lock.withLock { progressValue = (id, r.step, r.totalSteps) }
                 state.metrics.setTraining(tokensPerSecond: r.tokS, loss: r.loss)
                 let finish = Int(Date().timeIntervalSince1970 + r.eta)
@@ -308,11 +311,13 @@ public final class FineTuningJobs: @unchecked Sendable {
                     ("learning_rate", .double(r.lr)), ("tokens", .int(r.tokens)), ("tokens_per_second", .double(r.tokS)),
                     ("epoch", .int(r.epoch)),
                 ])
-                let seen = tokens
+                let seen = r.tokensSeen
                 blocking {
-                    await self.event(
-                        id, String(format: "Step %d/%d: training loss=%.4f", r.step, r.totalSteps, r.loss),
-                        type: "metrics", data: data)
+                    if r.step > logged.train {
+                        await self.event(
+                            id, String(format: "Step %d/%d: training loss=%.4f", r.step, r.totalSteps, r.loss),
+                            type: "metrics", data: data)
+                    }
                     _ = try? await self.store.updateJob(id: id) { j in
                         j.step = r.step
                         j.totalSteps = r.totalSteps
@@ -329,10 +334,12 @@ public final class FineTuningJobs: @unchecked Sendable {
                         c.metrics + [("valid_loss", .double(loss)), ("valid_mean_token_accuracy", acc)])
                     blocking { try? await self.store.updateJobCheckpoint(id: c.id, metrics: metrics) }
                 }
-                blocking {
-                    await self.event(
-                        id, String(format: "Step %d: validation loss=%.4f", step, loss), type: "metrics",
-                        data: .object([("step", .int(step)), ("valid_loss", .double(loss)), ("valid_mean_token_accuracy", acc)]))
+                if step > logged.valid {
+                    blocking {
+                        await self.event(
+                            id, String(format: "Step %d: validation loss=%.4f", step, loss), type: "metrics",
+                            data: .object([("step", .int(step)), ("valid_loss", .double(loss)), ("valid_mean_token_accuracy", acc)]))
+                    }
                 }
             case .checkpoint(let step):
                 var metrics: [(String, JSONValue)] = [("step", .int(step))]
@@ -628,6 +635,11 @@ public final class FineTuningJobs: @unchecked Sendable {
 
 /// Thrown inside a claim when the job is no longer runnable.
 struct JobSkip: Error {}
+
+/// The steps a job's metrics events already cover, read once before training (handed across `blocking`).
+private final class LoggedSteps: @unchecked Sendable {
+    var value: (train: Int, valid: Int) = (-1, -1)
+}
 
 extension DaemonMetrics {
     /// `lorad_fine_tuning_jobs{status}`: jobs in the store by status.

@@ -238,6 +238,9 @@ public struct TrainingStepReport: Sendable, Equatable {
     public var tokenAccuracy: Double?
     /// Tokens of the step's examples.
     public var tokens: Int
+    /// Tokens run through the model by the run through this step, over all sessions (a resumed run counts the
+    /// steps before its checkpoint once).
+    public var tokensSeen: Int
     /// Tokens per second of this step (wall time of objective + update).
     public var tokS: Double
     /// Wall seconds since this process started training (not counting earlier, checkpointed sessions).
@@ -440,7 +443,7 @@ public final class TrainingRun<Optimizer: TrainingOptimizer> {
             let perStep = elapsed / Double(step - firstStep)
             progress(.step(TrainingStepReport(
                 step: step, totalSteps: total, epoch: epoch, loss: loss, gradNorm: norm, lr: lr,
-                tokenAccuracy: scored > 0 ? Double(correct) / Double(scored) : nil, tokens: tokens,
+                tokenAccuracy: scored > 0 ? Double(correct) / Double(scored) : nil, tokens: tokens, tokensSeen: tokensSeen,
                 tokS: Double(tokens) / dt, elapsed: elapsed, eta: perStep * Double(total - step))))
 
             if options.evalEvery > 0, step % options.evalEvery == 0, step < total,
