@@ -463,5 +463,13 @@ struct ContinualDataTests {
             feedback: one.filter { !HoldoutSplit.isHeldOut(Self.key($0.record), fraction: 0.01) }, publishedThrough: 0,
             policy: policy, seed: 1, splitKey: Self.key, toItems: Self.items(pairEvery: 1000))
         #expect(noHoldout.waiting?.contains("held-out") == true)
+        #expect(noHoldout.waiting?.contains("1 prompt on the training side, 0 held out") == true, "\(noHoldout.waiting ?? "")")
+        // Everything new on held-out prompts: the reason says so.
+        policy.holdoutFraction = 0.5
+        let heldNew = Self.feedback(40).filter { HoldoutSplit.isHeldOut(Self.key($0.record), fraction: 0.5) }
+        let allHeld = try await ContinualData.build(
+            feedback: heldNew, publishedThrough: 0, policy: policy, seed: 1, splitKey: Self.key,
+            toItems: Self.items(pairEvery: 1000))
+        #expect(allHeld.waiting?.contains("\(heldNew.count) new items are on held-out prompts") == true, "\(allHeld.waiting ?? "")")
     }
 }

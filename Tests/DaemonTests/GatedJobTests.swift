@@ -73,6 +73,28 @@ import Testing
         let after = try d.get("/v1/adapters/gated/versions").json()["data"] as? [[String: Any]] ?? []
         #expect(after.count == 1 && after.first?["version"] as? Int == versions.first?["version"] as? Int)
         #expect(try greedy(d, "gated") == servedBefore)
-        print("gated job: improvement \(improvement); refused: \(refusal?["message"] ?? "")")
+
+        // 3. A cancel after the last step, while the gate measures, ends the job cancelled: nothing is published.
+        body["hyperparameters"] = ["n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 10]
+        body["lorad"] = ["gate": ["min_improvement": 0.0, "max_forgetting": 0.5]]
+        let lateID = try #require(FineTuningJobTests.createJob(d, body)["id"] as? String)
+        let deadline = Date().addingTimeInterval(600)
+        while true {
+            let j = try d.get("/v1/fine_tuning/jobs/\(lateID)").json()
+            let p = j["progress"] as? [String: Any] ?? [:]
+            if let total = p["total_steps"] as? Int, total > 0, p["step"] as? Int == total { break }
+            #expect(j["status"] as? String == "running" || j["status"] as? String == "queued", "\(j)")
+            guard Date() < deadline, j["status"] as? String != "succeeded" else { break }
+            usleep(50_000)
+        }
+        let cancel = try d.post("/v1/fine_tuning/jobs/\(lateID)/cancel", json: [String: Any]())
+        #expect(cancel.status == 200, "\(cancel.text)")
+        let late = try FineTuningJobTests.waitJob(d, lateID)
+        #expect(late["status"] as? String == "cancelled" && late["published"] as? Bool == false, "\(late)")
+        let lateEvents = try FineTuningJobTests.events(d, lateID).compactMap { $0["message"] as? String }
+        #expect(lateEvents.contains { $0.hasPrefix("Job cancelled") && $0.hasSuffix("nothing was published.") }, "\(lateEvents)")
+        let afterCancel = try d.get("/v1/adapters/gated/versions").json()["data"] as? [[String: Any]] ?? []
+        #expect(afterCancel.count == 1 && afterCancel.first?["version"] as? Int == versions.first?["version"] as? Int)
+        print("gated job: improvement \(improvement); refused: \(refusal?["message"] ?? ""); cancelled after training: \(lateEvents.last ?? "")")
     }
 }

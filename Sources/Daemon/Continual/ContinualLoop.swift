@@ -64,10 +64,18 @@ public struct ContinualData: Sendable {
         var heldOutFB: [FeedbackRecord] = []
         var newFB: [FeedbackRecord] = []
         var oldFB: [FeedbackRecord] = []
+        var keys = (heldOut: Set<String>(), training: Set<String>())
+        var newHeldOut = 0
         for f in feedback {
-            if HoldoutSplit.isHeldOut(splitKey(f.record), fraction: policy.holdoutFraction) {
+            let key = splitKey(f.record)
+            if HoldoutSplit.isHeldOut(key, fraction: policy.holdoutFraction) {
                 heldOutFB.append(f.record)
-            } else if f.seq > publishedThrough {
+                keys.heldOut.insert(key)
+                if f.seq > publishedThrough { newHeldOut += 1 }
+                continue
+            }
+            keys.training.insert(key)
+            if f.seq > publishedThrough {
                 newFB.append(f.record)
             } else {
                 oldFB.append(f.record)
@@ -101,10 +109,15 @@ public struct ContinualData: Sendable {
         var heldOut = Array(try await toItems(heldOutFB, false).suffix(maxHeldOut))
         if policy.method != .supervised { heldOut += try await toItems(heldOutFB, true).suffix(maxHeldOut) }
         var waiting: String? = nil
+        let prompts = "\(keys.training.count) prompt\(keys.training.count == 1 ? "" : "s") on the training side, "
+            + "\(keys.heldOut.count) held out (holdout_fraction \(policy.holdoutFraction), split by prompt)"
         if newItems.isEmpty {
             waiting = "the new feedback gives no training example (thumbs-up answers, corrections\(policy.method == .supervised ? "" : " or pairs"))"
+                + (newHeldOut > 0 ? "; \(newHeldOut) new item\(newHeldOut == 1 ? " is" : "s are") on held-out prompts" : "")
+                + "; \(prompts)"
         } else if !heldOut.contains(where: { $0.rejected == nil }) {
-            waiting = "no held-out feedback yet to measure a new version on (holdout_fraction \(policy.holdoutFraction))"
+            waiting = "no held-out answer to measure a new version on: \(prompts); feedback on more distinct prompts "
+                + "(or a larger holdout_fraction) gives the gate some"
         }
         return ContinualData(
             train: train, heldOut: heldOut, newExamples: newItems.count, replayExamples: replay.count, pairs: pairs,
@@ -198,7 +211,12 @@ public final class ContinualLoop: @unchecked Sendable {
         }
         lock.withLock { _ = waitingValue.removeValue(forKey: name) }
         do {
-            return try await createJob(p, data: data, reason: reason, from: history.publishedThrough, through: newest)
+            let job = try await createJob(p, data: data, reason: reason, from: history.publishedThrough, through: newest)
+            // The policy may have been deleted or paused (a rollback, the adapter deleted) while the job was made,
+            // after that change cancelled the adapter's jobs: look again, now that the job is in the store.
+            if let current = store.cachedPolicy(name: name), current.policy.enabled { return job }
+            await jobs.cancelContinualJobs(of: name, reason: "the adapter's training policy was deleted or paused as the job was created")
+            return try await store.job(id: job.id) ?? job
         } catch let e as APIError where e.status < 500 || e.status == 507 {
             // Refused for good with this data (e.g. the current version cannot be trained further) or no disk space:
             // wait for newer feedback or a policy change instead of retrying every tick.

@@ -520,21 +520,39 @@ extension APIHandler {
         await jobs.event(
             id, "Validating training file: \(b.trainingFile ?? "feedback of \(b.feedbackModel ?? b.suffix ?? b.model)")")
         // Every line must be a JSON object; the full check (fields, roles, lengths) runs when the job starts and
-        // fails the job with the line number and field.
+        // fails the job with the line number and field. A job cancelled meanwhile stays cancelled.
+        @Sendable func stillValidating(_ j: FineTuningJob) throws { guard j.status == .validatingFiles else { throw JobSkip() } }
+        func current() async throws -> FineTuningJob { try await jobs.store.job(id: id) ?? job }
         if let bad = Self.firstNonObjectLine(dir + "/train.jsonl") {
-            let updated = try await jobs.store.updateJob(id: id) { j in
-                j.status = .failed
-                j.finishedAt = Int(Date().timeIntervalSince1970)
-                j.errorCode = "invalid_training_file"
-                j.errorMessage = "line \(bad) of the training file is not a JSON object"
-                j.errorParam = "training_file"
-                j.published = false
+            let updated: FineTuningJob?
+            do {
+                updated = try await jobs.store.updateJob(id: id) { j in
+                    try stillValidating(j)
+                    j.status = .failed
+                    j.finishedAt = Int(Date().timeIntervalSince1970)
+                    j.errorCode = "invalid_training_file"
+                    j.errorMessage = "line \(bad) of the training file is not a JSON object"
+                    j.errorParam = "training_file"
+                    j.published = false
+                }
+            } catch let e as StoreError {
+                if case .diskFull = e { throw e }
+                return try await current()
             }
             await jobs.event(id, "The training file is invalid: line \(bad) is not a JSON object.", level: "error")
             await jobs.refreshCounts()
             return updated ?? job
         }
-        let queued = try await jobs.store.updateJob(id: id) { $0.status = .queued }
+        let queued: FineTuningJob?
+        do {
+            queued = try await jobs.store.updateJob(id: id) { j in
+                try stillValidating(j)
+                j.status = .queued
+            }
+        } catch let e as StoreError {
+            if case .diskFull = e { throw e }
+            return try await current()
+        }
         await jobs.event(
             id, "Files validated (\(count) examples); the job is queued.",
             data: .object([

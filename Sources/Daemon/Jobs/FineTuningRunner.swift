@@ -42,6 +42,8 @@ public final class FineTuningJobs: @unchecked Sendable {
     private let lock = NSLock()
     private var currentID: String?
     private var stopReason: JobStopReason?
+    /// The running job no longer takes stop requests: it stopped, or it is publishing.
+    private var stopsClosed = false
     private var shuttingDown = false
     private var progressValue: (id: String, step: Int, total: Int)?
     private var betweenStepsValue: @Sendable () -> Void = {}
@@ -96,10 +98,11 @@ public final class FineTuningJobs: @unchecked Sendable {
 
     // MARK: - Controls
 
-    /// Asks the running job `id` to stop at its next step boundary; false when it is not the running job.
+    /// Asks the running job `id` to stop at its next step boundary (after training: a cancel keeps it from
+    /// publishing); false when it is not the running job, or no longer stoppable (it stopped, or is publishing).
     func requestStop(_ id: String, reason: JobStopReason) -> Bool {
         lock.withLock {
-            guard currentID == id else { return false }
+            guard currentID == id, !stopsClosed else { return false }
             if stopReason == nil || reason == .cancel { stopReason = reason }
             return true
         }
@@ -193,6 +196,7 @@ public final class FineTuningJobs: @unchecked Sendable {
         lock.withLock {
             currentID = id
             stopReason = shuttingDown ? .shutdown : nil
+            stopsClosed = false
         }
         // Claim it, unless a cancel or pause changed it since it was read.
         let claimed: FineTuningJob?
@@ -241,7 +245,14 @@ public final class FineTuningJobs: @unchecked Sendable {
             t.stackSize = 8 << 20
             t.start()
         }
-        let reason = lock.withLock { stopReason }
+        // A job that stopped takes no further stop request (a cancel after a pause would be acknowledged, then lost);
+        // one that trained to the end takes a cancel until it publishes (`finish`).
+        var trainedToTheEnd = false
+        if case .success(let o?) = result, !o.cancelled { trainedToTheEnd = true }
+        let reason = lock.withLock { () -> JobStopReason? in
+            if !trainedToTheEnd { stopsClosed = true }
+            return stopReason
+        }
         switch result {
         case .failure(let error):
             await fail(id, error)
@@ -403,9 +414,31 @@ public final class FineTuningJobs: @unchecked Sendable {
         return "ft-" + job.id.dropFirst("ftjob-".count).prefix(8)
     }
 
-    /// Export, result file, publish, `succeeded`.
+    /// Whether a cancel of the running job was asked for; with `close`, stop requests are refused from now on.
+    private func cancelRequested(close: Bool = false) -> Bool {
+        lock.withLock {
+            if close { stopsClosed = true }
+            return stopReason == .cancel
+        }
+    }
+
+    /// Ends job `id` `cancelled` after its training finished (`when` says where), nothing published.
+    private func cancelFinished(_ id: String, _ when: String) async {
+        _ = try? await store.updateJob(id: id) { j in
+            j.status = .cancelled
+            j.finishedAt = Int(Date().timeIntervalSince1970)
+            j.estimatedFinish = nil
+            j.published = false
+        }
+        await event(id, "Job cancelled \(when); nothing was published.")
+        await refreshCounts()
+    }
+
+    /// Export, result file, gate, publish, `succeeded`. A cancel asked for until the publish begins ends the job
+    /// `cancelled` instead.
     private func finish(_ job: FineTuningJob, outcome: TrainingOutcome, model: Model) async {
         let id = job.id
+        if cancelRequested() { return await cancelFinished(id, "after its last step") }
         let dir = workDir(id) + "/out"
         let name = Self.adapterName(job)
         do {
@@ -424,6 +457,7 @@ public final class FineTuningJobs: @unchecked Sendable {
         }
         var gateNumbers: JSONValue? = nil
         if let g = job.gate {
+            if cancelRequested() { return await cancelFinished(id, "before its evaluation gate") }
             let verdict: GateVerdict
             do {
                 verdict = try await gate(job, settings: try JobGate.settings(g), candidate: outcome.params, model: model)
@@ -431,6 +465,11 @@ public final class FineTuningJobs: @unchecked Sendable {
                 return await fail(id, error, code: "gate_failed")
             }
             let numbers = JobGate.json(verdict)
+            // A cancel asked for while the gate measured ends the job here; from now on it cannot be stopped.
+            if cancelRequested(close: true) {
+                await event(id, "The evaluation gate measured: \(JobGate.summary(verdict)).", data: numbers)
+                return await cancelFinished(id, "after its evaluation gate")
+            }
             state.metrics.recordGateDecision(passed: verdict.passed)
             guard verdict.passed else {
                 await event(
@@ -445,6 +484,7 @@ public final class FineTuningJobs: @unchecked Sendable {
             await event(id, "The evaluation gate passed: \(JobGate.summary(verdict)).", data: numbers)
             gateNumbers = numbers
         }
+        if cancelRequested(close: true) { return await cancelFinished(id, "before publishing") }
         let published: (version: Int, replaced: Int?)
         do {
             published = try await publish(job: job, name: name, gguf: dir + "/adapter.gguf", gate: gateNumbers)
