@@ -105,9 +105,7 @@ extension FineTuningJobs {
         }
         return done
     }
-}
 
-extension FineTuningJobs {
     /// After the config file's policies were applied: cancels the continual jobs of the policies it removed and of
     /// those it set with `enabled: false`.
     func cancelContinualJobs(after changes: ConfigPolicyChanges, policies: [String: TrainingPolicy]) async {

@@ -38,7 +38,8 @@ public struct ObjectiveResult: Sendable {
     }
 }
 
-/// What a held-out evaluation measured.
+/// What a held-out evaluation measured. Token accuracy is the share of scored tokens whose argmax prediction is the
+/// target, as TRL's SFT trainer logs `mean_token_accuracy` and OpenAI's jobs report `*_mean_token_accuracy`.
 public struct EvalMetrics: Sendable, Equatable {
     /// The objective's held-out loss (nats per scored token for SFT, per pair for DPO).
     public var loss: Double

@@ -174,7 +174,7 @@ public final class LoRATrainer: @unchecked Sendable {
             (logp.map { _ in Float(1 / n) }, ())
         }
         return SFTResult(loss: -run.logp.reduce(0, +) / n, tokens: packed.headRows.count,
-                         correct: run.hits.reduce(0) { $0 + ($1 ? 1 : 0) }, grad: run.grad)
+                         correct: run.correct, grad: run.grad)
     }
 
     /// The SFT loss without a gradient (no activation is kept).
@@ -190,7 +190,7 @@ public final class LoRATrainer: @unchecked Sendable {
         guard !packed.headRows.isEmpty else { throw TrainError.noScoredTokens }
         let run = try pass(params: params, packed: packed, wantGrad: false) { _ in ([], ()) }
         return (-run.logp.reduce(0, +) / Double(packed.headRows.count), packed.headRows.count,
-                run.hits.reduce(0) { $0 + ($1 ? 1 : 0) })
+                run.correct)
     }
 
     /// Log-probabilities of every scored token, per sequence (no gradient).
@@ -273,8 +273,8 @@ public final class LoRATrainer: @unchecked Sendable {
 
     struct PassResult<Extra> {
         var logp: [Double]
-        /// Per head row: the target has the largest logit.
-        var hits: [Bool]
+        /// Head rows whose target has the largest logit.
+        var correct: Int
         var grad: [Float]
         var extra: Extra
     }
@@ -356,9 +356,10 @@ public final class LoRATrainer: @unchecked Sendable {
             }
         }
         TrainProfile.add(.head, since: t0)
+        let correct = hits.reduce(0) { $0 + ($1 ? 1 : 0) }
         let (w, extra) = rowWeights(logp)
         guard let g, wantGrad else {
-            return PassResult(logp: logp, hits: hits, grad: wantGrad ? [Float](repeating: 0, count: paramCount) : [],
+            return PassResult(logp: logp, correct: correct, grad: wantGrad ? [Float](repeating: 0, count: paramCount) : [],
                               extra: extra)
         }
         // Backward: head rows → final norm → residual stream.
@@ -377,7 +378,7 @@ public final class LoRATrainer: @unchecked Sendable {
             ctx.layerBackward(l, dx: dx.p, acts: saved[l]!, s: bscratch)
         }
         let grad = Array(UnsafeBufferPointer(start: gbuf.p, count: paramCount))
-        return PassResult(logp: logp, hits: hits, grad: grad, extra: extra)
+        return PassResult(logp: logp, correct: correct, grad: grad, extra: extra)
     }
 }
 
